@@ -1,0 +1,39 @@
+# Every target does the set-up it needs first and is safe to run again.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench db-start db-stop clean
+
+setup: $(VENV)/.installed jars/.fetched
+
+$(VENV)/.installed: requirements.txt setup.py
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+# JDBC driver and Delta jars, fetched once from Maven Central; runs never need the network.
+jars/.fetched: build/jars-pom.xml
+	mvn -q -B -f build/jars-pom.xml dependency:copy-dependencies \
+	    -DoutputDirectory=$(CURDIR)/jars -DexcludeTransitive=true
+	touch $@
+
+demo: setup
+	./spark-submit.sh demo --config conf/local.yaml
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+bench: setup
+	$(PY) bench/backfill.py
+
+db-start: setup
+	$(PY) -m widen.embedded start
+
+db-stop:
+	$(PY) -m widen.embedded stop
+
+clean: db-stop
+	rm -rf .local build/widen.zip

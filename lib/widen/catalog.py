@@ -1,0 +1,239 @@
+"""Catalog and ledger tables in the target database (DESIGN.md, "Catalog and ledger").
+
+``wide_tables`` and ``channel_columns`` say where every channel of every ship lives;
+``backfill_chunks`` and ``stream_batches`` are the ledgers that make writes exactly-once; ``rejects``
+keeps every row that could not be pivoted. Columns are part of the contract: tools outside the
+project read them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from psycopg2 import sql
+
+from widen import naming
+
+# Row layout overheads used to estimate a wide row's size (PostgreSQL heap tuple).
+TUPLE_HEADER_BYTES = 24
+TIMESTAMP_BYTES = 8
+#: a text value longer than this is stored out of line (TOAST) and costs only a pointer
+TOAST_INLINE_LIMIT = 2000
+TOAST_POINTER_BYTES = 18
+DEFAULT_VALUE_BYTES = 16.0
+
+_DDL = [
+    """CREATE TABLE IF NOT EXISTS {s}.wide_tables (
+        ship_id text NOT NULL, part integer NOT NULL, table_schema text NOT NULL,
+        table_name text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (ship_id, part), UNIQUE (table_schema, table_name))""",
+    """CREATE TABLE IF NOT EXISTS {s}.channel_columns (
+        ship_id text NOT NULL, data_channel_id text NOT NULL, table_name text NOT NULL,
+        column_name text NOT NULL, value_format text, first_seen timestamptz NOT NULL DEFAULT now(),
+        avg_bytes real, PRIMARY KEY (ship_id, data_channel_id), UNIQUE (table_name, column_name))""",
+    """CREATE TABLE IF NOT EXISTS {s}.backfill_chunks (
+        ship_id text NOT NULL, range_start timestamptz NOT NULL, range_end timestamptz NOT NULL,
+        status text NOT NULL, narrow_rows bigint, wide_rows bigint, attempts integer NOT NULL DEFAULT 0,
+        started_at timestamptz, finished_at timestamptz, rejected_rows bigint, duplicate_rows bigint,
+        error text, PRIMARY KEY (ship_id, range_start, range_end))""",
+    """CREATE TABLE IF NOT EXISTS {s}.stream_batches (
+        query_name text NOT NULL, batch_id bigint NOT NULL, narrow_rows bigint, wide_rows bigint,
+        ships integer, committed_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (query_name, batch_id))""",
+    """CREATE TABLE IF NOT EXISTS {s}.rejects (
+        ship_id text, data_channel_id text, created_time timestamptz, value_format text,
+        double_v double precision, long_v bigint, str_v text, bool_v boolean,
+        reason text NOT NULL, job text NOT NULL, batch text, seen_at timestamptz NOT NULL DEFAULT now())""",
+    "CREATE INDEX IF NOT EXISTS rejects_job_batch ON {s}.rejects (job, batch)",
+    """CREATE TABLE IF NOT EXISTS {s}.reconcile_results (
+        run_id text NOT NULL, ship_id text NOT NULL, bucket_start timestamptz NOT NULL,
+        bucket_end timestamptz, source_times bigint, target_times bigint, source_cells bigint,
+        target_cells bigint, source_checksum bigint, target_checksum bigint, status text NOT NULL,
+        checked_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, ship_id, bucket_start))""",
+]
+
+
+def ensure_catalog(conn, catalog_schema: str) -> None:
+    """Create the catalog schema and tables when missing (idempotent, commits)."""
+    s = sql.Identifier(catalog_schema)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.ensure_catalog'))")
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+        for statement in _DDL:
+            cur.execute(sql.SQL(statement).format(s=s))
+    conn.commit()
+
+
+@dataclass
+class ChannelColumn:
+    data_channel_id: str
+    column_name: str
+    part: int
+    value_format: str | None = None
+    avg_bytes: float = DEFAULT_VALUE_BYTES
+
+
+@dataclass
+class ShipLayout:
+    """Where one ship's channels live: part number -> table name, channel -> column."""
+    ship_id: str
+    tables: dict[int, str] = field(default_factory=dict)
+    channels: dict[str, ChannelColumn] = field(default_factory=dict)
+
+    def part_channels(self, part: int) -> list[ChannelColumn]:
+        return sorted((c for c in self.channels.values() if c.part == part),
+                      key=lambda c: c.column_name)
+
+    @property
+    def parts(self) -> list[int]:
+        return sorted(self.tables)
+
+
+def value_bytes(avg_bytes: float | None) -> float:
+    """Estimated heap bytes of one text value of the given average length."""
+    length = DEFAULT_VALUE_BYTES if avg_bytes is None else float(avg_bytes)
+    if length > TOAST_INLINE_LIMIT:
+        return TOAST_POINTER_BYTES
+    return length + (1 if length < 127 else 4)
+
+
+def estimated_row_bytes(channels: list[ChannelColumn]) -> float:
+    null_bitmap = (len(channels) + 1 + 7) // 8
+    return TUPLE_HEADER_BYTES + null_bitmap + TIMESTAMP_BYTES + sum(value_bytes(c.avg_bytes)
+                                                                   for c in channels)
+
+
+class LayoutError(ValueError):
+    pass
+
+
+def assign_channels(layout: ShipLayout, new: dict[str, tuple[str | None, float | None]],
+                    template: str, max_columns: int, max_row_bytes: int) -> list[ChannelColumn]:
+    """Place channels not yet in ``layout`` (channel -> (format, avg bytes)); returns those added.
+
+    Existing channels never move. New ones go to the last part while it stays under both
+    ``max_columns`` and ``max_row_bytes``, else to a new part table (``_p2``, ``_p3`` …).
+    """
+    added: list[ChannelColumn] = []
+    used_columns = {(c.part, c.column_name) for c in layout.channels.values()}
+    if not layout.tables:
+        layout.tables[1] = naming.table_name(template, layout.ship_id, 1)
+    for channel in sorted(c for c in new if c not in layout.channels):
+        fmt, avg = new[channel]
+        column = naming.column_name(channel)
+        candidate = ChannelColumn(channel, column, 0, fmt,
+                                  DEFAULT_VALUE_BYTES if avg is None else float(avg))
+        single = estimated_row_bytes([candidate])
+        if single > max_row_bytes:
+            raise LayoutError(f"ship {layout.ship_id!r}: channel {channel!r} alone needs about "
+                              f"{single:.0f} bytes a row, over target.max_row_bytes={max_row_bytes}")
+        part = max(layout.tables)
+        members = layout.part_channels(part)
+        if (len(members) + 1 > max_columns
+                or estimated_row_bytes(members + [candidate]) > max_row_bytes
+                or (part, column) in used_columns):
+            part += 1
+            layout.tables[part] = naming.table_name(template, layout.ship_id, part)
+        candidate.part = part
+        used_columns.add((part, column))
+        layout.channels[channel] = candidate
+        added.append(candidate)
+    return added
+
+
+def load_layout(conn, catalog_schema: str, ship_id: str) -> ShipLayout:
+    s = sql.Identifier(catalog_schema)
+    layout = ShipLayout(ship_id)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT part, table_name FROM {s}.wide_tables WHERE ship_id = %s")
+                    .format(s=s), (ship_id,))
+        for part, table in cur.fetchall():
+            layout.tables[part] = table
+        part_of_table = {t: p for p, t in layout.tables.items()}
+        cur.execute(sql.SQL("SELECT data_channel_id, column_name, table_name, value_format, avg_bytes "
+                            "FROM {s}.channel_columns WHERE ship_id = %s").format(s=s), (ship_id,))
+        for channel, column, table, fmt, avg in cur.fetchall():
+            layout.channels[channel] = ChannelColumn(channel, column, part_of_table[table], fmt,
+                                                     DEFAULT_VALUE_BYTES if avg is None else avg)
+    return layout
+
+
+def save_layout(conn, catalog_schema: str, target_schema: str, layout: ShipLayout) -> None:
+    """Record the layout's tables and channels (existing rows are kept as they are)."""
+    s = sql.Identifier(catalog_schema)
+    with conn.cursor() as cur:
+        for part, table in layout.tables.items():
+            cur.execute(sql.SQL("INSERT INTO {s}.wide_tables (ship_id, part, table_schema, table_name) "
+                                "VALUES (%s, %s, %s, %s) ON CONFLICT (ship_id, part) DO NOTHING")
+                        .format(s=s), (layout.ship_id, part, target_schema, table))
+        rows = [(layout.ship_id, c.data_channel_id, layout.tables[c.part], c.column_name,
+                 c.value_format, c.avg_bytes) for c in layout.channels.values()]
+        if rows:
+            from psycopg2.extras import execute_values
+
+            execute_values(cur, sql.SQL(
+                "INSERT INTO {s}.channel_columns (ship_id, data_channel_id, table_name, column_name, "
+                "value_format, avg_bytes) VALUES %s ON CONFLICT (ship_id, data_channel_id) DO NOTHING")
+                .format(s=s).as_string(cur), rows)
+
+
+def ensure_wide_tables(conn, target_schema: str, layout: ShipLayout) -> int:
+    """Create missing wide tables and columns, with COMMENTs naming ship and channel.
+
+    Runs inside the caller's transaction. Only missing objects are touched, so a chunk that brings
+    no new channel takes no exclusive lock. Returns the number of DDL statements run.
+    """
+    statements = 0
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target_schema)))
+        for part in layout.parts:
+            table = layout.tables[part]
+            ident = sql.Identifier(target_schema, table)
+            cur.execute("SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
+                        "c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+                        (target_schema, table))
+            existing = {r[0] for r in cur.fetchall()}
+            if not existing:
+                cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (created_time timestamptz PRIMARY KEY)")
+                            .format(ident))
+                cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(ident),
+                            (f"widen: ship_id={layout.ship_id} part={part}",))
+                statements += 2
+            for channel in layout.part_channels(part):
+                if channel.column_name in existing:
+                    continue
+                col = sql.Identifier(channel.column_name)
+                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text").format(ident, col))
+                cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS %s").format(ident, col),
+                            (f"data_channel_id={channel.data_channel_id}",))
+                statements += 2
+    return statements
+
+
+# --- ledger -----------------------------------------------------------------------------------
+
+def done_chunks(conn, catalog_schema: str, ship_ids: list[str]) -> set[tuple[str, dt.datetime, dt.datetime]]:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id, range_start, range_end FROM {}.backfill_chunks "
+                            "WHERE status = 'done' AND ship_id = ANY(%s)")
+                    .format(sql.Identifier(catalog_schema)), (ship_ids,))
+        return {(r[0], r[1], r[2]) for r in cur.fetchall()}
+
+
+def record_chunk(cur, catalog_schema: str, ship_id: str, start: dt.datetime, end: dt.datetime,
+                 status: str, attempts: int, started_at: dt.datetime, narrow_rows: int | None = None,
+                 wide_rows: int | None = None, rejected: int | None = None,
+                 duplicates: int | None = None, error: str | None = None) -> None:
+    cur.execute(sql.SQL(
+        "INSERT INTO {}.backfill_chunks AS b (ship_id, range_start, range_end, status, narrow_rows, "
+        "wide_rows, attempts, started_at, finished_at, rejected_rows, duplicate_rows, error) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s) "
+        "ON CONFLICT (ship_id, range_start, range_end) DO UPDATE SET status = EXCLUDED.status, "
+        "narrow_rows = EXCLUDED.narrow_rows, wide_rows = EXCLUDED.wide_rows, "
+        "attempts = b.attempts + EXCLUDED.attempts, started_at = EXCLUDED.started_at, "
+        "finished_at = EXCLUDED.finished_at, rejected_rows = EXCLUDED.rejected_rows, "
+        "duplicate_rows = EXCLUDED.duplicate_rows, error = EXCLUDED.error")
+        .format(sql.Identifier(catalog_schema)),
+        (ship_id, start, end, status, narrow_rows, wide_rows, attempts, started_at, rejected,
+         duplicates, error))

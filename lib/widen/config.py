@@ -1,0 +1,244 @@
+"""Typed configuration loaded from YAML.
+
+``${NAME}`` and ``${NAME:-default}`` are replaced from the environment before parsing. Every error
+names the key that is wrong. Passwords are never stored here: a connection names the environment
+variable or the file that holds its password, and ``password()`` reads it when a connection opens.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+
+    def substitute(match: re.Match) -> str:
+        name, has_default, default = match.group(1), match.group(2), match.group(3)
+        value = env.get(name)
+        if value is None or (value == "" and has_default):
+            if has_default:
+                return default or ""
+            raise ConfigError(f"environment variable {name} is not set and has no default")
+        return value
+
+    return _ENV_REF.sub(substitute, text)
+
+
+@dataclass(frozen=True)
+class Connection:
+    host: str | None
+    port: int
+    database: str
+    user: str
+    password_env: str | None = "PGPASSWORD"
+    password_file: str | None = None
+    sslmode: str | None = None
+
+    def password(self) -> str | None:
+        if self.password_file:
+            return Path(self.password_file).read_text().strip() or None
+        if self.password_env:
+            return os.environ.get(self.password_env) or None
+        return None
+
+    def psycopg_params(self) -> dict:
+        params = {"host": self.host, "port": self.port, "dbname": self.database, "user": self.user,
+                  "application_name": "widen"}
+        secret = self.password()
+        if secret:
+            params["password"] = secret
+        if self.sslmode:
+            params["sslmode"] = self.sslmode
+        return params
+
+    def jdbc_url(self) -> str:
+        return f"jdbc:postgresql://{self.host}:{self.port}/{self.database}"
+
+    def jdbc_properties(self) -> dict:
+        props = {"user": self.user, "driver": "org.postgresql.Driver", "ApplicationName": "widen"}
+        secret = self.password()
+        if secret:
+            props["password"] = secret
+        if self.sslmode:
+            props["sslmode"] = self.sslmode
+        return props
+
+    def describe(self) -> str:
+        """Safe for logs: never includes the password."""
+        return f"{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    connection: Connection
+    schema: str = "tenant"
+    table: str = "tbl_data_timeseries"
+    order_column: str | None = None
+    fetch_size: int = 10000
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    connection: Connection
+    schema: str = "tenant"
+    catalog_schema: str = "widen"
+    wide_table_template: str = "tbl_data_timeseries_{ship_id}"
+    max_columns_per_table: int = 1500
+    max_row_bytes: int = 6000
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    chunk_hours: float = 24.0
+    partitions_per_chunk: int = 4
+    parallel_chunks: int = 2
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 2.0
+    progress_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[*]"
+    app_name: str = "widen"
+    conf: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: SourceConfig
+    target: TargetConfig
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    embedded: str = "auto"
+    home: str = ".local"
+    jars_dir: str = "jars"
+
+    @property
+    def uses_embedded(self) -> bool:
+        if self.embedded == "always":
+            return True
+        if self.embedded == "never":
+            return False
+        return not self.source.connection.host or not self.target.connection.host
+
+    def with_connections(self, source: Connection, target: Connection) -> "Config":
+        return replace(self, source=replace(self.source, connection=source),
+                       target=replace(self.target, connection=target))
+
+
+def _section(raw: dict, key: str) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _typed(section: dict, key: str, prefix: str, kind: type, default: Any, positive: bool = False):
+    value = section.get(key, default)
+    if value is None or value == "":
+        return default
+    try:
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{prefix}.{key}: expected {kind.__name__}, got {value!r}") from None
+    if positive and value <= 0:
+        raise ConfigError(f"{prefix}.{key}: must be greater than 0, got {value!r}")
+    return value
+
+
+def _connection(section: dict, prefix: str) -> Connection:
+    known = {"host", "port", "database", "user", "password_env", "password_file", "sslmode"}
+    if "password" in section:
+        raise ConfigError(f"{prefix}.password: passwords are not read from the config file; "
+                          f"use {prefix}.password_env or {prefix}.password_file")
+    extra = set(section) - known - {"schema", "table", "order_column", "fetch_size", "catalog_schema",
+                                    "wide_table_template", "max_columns_per_table", "max_row_bytes"}
+    if extra:
+        raise ConfigError(f"{prefix}: unknown key(s) {', '.join(sorted(extra))}")
+    return Connection(
+        host=str(section.get("host") or "") or None,
+        port=_typed(section, "port", prefix, int, 5432, positive=True),
+        database=str(section.get("database") or "widen"),
+        user=str(section.get("user") or "postgres"),
+        password_env=section.get("password_env", "PGPASSWORD") or None,
+        password_file=section.get("password_file") or None,
+        sslmode=section.get("sslmode") or None,
+    )
+
+
+def parse(raw: dict) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    known = {"source", "target", "backfill", "spark", "embedded", "home", "jars_dir"}
+    extra = set(raw) - known
+    if extra:
+        raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(extra))}")
+    src, tgt = _section(raw, "source"), _section(raw, "target")
+    source = SourceConfig(
+        connection=_connection(src, "source"),
+        schema=str(src.get("schema") or "tenant"),
+        table=str(src.get("table") or "tbl_data_timeseries"),
+        order_column=src.get("order_column") or None,
+        fetch_size=_typed(src, "fetch_size", "source", int, 10000, positive=True),
+    )
+    template = str(tgt.get("wide_table_template") or "tbl_data_timeseries_{ship_id}")
+    if "{ship_id}" not in template:
+        raise ConfigError("target.wide_table_template: must contain {ship_id}")
+    max_columns = _typed(tgt, "max_columns_per_table", "target", int, 1500, positive=True)
+    if max_columns > 1599:
+        raise ConfigError("target.max_columns_per_table: PostgreSQL allows 1,600 columns "
+                          f"including created_time; got {max_columns}")
+    target = TargetConfig(
+        connection=_connection(tgt, "target"),
+        schema=str(tgt.get("schema") or "tenant"),
+        catalog_schema=str(tgt.get("catalog_schema") or "widen"),
+        wide_table_template=template,
+        max_columns_per_table=max_columns,
+        max_row_bytes=_typed(tgt, "max_row_bytes", "target", int, 6000, positive=True),
+    )
+    bf = _section(raw, "backfill")
+    extra = set(bf) - set(BackfillConfig.__dataclass_fields__)
+    if extra:
+        raise ConfigError(f"backfill: unknown key(s) {', '.join(sorted(extra))}")
+    backfill = BackfillConfig(
+        chunk_hours=_typed(bf, "chunk_hours", "backfill", float, 24.0, positive=True),
+        partitions_per_chunk=_typed(bf, "partitions_per_chunk", "backfill", int, 4, positive=True),
+        parallel_chunks=_typed(bf, "parallel_chunks", "backfill", int, 2, positive=True),
+        max_attempts=_typed(bf, "max_attempts", "backfill", int, 3, positive=True),
+        retry_backoff_seconds=_typed(bf, "retry_backoff_seconds", "backfill", float, 2.0),
+        progress_seconds=_typed(bf, "progress_seconds", "backfill", float, 10.0, positive=True),
+    )
+    sp = _section(raw, "spark")
+    spark = SparkConfig(master=str(sp.get("master") or "local[*]"),
+                        app_name=str(sp.get("app_name") or "widen"),
+                        conf={str(k): str(v) for k, v in (sp.get("conf") or {}).items()})
+    embedded = str(raw.get("embedded") or "auto")
+    if embedded not in ("auto", "always", "never"):
+        raise ConfigError(f"embedded: expected auto, always or never, got {embedded!r}")
+    return Config(source=source, target=target, backfill=backfill, spark=spark, embedded=embedded,
+                  home=str(raw.get("home") or ".local"), jars_dir=str(raw.get("jars_dir") or "jars"))
+
+
+def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(interpolate(path.read_text(), env))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse(raw or {})

@@ -1,0 +1,277 @@
+"""``backfill``: migrate the narrow history into the wide tables, chunk by chunk, exactly once.
+
+A chunk is one ship x one aligned time range. Each chunk is a partitioned JDBC read (values rendered
+in SQL), validated, de-duplicated and pivoted per partition, COPYed into UNLOGGED staging tables and
+merged in one transaction that also records the chunk in ``backfill_chunks``. Chunks already done
+are skipped; a failing chunk is retried with backoff and, if it still fails, reported without
+stopping the others. Several chunks (so several ships) run at once.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from psycopg2 import sql
+
+from widen import catalog, db, naming, render, sinks, sources
+from widen.config import Config
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
+from widen.jobs import plan as plan_job
+from widen.progress import Progress
+from widen.session import get_spark, resolve_connections
+
+JOB = "backfill"
+MAX_SCHEMA_ROUNDS = 3
+
+
+class Backfill:
+    def __init__(self, config: Config, spark, progress_stream=None):
+        self.config = config
+        self.spark = spark
+        self.progress_stream = progress_stream
+        self.layouts: dict[str, catalog.ShipLayout] = {}
+        self._ship_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self.server_version = 0
+
+    # -- layouts ---------------------------------------------------------------------------------
+    def _ship_lock(self, ship: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._ship_locks.setdefault(ship, threading.Lock())
+
+    def prepare_layouts(self, src, tgt, ships: list[str]) -> None:
+        tgt_cfg = self.config.target
+        unplanned = []
+        for ship in ships:
+            layout = catalog.load_layout(tgt, tgt_cfg.catalog_schema, ship)
+            if layout.channels:
+                self.layouts[ship] = layout
+            else:
+                unplanned.append(ship)
+        if unplanned:
+            stats = plan_job.channel_stats(src, self.config, unplanned)
+            src.rollback()
+            self.layouts.update(plan_job.update_layouts(tgt, self.config, stats))
+        tgt.rollback()
+        for ship in ships:
+            self.layouts.setdefault(ship, catalog.ShipLayout(ship))
+            if not self.layouts[ship].tables:
+                self.layouts[ship].tables[1] = naming.table_name(tgt_cfg.wide_table_template, ship, 1)
+        for ship in ships:
+            catalog.ensure_wide_tables(tgt, tgt_cfg.schema, self.layouts[ship])
+            catalog.save_layout(tgt, tgt_cfg.catalog_schema, tgt_cfg.schema, self.layouts[ship])
+            tgt.commit()
+
+    def add_channels(self, chunk: sources.Chunk, channels: list[str]) -> None:
+        """Channels the plan had not seen: find their formats in the chunk and give them columns."""
+        cfg, tgt_cfg = self.config.source, self.config.target
+        query = sql.SQL(
+            "SELECT data_channel_id, value_format, count(*), avg(octet_length({v})) FROM {t} "
+            "WHERE ship_id = %s AND created_time >= %s AND created_time < %s "
+            "AND data_channel_id = ANY(%s) AND {valid} GROUP BY 1, 2").format(
+            v=render.rendered_value(), t=sources.source_table(cfg), valid=render.valid_row_predicate())
+        found: dict[str, tuple[str, float, int]] = {}
+        with db.connection(cfg.connection) as src:
+            with src.cursor() as cur:
+                cur.execute(query, (chunk.ship_id, chunk.range_start, chunk.range_end, channels))
+                for channel, fmt, count, avg in cur.fetchall():
+                    if channel not in found or count > found[channel][2]:
+                        found[channel] = (fmt, float(avg or 0), count)
+        with self._ship_lock(chunk.ship_id), db.connection(tgt_cfg.connection) as tgt:
+            with tgt.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))",
+                            (chunk.ship_id,))
+            layout = catalog.load_layout(tgt, tgt_cfg.catalog_schema, chunk.ship_id)
+            catalog.assign_channels(layout, {c: (f, a) for c, (f, a, _) in found.items()},
+                                    tgt_cfg.wide_table_template, tgt_cfg.max_columns_per_table,
+                                    tgt_cfg.max_row_bytes)
+            catalog.save_layout(tgt, tgt_cfg.catalog_schema, tgt_cfg.schema, layout)
+            tgt.commit()
+            self.layouts[chunk.ship_id] = layout
+
+    # -- one chunk -------------------------------------------------------------------------------
+    def run_chunk(self, chunk: sources.Chunk) -> dict:
+        cfg, tgt_cfg = self.config.source, self.config.target
+        started_at = dt.datetime.now(dt.timezone.utc)
+        staging = sinks.Staging.for_key(tgt_cfg.catalog_schema, *chunk.key)
+        for _ in range(MAX_SCHEMA_ROUNDS):
+            with self._ship_lock(chunk.ship_id):
+                layout = copy.deepcopy(self.layouts[chunk.ship_id])
+            with db.connection(tgt_cfg.connection) as tgt:
+                sinks.create_staging(tgt, staging, layout)
+            try:
+                stats = self._write_staging(chunk, staging, layout)
+                unknown = sorted({c for row in stats if row["unknown_channels"]
+                                  for c in row["unknown_channels"].split("\x1f")})
+                if unknown:
+                    self.add_channels(chunk, unknown)
+                    continue
+                return self._merge(chunk, staging, layout, stats, started_at)
+            finally:
+                with db.connection(tgt_cfg.connection, autocommit=True) as tgt:
+                    sinks.drop_staging(tgt, staging, layout.parts)
+        raise RuntimeError(f"chunk {chunk.label()}: new channels kept appearing while it ran")
+
+    def _write_staging(self, chunk, staging, layout) -> list[dict]:
+        cfg, tgt_cfg = self.config.source, self.config.target
+        with db.connection(cfg.connection) as src:
+            frame = sources.read_chunk(self.spark, src, cfg, cfg.connection.jdbc_url(),
+                                       cfg.connection.jdbc_properties(), chunk,
+                                       self.config.backfill.partitions_per_chunk)
+        writer = sinks.ChunkWriter(tgt_cfg.connection.psycopg_params(), staging, layout,
+                                   chunk.ship_id, cfg.order_column is not None)
+        self.spark.sparkContext.setJobDescription(f"widen backfill {chunk.label()}")
+        return [row.asDict() for row in frame.mapInArrow(writer, sinks.STATS_SCHEMA).collect()]
+
+    def _merge(self, chunk, staging, layout, stats, started_at) -> dict:
+        tgt_cfg = self.config.target
+        totals = {k: sum(row[k] for row in stats)
+                  for k in ("narrow_rows", "rejected_rows", "duplicate_rows")}
+        with db.connection(tgt_cfg.connection) as tgt:
+            with tgt.cursor() as cur:
+                catalog.ensure_wide_tables(tgt, tgt_cfg.schema, layout)
+                wide_rows = sinks.merge_parts(cur, tgt.server_version, tgt_cfg.schema, staging, layout)
+                sinks.replace_rejects(cur, tgt_cfg.catalog_schema, staging, JOB, chunk_batch_label(chunk))
+                catalog.record_chunk(cur, tgt_cfg.catalog_schema, chunk.ship_id, chunk.range_start,
+                                     chunk.range_end, "done", 1, started_at,
+                                     narrow_rows=totals["narrow_rows"], wide_rows=wide_rows,
+                                     rejected=totals["rejected_rows"],
+                                     duplicates=totals["duplicate_rows"])
+            tgt.commit()
+        return {**totals, "wide_rows": wide_rows}
+
+    def run_chunk_with_retries(self, chunk: sources.Chunk, progress: Progress) -> dict:
+        bf = self.config.backfill
+        last_error = None
+        for attempt in range(1, bf.max_attempts + 1):
+            started_at = dt.datetime.now(dt.timezone.utc)
+            try:
+                result = self.run_chunk(chunk)
+                progress.add(chunk.narrow_rows)
+                return {"chunk": chunk, "ok": True, **result}
+            except Exception as err:  # noqa: BLE001 - every failure is recorded and retried
+                last_error = short_error(err)
+                self._record_failure(chunk, started_at, last_error)
+                if attempt < bf.max_attempts:
+                    time.sleep(bf.retry_backoff_seconds * 2 ** (attempt - 1))
+        progress.add(0, failed=True)
+        print(f"[backfill] chunk {chunk.label()} failed after {bf.max_attempts} attempts: {last_error}",
+              file=progress.stream, flush=True)
+        return {"chunk": chunk, "ok": False, "error": last_error}
+
+    def _record_failure(self, chunk, started_at, error: str) -> None:
+        tgt_cfg = self.config.target
+        try:
+            with db.connection(tgt_cfg.connection) as tgt, tgt.cursor() as cur:
+                catalog.record_chunk(cur, tgt_cfg.catalog_schema, chunk.ship_id, chunk.range_start,
+                                     chunk.range_end, "failed", 1, started_at, error=error)
+                tgt.commit()
+        except Exception:  # noqa: BLE001 - the ledger may be what is failing; the summary still says it
+            pass
+
+    # -- rows that no chunk reads ------------------------------------------------------------------
+    def sweep_unplaceable_rejects(self, src, tgt, ships: list[str] | None) -> int:
+        """Rows with a NULL ship_id or created_time fall in no chunk: copy them to the rejects table."""
+        cfg, tgt_cfg = self.config.source, self.config.target
+        scope = sql.SQL("")
+        params: list = []
+        if ships:
+            scope = sql.SQL(" AND (ship_id IS NULL OR ship_id = ANY(%s))")
+            params.append(list(ships))
+        query = sql.SQL(
+            "SELECT ship_id, data_channel_id, created_time, value_format, double_v, long_v, str_v, "
+            "bool_v, {reason} FROM {t} WHERE (ship_id IS NULL OR created_time IS NULL){scope}").format(
+            reason=render.reject_reason_sql(), t=sources.source_table(cfg), scope=scope)
+        with src.cursor() as cur:
+            cur.execute(query, params)
+            rows = cur.fetchall()
+        src.rollback()
+        rejects = sql.Identifier(tgt_cfg.catalog_schema, "rejects")
+        with tgt.cursor() as cur:
+            delete = sql.SQL("DELETE FROM {} WHERE job = %s AND batch = 'sweep'").format(rejects)
+            if ships:
+                delete = delete + sql.SQL(" AND (ship_id IS NULL OR ship_id = ANY(%s))")
+            cur.execute(delete, [JOB, *params])
+            if rows:
+                from psycopg2.extras import execute_values
+
+                execute_values(cur, sql.SQL(
+                    "INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, double_v, "
+                    "long_v, str_v, bool_v, reason, job, batch) VALUES %s").format(rejects).as_string(cur),
+                    [(*row, JOB, "sweep") for row in rows])
+        tgt.commit()
+        return len(rows)
+
+
+def chunk_batch_label(chunk: sources.Chunk) -> str:
+    return f"{chunk.ship_id}|{chunk.range_start.isoformat()}|{chunk.range_end.isoformat()}"
+
+
+def short_error(err: Exception) -> str:
+    """The informative line of an error (Spark wraps Python worker errors in pages of trace)."""
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line[:500]
+    return (lines[0] if lines else type(err).__name__)[:500]
+
+
+def interleave_by_ship(chunks: list[sources.Chunk]) -> list[sources.Chunk]:
+    """Round-robin over ships, so parallel workers keep several ships moving at once."""
+    by_ship: dict[str, list[sources.Chunk]] = {}
+    for chunk in sorted(chunks):
+        by_ship.setdefault(chunk.ship_id, []).append(chunk)
+    queues = list(by_ship.values())
+    out = []
+    while queues:
+        for q in list(queues):
+            out.append(q.pop(0))
+            if not q:
+                queues.remove(q)
+    return out
+
+
+def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.datetime | None = None,
+        end: dt.datetime | None = None, progress_stream=None, **_ignored) -> Result:
+    began = time.monotonic()
+    config = resolve_connections(config)
+    src_cfg, tgt_cfg, bf = config.source, config.target, config.backfill
+    job = Backfill(config, None, progress_stream)
+    with db.connection(src_cfg.connection) as src, db.connection(tgt_cfg.connection) as tgt:
+        catalog.ensure_catalog(tgt, tgt_cfg.catalog_schema)
+        chunks = sources.plan_chunks(src, src_cfg, ships, start, end, bf.chunk_hours)
+        src.rollback()
+        ship_ids = sorted({c.ship_id for c in chunks})
+        job.prepare_layouts(src, tgt, ship_ids)
+        done = catalog.done_chunks(tgt, tgt_cfg.catalog_schema, ship_ids)
+        tgt.rollback()
+        swept = job.sweep_unplaceable_rejects(src, tgt, ships)
+    todo = interleave_by_ship([c for c in chunks if c.key not in done])
+    skipped = len(chunks) - len(todo)
+    results = []
+    if todo:
+        job.spark = get_spark(config, spark)
+        progress = Progress(JOB, len(todo), sum(c.narrow_rows for c in todo), bf.progress_seconds,
+                            progress_stream)
+        with progress, ThreadPoolExecutor(max_workers=bf.parallel_chunks,
+                                          thread_name_prefix="widen-chunk") as pool:
+            results = list(pool.map(lambda c: job.run_chunk_with_retries(c, progress), todo))
+    ok = [r for r in results if r["ok"]]
+    failed = [r for r in results if not r["ok"]]
+    seconds = time.monotonic() - began
+    narrow = sum(r["narrow_rows"] for r in ok)
+    summary = {
+        "ships": len(ship_ids), "chunks_total": len(chunks), "chunks_done": len(ok),
+        "chunks_skipped": skipped, "chunks_failed": len(failed), "narrow_rows": narrow,
+        "wide_rows": sum(r["wide_rows"] for r in ok),
+        "rejected_rows": sum(r["rejected_rows"] for r in ok) + swept,
+        "duplicate_rows": sum(r["duplicate_rows"] for r in ok),
+        "seconds": round(seconds, 2), "rows_per_second": round(narrow / seconds) if seconds else 0,
+        "failed": [{"chunk": r["chunk"].label(), "error": r["error"]} for r in failed],
+    }
+    report = "\n".join(f"FAILED {r['chunk'].label()}: {r['error']}" for r in failed)
+    return Result(JOB, EXIT_PROBLEM if failed else EXIT_OK, summary, report)

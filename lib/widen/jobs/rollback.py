@@ -1,0 +1,73 @@
+"""``rollback``: undo a ship's migration, whole or for one time range, in one transaction.
+
+Whole ship: drop its wide (part) tables and delete its catalog, ledger and reject rows. With
+``--start``/``--end``: delete the wide rows in that range and the ledger chunks inside it, so a
+later backfill redoes exactly that range. ``--dry-run`` prints the statements and changes nothing.
+"""
+from __future__ import annotations
+
+from psycopg2 import sql
+
+from widen import catalog, db
+from widen.config import Config, ConfigError
+from widen.jobs import EXIT_OK, Result
+from widen.session import resolve_connections
+
+
+def plan_statements(config: Config, layout: catalog.ShipLayout, start=None, end=None) -> list:
+    tgt = config.target
+    cat = tgt.catalog_schema
+    ship = layout.ship_id
+    statements: list[tuple[sql.Composable, tuple]] = []
+    if start is None and end is None:
+        for part in layout.parts:
+            statements.append((sql.SQL("DROP TABLE IF EXISTS {}").format(
+                sql.Identifier(tgt.schema, layout.tables[part])), ()))
+        for table in ("channel_columns", "wide_tables", "backfill_chunks", "rejects"):
+            statements.append((sql.SQL("DELETE FROM {} WHERE ship_id = %s").format(
+                sql.Identifier(cat, table)), (ship,)))
+        return statements
+    lo = start or "-infinity"
+    hi = end or "infinity"
+    for part in layout.parts:
+        statements.append((sql.SQL("DELETE FROM {} WHERE created_time >= %s AND created_time < %s").format(
+            sql.Identifier(tgt.schema, layout.tables[part])), (lo, hi)))
+    # A chunk that overlaps the range is no longer complete: forget it so backfill redoes it.
+    statements.append((sql.SQL("DELETE FROM {} WHERE ship_id = %s AND range_start < %s AND range_end > %s")
+                       .format(sql.Identifier(cat, "backfill_chunks")), (ship, hi, lo)))
+    statements.append((sql.SQL("DELETE FROM {} WHERE ship_id = %s AND created_time >= %s AND "
+                               "created_time < %s").format(sql.Identifier(cat, "rejects")), (ship, lo, hi)))
+    return statements
+
+
+def run(config: Config, spark=None, ships: list[str] | None = None, start=None, end=None,
+        dry_run: bool = False, **_ignored) -> Result:
+    if not ships:
+        raise ConfigError("rollback needs --ships (it never rolls back every ship by default)")
+    config = resolve_connections(config)
+    tgt_cfg = config.target
+    lines, counts, unknown = [], {}, []
+    with db.connection(tgt_cfg.connection) as conn:
+        catalog.ensure_catalog(conn, tgt_cfg.catalog_schema)
+        with conn.cursor() as cur:
+            for ship in ships:
+                layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
+                if not layout.tables:
+                    unknown.append(ship)
+                    continue
+                affected = 0
+                for statement, params in plan_statements(config, layout, start, end):
+                    text = cur.mogrify(statement, params).decode()
+                    lines.append(("would run: " if dry_run else "ran: ") + text)
+                    if not dry_run:
+                        cur.execute(statement, params)
+                        affected += max(cur.rowcount, 0)
+                counts[ship] = affected
+        if dry_run:
+            conn.rollback()
+        else:
+            conn.commit()
+    summary = {"ships": len(counts), "dry_run": dry_run, "unknown_ships": unknown,
+               "range": [start, end] if start or end else None, "rows_affected": counts}
+    lines += [f"ship {s!r} has no wide tables in the catalog: nothing to roll back" for s in unknown]
+    return Result("rollback", EXIT_OK, summary, "\n".join(lines))

@@ -1,0 +1,128 @@
+"""Arrow kernels behind the transforms: de-duplication, pivot and COPY text encoding.
+
+Pure functions over ``pyarrow`` tables, run inside Spark's Python workers (``mapInArrow``). They
+never re-render a value: ``value`` arrives as the text PostgreSQL printed.
+
+Input columns: ``created_time`` (timestamp), ``data_channel_id`` (string), ``value`` (string) and,
+when the source has an order column, ``order_key``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+KEY = ["created_time", "data_channel_id"]
+
+
+def collect(batches, schema: pa.Schema) -> pa.Table:
+    """All batches of one partition as a table (the schema is used only when there are none)."""
+    batches = list(batches)
+    return pa.Table.from_batches(batches) if batches else schema.empty_table()
+
+
+def dedup(table: pa.Table, has_order_key: bool) -> tuple[pa.Table, int]:
+    """One row per (created_time, channel), and how many rows were dropped.
+
+    With an order key the row with the greatest key wins (even when its value is NULL); without
+    one the greatest value by byte order wins and NULL only when all are NULL (PostgreSQL
+    ``max(value COLLATE "C")``).
+    """
+    if table.num_rows == 0:
+        return table.select([*KEY, "value"]), 0
+    if has_order_key:
+        ordered = table.sort_by([("order_key", "ascending")])
+        grouped = ordered.group_by(KEY, use_threads=False).aggregate(
+            [("value", "last", pc.ScalarAggregateOptions(skip_nulls=False))])
+    else:
+        grouped = table.group_by(KEY, use_threads=False).aggregate([("value", "max")])
+    grouped = grouped.rename_columns(_renamed(grouped.column_names)).select([*KEY, "value"])
+    return grouped, table.num_rows - grouped.num_rows
+
+
+def _renamed(names: list[str]) -> list[str]:
+    return ["value" if n.startswith("value_") else n for n in names]
+
+
+@dataclass
+class Pivoted:
+    """Wide rows: sorted distinct times and one string column per known channel index."""
+    times: pa.Array
+    columns: list[pa.Array]
+    unknown_channels: list[str]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.times)
+
+
+def pivot(table: pa.Table, channel_index: dict[str, int]) -> Pivoted:
+    """Pivot de-duplicated narrow rows to one row per created_time.
+
+    ``channel_index`` maps each known channel to its output column. Rows of channels it does not
+    know are left out and their names returned in ``unknown_channels``, so the caller can add the
+    columns and run the rows again rather than lose them.
+    """
+    n_columns = len(channel_index)
+    times_sorted = pc.unique(table.column("created_time")).sort()
+    n_times = len(times_sorted)
+    if table.num_rows == 0:
+        return Pivoted(times_sorted, [pa.nulls(0, pa.string())] * n_columns, [])
+    channels = table.column("data_channel_id").combine_chunks()
+    known = pa.array(list(channel_index), pa.string())
+    positions = np.array(list(channel_index.values()), dtype=np.int64)
+    found = pc.index_in(channels, value_set=known)
+    unknown: list[str] = []
+    if found.null_count:
+        unknown = sorted(pc.unique(pc.filter(channels, pc.is_null(found))).to_pylist())
+    column_of_row = positions[found.fill_null(0).to_numpy(zero_copy_only=False)]
+    keep = ~found.is_null().to_numpy(zero_copy_only=False)
+    time_of_row = pc.index_in(table.column("created_time"), value_set=times_sorted).to_numpy(
+        zero_copy_only=False)
+    row_ids = np.arange(table.num_rows, dtype=np.int64)
+    # One flat (column, time) grid holding the row that fills each cell, -1 where none does;
+    # a single take() then builds every column at once.
+    grid = np.full(n_columns * n_times, -1, dtype=np.int64)
+    grid[column_of_row[keep] * n_times + time_of_row[keep]] = row_ids[keep]
+    values = table.column("value").combine_chunks()
+    cells = values.take(pa.array(grid, mask=grid < 0))
+    columns = [cells.slice(i * n_times, n_times) for i in range(n_columns)]
+    return Pivoted(times_sorted, columns, unknown)
+
+
+_COPY_SPECIAL = r"[\\\t\n\r]"
+
+
+def copy_escape(column: pa.Array) -> pa.Array:
+    """Escape text for PostgreSQL's COPY text format (backslash, tab, newline, carriage return)."""
+    if len(column) == column.null_count:
+        return column
+    if not pc.any(pc.match_substring_regex(column, _COPY_SPECIAL)).as_py():
+        return column
+    escaped = pc.replace_substring(column, "\\", "\\\\")
+    escaped = pc.replace_substring(escaped, "\t", "\\t")
+    escaped = pc.replace_substring(escaped, "\n", "\\n")
+    return pc.replace_substring(escaped, "\r", "\\r")
+
+
+def timestamp_text(times: pa.Array) -> pa.Array:
+    """ISO text with an explicit UTC offset and the microseconds kept."""
+    utc = pc.cast(times, pa.timestamp("us", tz="UTC"))
+    return pc.binary_join_element_wise(pc.strftime(utc, format="%Y-%m-%d %H:%M:%S"),
+                                       pa.scalar("+00"), "")
+
+
+def copy_text(columns: list[pa.Array]) -> memoryview:
+    """Rows of COPY text format (tab-separated, ``\\N`` for NULL), one line per row."""
+    if not columns or len(columns[0]) == 0:
+        return memoryview(b"")
+    escaped = [copy_escape(c) for c in columns]
+    lines = pc.binary_join_element_wise(*escaped, "\t", null_handling="replace",
+                                        null_replacement="\\N")
+    lines = pc.binary_join_element_wise(lines, pa.scalar(""), "\n")
+    lines = pa.array(lines) if not isinstance(lines, pa.Array) else lines
+    # The data buffer of a string array with no nulls is exactly the concatenated lines.
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset:lines.offset + len(lines) + 1]
+    return memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]]

@@ -1,0 +1,57 @@
+"""Progress lines for long jobs: done of total, rate and ETA, printed every few seconds to stderr."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+
+class Progress:
+    def __init__(self, label: str, total_units: int, total_rows: int, every_seconds: float,
+                 stream=None):
+        self.label = label
+        self.total_units = total_units
+        self.total_rows = total_rows
+        self.every = every_seconds
+        self.stream = stream or sys.stderr
+        self.units = 0
+        self.rows = 0
+        self.failed = 0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="widen-progress", daemon=True)
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+        self.print_line()
+
+    def add(self, rows: int, failed: bool = False) -> None:
+        with self._lock:
+            self.units += 1
+            self.rows += rows
+            self.failed += int(failed)
+
+    def line(self) -> str:
+        with self._lock:
+            elapsed = max(time.monotonic() - self.started, 1e-9)
+            rate = self.rows / elapsed
+            left = max(self.total_rows - self.rows, 0)
+            eta = f"{left / rate:.0f}s" if rate > 0 and left else ("0s" if not left else "?")
+            pct = 100.0 * self.rows / self.total_rows if self.total_rows else 100.0
+            failed = f", {self.failed} failed" if self.failed else ""
+            return (f"[{self.label}] chunks {self.units}/{self.total_units}{failed}, rows "
+                    f"{self.rows:,}/{self.total_rows:,} ({pct:.1f}%), {rate:,.0f} rows/s, "
+                    f"elapsed {elapsed:.0f}s, ETA {eta}")
+
+    def print_line(self) -> None:
+        print(self.line(), file=self.stream, flush=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.print_line()

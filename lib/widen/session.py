@@ -1,0 +1,66 @@
+"""The one place that builds the Spark session and resolves where the databases are."""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from widen.config import Config, Connection
+
+#: settings every widen session needs, whoever builds it (see DESIGN.md "Pitfalls")
+REQUIRED_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.caseSensitive": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+def resolve_connections(config: Config) -> Config:
+    """Fill empty hosts from the embedded server (started if needed) when the config says so."""
+    if not config.uses_embedded:
+        return config
+    from widen import embedded
+
+    server = embedded.ensure_running(Path(config.home))
+
+    def fill(conn: Connection) -> Connection:
+        if conn.host and config.embedded != "always":
+            return conn
+        return replace(conn, host=server.host, port=server.port, user=server.user,
+                       database=server.database, password_env=None, password_file=None)
+
+    return config.with_connections(fill(config.source.connection), fill(config.target.connection))
+
+
+def jar_paths(config: Config) -> list[str]:
+    jars = sorted(glob.glob(os.path.join(config.jars_dir, "*.jar")))
+    if not any("postgresql" in os.path.basename(j) for j in jars):
+        raise FileNotFoundError(f"no PostgreSQL JDBC jar in {config.jars_dir!r}: run `make setup` "
+                                "(it fetches the jars once from Maven Central)")
+    return [os.path.abspath(j) for j in jars]
+
+
+def get_spark(config: Config, spark=None):
+    """Return ``spark`` if given (tests, notebooks), else build or reuse the session for ``config``."""
+    if spark is not None:
+        for key in ("spark.sql.session.timeZone", "spark.sql.caseSensitive"):
+            spark.conf.set(key, REQUIRED_CONF[key])
+        return spark
+    os.environ.setdefault("TZ", "UTC")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(config.spark.app_name)
+    if not os.environ.get("WIDEN_SUBMITTED"):
+        builder = builder.master(config.spark.master)
+        builder = builder.config("spark.jars", ",".join(jar_paths(config)))
+    for key, value in {**REQUIRED_CONF, **config.spark.conf}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session

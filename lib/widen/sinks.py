@@ -1,0 +1,239 @@
+"""Writes into PostgreSQL: COPY into UNLOGGED staging, then one transaction that MERGEs.
+
+The Spark side (``ChunkWriter``, run by ``mapInArrow`` on the executors) validates, de-duplicates and
+pivots each partition with the Arrow kernels and COPYs the wide rows into the chunk's staging table
+of each part, and rejected rows into a staging rejects table. The driver side
+(``merge_chunk``) then adds missing tables and columns, merges column-wise, replaces the chunk's
+rejects and writes its ledger row, all in one transaction: a replayed chunk changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg2 import sql
+from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+from widen import kernels
+from widen.catalog import ShipLayout
+
+REJECT_COLUMNS = ("ship_id", "data_channel_id", "created_time", "value_format", "double_v", "long_v",
+                  "str_v", "bool_v", "reason")
+
+STATS_SCHEMA = StructType([
+    StructField("narrow_rows", LongType()), StructField("rejected_rows", LongType()),
+    StructField("duplicate_rows", LongType()), StructField("wide_rows", LongType()),
+    StructField("unknown_channels", StringType()),
+])
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Names of one unit of work's staging tables (one per part, one for rejects)."""
+    schema: str
+    prefix: str
+
+    @classmethod
+    def for_key(cls, schema: str, *key) -> "Staging":
+        digest = hashlib.md5("\x1f".join(map(str, key)).encode()).hexdigest()[:20]
+        return cls(schema, f"stg_{digest}")
+
+    def wide(self, part: int) -> sql.Composable:
+        return sql.Identifier(self.schema, f"{self.prefix}_p{part}")
+
+    def wide_name(self, part: int) -> str:
+        return f"{self.prefix}_p{part}"
+
+    @property
+    def rejects(self) -> sql.Composable:
+        return sql.Identifier(self.schema, f"{self.prefix}_rej")
+
+
+def create_staging(conn, staging: Staging, layout: ShipLayout) -> None:
+    """(Re)create empty UNLOGGED staging tables for every part and for rejects; commits."""
+    with conn.cursor() as cur:
+        for part in layout.parts:
+            cols = [sql.SQL("{} text").format(sql.Identifier(c.column_name))
+                    for c in layout.part_channels(part)]
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.wide(part)))
+            cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (created_time timestamptz{}{})").format(
+                staging.wide(part), sql.SQL(", ") if cols else sql.SQL(""), sql.SQL(", ").join(cols)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.rejects))
+        cur.execute(sql.SQL(
+            "CREATE UNLOGGED TABLE {} (ship_id text, data_channel_id text, created_time timestamptz, "
+            "value_format text, double_v double precision, long_v bigint, str_v text, bool_v boolean, "
+            "reason text)").format(staging.rejects))
+    conn.commit()
+
+
+def drop_staging(conn, staging: Staging, parts: list[int]) -> None:
+    with conn.cursor() as cur:
+        for part in parts:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.wide(part)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.rejects))
+
+
+class ChunkWriter:
+    """The per-partition function given to ``mapInArrow``: narrow Arrow batches in, one stats row out.
+
+    Holds the target's connection parameters (password included, resolved on the driver so a
+    cluster's executors need no secret of their own); its repr never shows them.
+    """
+
+    def __init__(self, conn_params: dict, staging: Staging, layout: ShipLayout, ship_id: str,
+                 has_order_key: bool):
+        self._conn_params = conn_params
+        self.staging = staging
+        self.ship_id = ship_id
+        self.has_order_key = has_order_key
+        self.parts = layout.parts
+        # Column order inside each staging table = layout.part_channels(part).
+        self.channel_index: dict[str, int] = {}
+        self.part_slices: dict[int, tuple[int, int]] = {}
+        for part in self.parts:
+            first = len(self.channel_index)
+            for c in layout.part_channels(part):
+                self.channel_index[c.data_channel_id] = len(self.channel_index)
+            self.part_slices[part] = (first, len(self.channel_index))
+
+    def __repr__(self) -> str:
+        return f"ChunkWriter(ship_id={self.ship_id!r}, staging={self.staging.prefix!r})"
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = list(batches)
+        if not batches:
+            yield self._stats(0, 0, 0, 0, [])
+            return
+        table = pa.Table.from_batches(batches)
+        narrow_rows = table.num_rows
+        is_reject = pc.is_valid(table.column("reject_reason"))
+        rejects = table.filter(is_reject)
+        valid = table.filter(pc.invert(is_reject))
+        del table, batches
+        deduped, duplicates = kernels.dedup(valid, self.has_order_key)
+        wide = kernels.pivot(deduped, self.channel_index)
+        if wide.unknown_channels:
+            # Nothing is written: the driver adds the columns and runs the chunk again.
+            yield self._stats(narrow_rows, rejects.num_rows, duplicates, 0, wide.unknown_channels)
+            return
+        import psycopg2
+
+        conn = psycopg2.connect(**self._conn_params)
+        try:
+            with conn.cursor() as cur:
+                times = kernels.timestamp_text(wide.times)
+                for part in self.parts:
+                    lo, hi = self.part_slices[part]
+                    if wide.num_rows:
+                        copy_into(cur, self.staging.wide(part), [times, *wide.columns[lo:hi]])
+                if rejects.num_rows:
+                    copy_into(cur, self.staging.rejects, self._reject_columns(rejects))
+            conn.commit()
+        finally:
+            conn.close()
+        yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [])
+
+    def _reject_columns(self, rejects: pa.Table) -> list[pa.Array]:
+        n = rejects.num_rows
+
+        def text(name: str) -> pa.Array:
+            return pc.cast(rejects.column(name).combine_chunks(), pa.string())
+
+        ship = pa.array([self.ship_id] * n, pa.string())
+        times = rejects.column("created_time").combine_chunks()
+        time_text = (kernels.timestamp_text(times) if times.null_count < n
+                     else pa.nulls(n, pa.string()))
+        return [ship, text("data_channel_id"), time_text, text("raw_value_format"),
+                _float_text(rejects.column("raw_double_v").combine_chunks()), text("raw_long_v"),
+                text("raw_str_v"), _bool_text(rejects.column("raw_bool_v").combine_chunks()),
+                text("reject_reason")]
+
+    @staticmethod
+    def _stats(narrow: int, rejected: int, duplicates: int, wide: int,
+               unknown: list[str]) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pydict({
+            "narrow_rows": pa.array([narrow], pa.int64()), "rejected_rows": pa.array([rejected], pa.int64()),
+            "duplicate_rows": pa.array([duplicates], pa.int64()), "wide_rows": pa.array([wide], pa.int64()),
+            "unknown_channels": pa.array(["\x1f".join(unknown) if unknown else None], pa.string())})
+
+
+def _float_text(values: pa.Array) -> pa.Array:
+    # repr() round-trips every double (PostgreSQL reads 'nan', 'inf', '-0.0' too); rejects keep
+    # the raw value, they are not rendered cells.
+    return pa.array([None if v is None else repr(v) for v in values.to_pylist()], pa.string())
+
+
+def _bool_text(values: pa.Array) -> pa.Array:
+    return pa.array([None if v is None else ("t" if v else "f") for v in values.to_pylist()], pa.string())
+
+
+def copy_into(cur, table: sql.Composable, columns: list[pa.Array]) -> None:
+    data = kernels.copy_text(columns)
+    if len(data):
+        cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(table).as_string(cur),
+                        io.BytesIO(data), size=1 << 20)
+
+
+# --- driver side ------------------------------------------------------------------------------
+
+def merge_statement(server_version: int, target: sql.Composable, staging: sql.Composable,
+                    columns: list[str]) -> sql.Composable:
+    """Column-wise upsert: a NULL in the batch never overwrites a value already there.
+
+    MERGE on PostgreSQL 15+, ``INSERT … ON CONFLICT`` on 11–14.
+    """
+    cols = [sql.Identifier(c) for c in columns]
+    all_cols = sql.SQL(", ").join([sql.Identifier("created_time"), *cols])
+    if server_version >= 150000:
+        if not cols:
+            return sql.SQL(
+                "MERGE INTO {t} AS w USING {s} AS s ON w.created_time = s.created_time "
+                "WHEN NOT MATCHED THEN INSERT (created_time) VALUES (s.created_time)").format(
+                t=target, s=staging)
+        sets = sql.SQL(", ").join(sql.SQL("{c} = COALESCE(s.{c}, w.{c})").format(c=c) for c in cols)
+        changed = sql.SQL(" OR ").join(
+            sql.SQL("(s.{c} IS NOT NULL AND s.{c} IS DISTINCT FROM w.{c})").format(c=c) for c in cols)
+        values = sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in [sql.Identifier("created_time"), *cols])
+        return sql.SQL(
+            "MERGE INTO {t} AS w USING {s} AS s ON w.created_time = s.created_time "
+            "WHEN MATCHED AND ({changed}) THEN UPDATE SET {sets} "
+            "WHEN NOT MATCHED THEN INSERT ({all_cols}) VALUES ({values})").format(
+            t=target, s=staging, changed=changed, sets=sets, all_cols=all_cols, values=values)
+    if not cols:
+        return sql.SQL("INSERT INTO {t} (created_time) SELECT created_time FROM {s} "
+                       "ON CONFLICT (created_time) DO NOTHING").format(t=target, s=staging)
+    sets = sql.SQL(", ").join(sql.SQL("{c} = COALESCE(EXCLUDED.{c}, w.{c})").format(c=c) for c in cols)
+    return sql.SQL(
+        "INSERT INTO {t} AS w ({all_cols}) SELECT {all_cols} FROM {s} "
+        "ON CONFLICT (created_time) DO UPDATE SET {sets}").format(
+        t=target, s=staging, all_cols=all_cols, sets=sets)
+
+
+def merge_parts(cur, server_version: int, target_schema: str, staging: Staging,
+                layout: ShipLayout) -> int:
+    """MERGE every part's staging table into its wide table; returns the rows merged into part 1."""
+    merged = 0
+    for part in layout.parts:
+        columns = [c.column_name for c in layout.part_channels(part)]
+        cur.execute(merge_statement(server_version, sql.Identifier(target_schema, layout.tables[part]),
+                                    staging.wide(part), columns))
+        if part == layout.parts[0]:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(staging.wide(part)))
+            merged = cur.fetchone()[0]
+    return merged
+
+
+def replace_rejects(cur, catalog_schema: str, staging: Staging, job: str, batch: str) -> int:
+    rejects = sql.Identifier(catalog_schema, "rejects")
+    cur.execute(sql.SQL("DELETE FROM {} WHERE job = %s AND batch = %s").format(rejects), (job, batch))
+    cols = sql.SQL(", ").join(map(sql.Identifier, REJECT_COLUMNS))
+    cur.execute(sql.SQL("INSERT INTO {r} ({c}, job, batch) SELECT {c}, %s, %s FROM {s}").format(
+        r=rejects, c=cols, s=staging.rejects), (job, batch))
+    return cur.rowcount
+
+
+WriterFactory = Callable[..., ChunkWriter]

@@ -1,0 +1,79 @@
+"""The independent oracle: an in-database SQL pivot written here, not taken from widen.
+
+It renders values with its own CASE, applies its own validity rule and duplicate rule
+(``max(... COLLATE "C")``), and compares with the wide tables with EXCEPT both ways.
+"""
+from __future__ import annotations
+
+from psycopg2 import sql
+
+RENDER = sql.SQL(
+    "CASE value_format WHEN 'Decimal' THEN double_v::text WHEN 'Integer' THEN long_v::text "
+    "WHEN 'String' THEN str_v WHEN 'Boolean' THEN bool_v::text END")
+VALID = sql.SQL(
+    "ship_id IS NOT NULL AND data_channel_id IS NOT NULL AND data_channel_id <> '' "
+    "AND created_time IS NOT NULL AND value_format IN ('Decimal', 'Integer', 'String', 'Boolean')")
+
+
+def valid_channels(cur, src_schema: str, ship: str) -> set[str]:
+    cur.execute(sql.SQL("SELECT DISTINCT data_channel_id FROM {} WHERE ship_id = %s AND {}").format(
+        sql.Identifier(src_schema, "tbl_data_timeseries"), VALID), (ship,))
+    return {r[0] for r in cur.fetchall()}
+
+
+def valid_ships(cur, src_schema: str) -> set[str]:
+    cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {} WHERE {}").format(
+        sql.Identifier(src_schema, "tbl_data_timeseries"), VALID))
+    return {r[0] for r in cur.fetchall()}
+
+
+def catalog_mapping(cur, catalog_schema: str, ship: str) -> dict[str, list[tuple[str, str]]]:
+    """table name -> [(channel, column)] from the catalog."""
+    cur.execute(sql.SQL("SELECT table_name, data_channel_id, column_name FROM {} WHERE ship_id = %s")
+                .format(sql.Identifier(catalog_schema, "channel_columns")), (ship,))
+    out: dict[str, list[tuple[str, str]]] = {}
+    for table, channel, column in cur.fetchall():
+        out.setdefault(table, []).append((channel, column))
+    return out
+
+
+def differences(cur, src_schema: str, tgt_schema: str, catalog_schema: str, ship: str,
+                start=None, end=None) -> dict[str, tuple[int, int]]:
+    """Per wide table: (rows only in the wide table, rows only in the oracle pivot)."""
+    cur.execute("SET jit = off")
+    time_filter = sql.SQL("")
+    params: list = []
+    if start is not None:
+        time_filter = sql.SQL(" AND created_time >= %s AND created_time < %s")
+        params = [start, end]
+    out = {}
+    for table, pairs in catalog_mapping(cur, catalog_schema, ship).items():
+        cols = sql.SQL(", ").join(sql.Identifier(col) for _, col in pairs)
+        pivot = sql.SQL(", ").join(
+            sql.SQL("max(({r}) COLLATE \"C\") FILTER (WHERE data_channel_id = {ch})").format(
+                r=RENDER, ch=sql.Literal(ch)) for ch, _ in pairs)
+        wide = sql.SQL("SELECT created_time, {c} FROM {t} WHERE true{f}").format(
+            c=cols, t=sql.Identifier(tgt_schema, table), f=time_filter)
+        narrow = sql.SQL("SELECT created_time, {p} FROM {t} WHERE ship_id = {s} AND {v}{f} "
+                         "GROUP BY created_time").format(
+            p=pivot, t=sql.Identifier(src_schema, "tbl_data_timeseries"), s=sql.Literal(ship), v=VALID,
+            f=time_filter)
+        cur.execute(sql.SQL("SELECT count(*) FROM ({w} EXCEPT ALL {n}) x").format(w=wide, n=narrow),
+                    params * 2)
+        only_wide = cur.fetchone()[0]
+        cur.execute(sql.SQL("SELECT count(*) FROM ({n} EXCEPT ALL {w}) x").format(w=wide, n=narrow),
+                    params * 2)
+        out[table] = (only_wide, cur.fetchone()[0])
+    return out
+
+
+def assert_equal_to_oracle(cur, src_schema: str, tgt_schema: str, catalog_schema: str) -> None:
+    ships = valid_ships(cur, src_schema)
+    cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(
+        sql.Identifier(catalog_schema, "wide_tables")))
+    assert {r[0] for r in cur.fetchall()} == ships
+    for ship in ships:
+        mapping = catalog_mapping(cur, catalog_schema, ship)
+        assert {ch for pairs in mapping.values() for ch, _ in pairs} == valid_channels(cur, src_schema, ship)
+        diffs = differences(cur, src_schema, tgt_schema, catalog_schema, ship)
+        assert all(d == (0, 0) for d in diffs.values()), (ship, diffs)

@@ -1,0 +1,146 @@
+"""Integration: a generated fleet plus hostile rows, backfilled on the real server, equals the oracle."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from psycopg2 import sql
+
+import nasty
+import oracle
+from widen import generate
+from widen.config import Connection
+from widen.jobs import backfill, plan
+
+NAME = "bf"
+SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
+LATE_CHANNEL = "late/new-channel"     # inserted after the plan ran
+
+
+def snapshot(cur) -> dict:
+    """Every wide table's contents and row versions, and the ledger."""
+    cur.execute(sql.SQL("SELECT table_name FROM {} ORDER BY 1").format(sql.Identifier(CAT, "wide_tables")))
+    out = {}
+    for (table,) in cur.fetchall():
+        cur.execute(sql.SQL("SELECT md5(string_agg(t::text, '|' ORDER BY created_time)), "
+                            "string_agg(xmin::text, ',' ORDER BY created_time) FROM {} t").format(
+            sql.Identifier(TGT, table)))
+        out[table] = cur.fetchone()
+    cur.execute(sql.SQL("SELECT ship_id, range_start, range_end, status, narrow_rows, wide_rows, attempts "
+                        "FROM {} ORDER BY 1, 2").format(sql.Identifier(CAT, "backfill_chunks")))
+    out["ledger"] = cur.fetchall()
+    return out
+
+
+@pytest.fixture(scope="module")
+def migrated(pg_server, make_config, spark):
+    import psycopg2
+
+    config = make_config(NAME)
+    conn_cfg = Connection(pg_server["host"], pg_server["port"], pg_server["database"], pg_server["user"])
+    generate.generate_fleet(conn_cfg, SRC, ships=3, channels=12, hours=3, seed=11)
+    conn = psycopg2.connect(**conn_cfg.psycopg_params())
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for schema in (TGT, CAT):
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    nasty.insert(conn, SRC)
+    planned = plan.run(config)
+    # A channel the plan never saw arrives before the backfill: it must get a column, not be lost.
+    fleet_ship = generate.ship_ids(1)[0]
+    nasty.insert(conn, SRC, [(fleet_ship, LATE_CHANNEL, nasty.at(7000), "Integer", None, 42, None,
+                              None)])
+    first = backfill.run(config, spark)
+    yield {"config": config, "conn": conn, "plan": planned, "first": first}
+    conn.close()
+
+
+def test_every_wide_table_equals_the_sql_pivot(migrated, pg):
+    assert migrated["first"].exit_code == 0, migrated["first"].summary
+    with pg.cursor() as cur:
+        oracle.assert_equal_to_oracle(cur, SRC, TGT, CAT)
+
+
+def test_hostile_identifiers_become_tables_and_columns(migrated, pg):
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id, table_name FROM {} WHERE part = 1").format(
+            sql.Identifier(CAT, "wide_tables")))
+        tables = dict(cur.fetchall())
+        assert tables[nasty.S_SQL] == "tbl_data_timeseries_" + nasty.S_SQL
+        assert len(tables[nasty.S_LONG].encode()) <= 63 and tables[nasty.S_LONG] != "tbl_data_timeseries_" + nasty.S_LONG
+        # The source table is still there, whatever the ship ids said.
+        cur.execute("SELECT to_regclass(%s)", (f"{SRC}.tbl_data_timeseries",))
+        assert cur.fetchone()[0] is not None
+        cur.execute("SELECT col_description(%s::regclass, a.attnum) FROM pg_attribute a "
+                    "WHERE a.attrelid = %s::regclass AND a.attname = 'UPPER'",
+                    (sql.Identifier(TGT, tables[nasty.S_SQL]).as_string(pg),) * 2)
+        assert cur.fetchone()[0] == "data_channel_id=UPPER"
+
+
+def test_every_rejected_row_is_in_the_rejects_table(migrated, pg):
+    with pg.cursor() as cur:
+        cols = "ship_id, data_channel_id, created_time, value_format, double_v, long_v, str_v, bool_v"
+        invalid = sql.SQL("SELECT {c} FROM {t} WHERE NOT coalesce({v}, false)").format(
+            c=sql.SQL(cols), t=sql.Identifier(SRC, "tbl_data_timeseries"), v=oracle.VALID)
+        recorded = sql.SQL("SELECT {c} FROM {t} WHERE job = 'backfill'").format(
+            c=sql.SQL(cols), t=sql.Identifier(CAT, "rejects"))
+        for a, b in ((invalid, recorded), (recorded, invalid)):
+            cur.execute(sql.SQL("SELECT count(*) FROM ({} EXCEPT ALL {}) x").format(a, b))
+            assert cur.fetchone()[0] == 0
+        cur.execute(sql.SQL("SELECT count(*) FROM ({}) x").format(invalid))
+        expected = cur.fetchone()[0]
+    assert expected == 8
+    assert migrated["first"].summary["rejected_rows"] == expected
+    assert migrated["plan"].summary["rejected_rows"] == expected
+
+
+def test_duplicates_are_counted(migrated, pg):
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) n FROM {t} WHERE {v} "
+                            "GROUP BY ship_id, data_channel_id, created_time) d").format(
+            t=sql.Identifier(SRC, "tbl_data_timeseries"), v=oracle.VALID))
+        expected = cur.fetchone()[0]
+    assert expected == 6
+    assert migrated["first"].summary["duplicate_rows"] == expected
+    assert migrated["plan"].summary["duplicate_rows"] == expected
+
+
+def test_plan_reports_rows_span_and_channels(migrated, pg):
+    by_ship = {r["ship_id"]: r for r in migrated["plan"].summary["plan"]}
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id, count(*), min(created_time), max(created_time), "
+                            "count(DISTINCT data_channel_id) FILTER (WHERE {v}) FROM {t} "
+                            "WHERE ship_id IS NOT NULL AND data_channel_id IS DISTINCT FROM %s "
+                            "GROUP BY 1").format(
+            t=sql.Identifier(SRC, "tbl_data_timeseries"), v=oracle.VALID), (LATE_CHANNEL,))
+        for ship, rows, lo, hi, channels in cur.fetchall():
+            assert by_ship[ship]["channels"] == channels
+            if ship != nasty.S_SPACES and ship != nasty.S_QUOTES:    # rows with NULL time are not in the span
+                assert (by_ship[ship]["narrow_rows"], by_ship[ship]["start"], by_ship[ship]["end"]) == (rows, lo, hi)
+
+
+def test_running_again_changes_nothing(migrated, pg, spark):
+    with pg.cursor() as cur:
+        before = snapshot(cur)
+    again = backfill.run(migrated["config"], spark)
+    assert again.exit_code == 0
+    assert again.summary["chunks_done"] == 0
+    assert again.summary["chunks_skipped"] == migrated["first"].summary["chunks_total"]
+    with pg.cursor() as cur:
+        assert snapshot(cur) == before
+
+
+def test_a_replayed_chunk_changes_no_row(migrated, pg, spark):
+    """Forget one chunk in the ledger: it is redone, and the MERGE rewrites nothing."""
+    ship = generate.ship_ids(1)[0]
+    with pg.cursor() as cur:
+        before = snapshot(cur)
+        cur.execute(sql.SQL("DELETE FROM {} WHERE ship_id = %s AND range_start = %s").format(
+            sql.Identifier(CAT, "backfill_chunks")), (ship, nasty.T0))
+    again = backfill.run(migrated["config"], spark)
+    assert again.summary["chunks_done"] == 1
+    with pg.cursor() as cur:
+        after = snapshot(cur)
+        oracle.assert_equal_to_oracle(cur, SRC, TGT, CAT)
+    assert {k: v for k, v in after.items() if k != "ledger"} == {k: v for k, v in before.items() if k != "ledger"}
+    assert len(after["ledger"]) == len(before["ledger"])
