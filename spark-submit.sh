@@ -43,7 +43,7 @@ export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$venv/bin/python}
 export WIDEN_SUBMITTED=1
 cd "$here"
 exec "$submit" --master "$master" --jars "$jars" --py-files "$here/build/widen.zip" \
-  --driver-java-options "-Duser.timezone=UTC" \
+  --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$here/conf/log4j2.properties" \
   --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
   --conf spark.sql.session.timeZone=UTC \
   --conf spark.ui.showConsoleProgress=false \

@@ -14,31 +14,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-KEY = ["created_time", "data_channel_id"]
-
-
 def collect(batches, schema: pa.Schema) -> pa.Table:
     """All batches of one partition as a table (the schema is used only when there are none)."""
     batches = list(batches)
     return pa.Table.from_batches(batches) if batches else schema.empty_table()
 
 
-def dedup(table: pa.Table, has_order_key: bool) -> tuple[pa.Table, int]:
+def dedup(table: pa.Table, has_order_key: bool, channel: str = "data_channel_id") -> tuple[pa.Table, int]:
     """One row per (created_time, channel), and how many rows were dropped.
+
+    ``channel`` names the column that identifies the channel (its name, or its column code).
 
     With an order key the row with the greatest key wins (even when its value is NULL); without
     one the greatest value by byte order wins and NULL only when all are NULL (PostgreSQL
     ``max(value COLLATE "C")``).
     """
+    key = ["created_time", channel]
     if table.num_rows == 0:
-        return table.select([*KEY, "value"]), 0
+        return table.select([*key, "value"]), 0
     if has_order_key:
         ordered = table.sort_by([("order_key", "ascending")])
-        grouped = ordered.group_by(KEY, use_threads=False).aggregate(
+        grouped = ordered.group_by(key, use_threads=False).aggregate(
             [("value", "last", pc.ScalarAggregateOptions(skip_nulls=False))])
     else:
-        grouped = table.group_by(KEY, use_threads=False).aggregate([("value", "max")])
-    grouped = grouped.rename_columns(_renamed(grouped.column_names)).select([*KEY, "value"])
+        grouped = table.group_by(key, use_threads=False).aggregate([("value", "max")])
+    grouped = grouped.rename_columns(_renamed(grouped.column_names)).select([*key, "value"])
     return grouped, table.num_rows - grouped.num_rows
 
 
@@ -52,6 +52,8 @@ class Pivoted:
     times: pa.Array
     columns: list[pa.Array]
     unknown_channels: list[str]
+    #: True when two input rows fell on one cell (the input was not de-duplicated)
+    collisions: bool = False
 
     @property
     def num_rows(self) -> int:
@@ -59,26 +61,39 @@ class Pivoted:
 
 
 def pivot(table: pa.Table, channel_index: dict[str, int]) -> Pivoted:
-    """Pivot de-duplicated narrow rows to one row per created_time.
+    """Pivot de-duplicated narrow rows (channels by name) to one row per created_time.
 
     ``channel_index`` maps each known channel to its output column. Rows of channels it does not
     know are left out and their names returned in ``unknown_channels``, so the caller can add the
     columns and run the rows again rather than lose them.
     """
-    n_columns = len(channel_index)
-    times_sorted = pc.unique(table.column("created_time")).sort()
-    n_times = len(times_sorted)
-    if table.num_rows == 0:
-        return Pivoted(times_sorted, [pa.nulls(0, pa.string())] * n_columns, [])
     channels = table.column("data_channel_id").combine_chunks()
     known = pa.array(list(channel_index), pa.string())
-    positions = np.array(list(channel_index.values()), dtype=np.int64)
+    positions = pa.array(list(channel_index.values()), pa.int32())
     found = pc.index_in(channels, value_set=known)
     unknown: list[str] = []
     if found.null_count:
         unknown = sorted(pc.unique(pc.filter(channels, pc.is_null(found))).to_pylist())
-    column_of_row = positions[found.fill_null(0).to_numpy(zero_copy_only=False)]
-    keep = ~found.is_null().to_numpy(zero_copy_only=False)
+    codes = pc.take(positions, found)
+    coded = pa.table({"created_time": table.column("created_time"), "channel": codes,
+                      "value": table.column("value")})
+    wide = pivot_coded(coded, len(channel_index))
+    wide.unknown_channels = unknown
+    return wide
+
+
+def pivot_coded(table: pa.Table, n_columns: int) -> Pivoted:
+    """Pivot rows whose ``channel`` is already the output column's number (NULL rows are left out).
+
+    Every time in the table gets a row, even if all its cells are NULL, as in a SQL GROUP BY.
+    """
+    times_sorted = pc.unique(table.column("created_time")).sort()
+    n_times = len(times_sorted)
+    if table.num_rows == 0:
+        return Pivoted(times_sorted, [pa.nulls(0, pa.string())] * n_columns, [])
+    codes = table.column("channel").combine_chunks()
+    keep = ~codes.is_null().to_numpy(zero_copy_only=False)
+    column_of_row = codes.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     time_of_row = pc.index_in(table.column("created_time"), value_set=times_sorted).to_numpy(
         zero_copy_only=False)
     row_ids = np.arange(table.num_rows, dtype=np.int64)
@@ -86,10 +101,25 @@ def pivot(table: pa.Table, channel_index: dict[str, int]) -> Pivoted:
     # a single take() then builds every column at once.
     grid = np.full(n_columns * n_times, -1, dtype=np.int64)
     grid[column_of_row[keep] * n_times + time_of_row[keep]] = row_ids[keep]
+    filled = grid >= 0
+    collisions = int(np.count_nonzero(filled)) < int(np.count_nonzero(keep))
     values = table.column("value").combine_chunks()
-    cells = values.take(pa.array(grid, mask=grid < 0))
+    cells = values.take(pa.array(grid, mask=~filled))
     columns = [cells.slice(i * n_times, n_times) for i in range(n_columns)]
-    return Pivoted(times_sorted, columns, unknown)
+    return Pivoted(times_sorted, columns, [], collisions)
+
+
+def dedup_and_pivot(table: pa.Table, n_columns: int, has_order_key: bool) -> tuple[Pivoted, int]:
+    """``pivot_coded(dedup(table))`` and the duplicate count, without paying for dedup when none exist.
+
+    The pivot notices when two rows land on one cell; only then is the (much slower) grouped
+    de-duplication run and the pivot redone.
+    """
+    wide = pivot_coded(table, n_columns)
+    if not wide.collisions:
+        return wide, 0
+    deduped, duplicates = dedup(table, has_order_key, channel="channel")
+    return pivot_coded(deduped, n_columns), duplicates
 
 
 _COPY_SPECIAL = r"[\\\t\n\r]"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,9 +20,6 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from widen import kernels
 from widen.catalog import ShipLayout
-
-REJECT_COLUMNS = ("ship_id", "data_channel_id", "created_time", "value_format", "double_v", "long_v",
-                  "str_v", "bool_v", "reason")
 
 STATS_SCHEMA = StructType([
     StructField("narrow_rows", LongType()), StructField("rejected_rows", LongType()),
@@ -63,10 +60,8 @@ def create_staging(conn, staging: Staging, layout: ShipLayout) -> None:
             cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (created_time timestamptz{}{})").format(
                 staging.wide(part), sql.SQL(", ") if cols else sql.SQL(""), sql.SQL(", ").join(cols)))
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.rejects))
-        cur.execute(sql.SQL(
-            "CREATE UNLOGGED TABLE {} (ship_id text, data_channel_id text, created_time timestamptz, "
-            "value_format text, double_v double precision, long_v bigint, str_v text, bool_v boolean, "
-            "reason text)").format(staging.rejects))
+        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (ship_id text, created_time timestamptz, raw text)")
+                    .format(staging.rejects))
     conn.commit()
 
 
@@ -103,23 +98,34 @@ class ChunkWriter:
     def __repr__(self) -> str:
         return f"ChunkWriter(ship_id={self.ship_id!r}, staging={self.staging.prefix!r})"
 
+    @property
+    def channels(self) -> list[str]:
+        """Known channels in column order: the source query numbers them by this list."""
+        return list(self.channel_index)
+
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         batches = list(batches)
         if not batches:
             yield self._stats(0, 0, 0, 0, [])
             return
         table = pa.Table.from_batches(batches)
+        del batches
         narrow_rows = table.num_rows
-        is_reject = pc.is_valid(table.column("reject_reason"))
+        is_reject = pc.is_valid(table.column("reject"))
         rejects = table.filter(is_reject)
         valid = table.filter(pc.invert(is_reject))
-        del table, batches
-        deduped, duplicates = kernels.dedup(valid, self.has_order_key)
-        wide = kernels.pivot(deduped, self.channel_index)
-        if wide.unknown_channels:
+        del table
+        names = valid.column("channel_name")
+        if names.null_count < len(names):
             # Nothing is written: the driver adds the columns and runs the chunk again.
-            yield self._stats(narrow_rows, rejects.num_rows, duplicates, 0, wide.unknown_channels)
+            unknown = sorted(pc.unique(names.drop_null()).to_pylist())
+            yield self._stats(narrow_rows, rejects.num_rows, 0, 0, unknown)
             return
+        coded = pa.table({
+            "created_time": pc.cast(valid.column("created_us"), pa.timestamp("us", tz="UTC")),
+            "channel": valid.column("channel_idx"), "value": valid.column("value"),
+            **({"order_key": valid.column("order_key")} if self.has_order_key else {})})
+        wide, duplicates = kernels.dedup_and_pivot(coded, len(self.channel_index), self.has_order_key)
         import psycopg2
 
         conn = psycopg2.connect(**self._conn_params)
@@ -139,18 +145,10 @@ class ChunkWriter:
 
     def _reject_columns(self, rejects: pa.Table) -> list[pa.Array]:
         n = rejects.num_rows
-
-        def text(name: str) -> pa.Array:
-            return pc.cast(rejects.column(name).combine_chunks(), pa.string())
-
-        ship = pa.array([self.ship_id] * n, pa.string())
-        times = rejects.column("created_time").combine_chunks()
-        time_text = (kernels.timestamp_text(times) if times.null_count < n
-                     else pa.nulls(n, pa.string()))
-        return [ship, text("data_channel_id"), time_text, text("raw_value_format"),
-                _float_text(rejects.column("raw_double_v").combine_chunks()), text("raw_long_v"),
-                text("raw_str_v"), _bool_text(rejects.column("raw_bool_v").combine_chunks()),
-                text("reject_reason")]
+        times = pc.cast(rejects.column("created_us").combine_chunks(), pa.timestamp("us", tz="UTC"))
+        time_text = kernels.timestamp_text(times) if times.null_count < n else pa.nulls(n, pa.string())
+        return [pa.array([self.ship_id] * n, pa.string()), time_text,
+                rejects.column("reject").combine_chunks()]
 
     @staticmethod
     def _stats(narrow: int, rejected: int, duplicates: int, wide: int,
@@ -159,16 +157,6 @@ class ChunkWriter:
             "narrow_rows": pa.array([narrow], pa.int64()), "rejected_rows": pa.array([rejected], pa.int64()),
             "duplicate_rows": pa.array([duplicates], pa.int64()), "wide_rows": pa.array([wide], pa.int64()),
             "unknown_channels": pa.array(["\x1f".join(unknown) if unknown else None], pa.string())})
-
-
-def _float_text(values: pa.Array) -> pa.Array:
-    # repr() round-trips every double (PostgreSQL reads 'nan', 'inf', '-0.0' too); rejects keep
-    # the raw value, they are not rendered cells.
-    return pa.array([None if v is None else repr(v) for v in values.to_pylist()], pa.string())
-
-
-def _bool_text(values: pa.Array) -> pa.Array:
-    return pa.array([None if v is None else ("t" if v else "f") for v in values.to_pylist()], pa.string())
 
 
 def copy_into(cur, table: sql.Composable, columns: list[pa.Array]) -> None:
@@ -228,12 +216,14 @@ def merge_parts(cur, server_version: int, target_schema: str, staging: Staging,
 
 
 def replace_rejects(cur, catalog_schema: str, staging: Staging, job: str, batch: str) -> int:
+    """Swap the unit's rejects for the staged ones; ``raw`` is the text array the source SQL built."""
     rejects = sql.Identifier(catalog_schema, "rejects")
     cur.execute(sql.SQL("DELETE FROM {} WHERE job = %s AND batch = %s").format(rejects), (job, batch))
-    cols = sql.SQL(", ").join(map(sql.Identifier, REJECT_COLUMNS))
-    cur.execute(sql.SQL("INSERT INTO {r} ({c}, job, batch) SELECT {c}, %s, %s FROM {s}").format(
-        r=rejects, c=cols, s=staging.rejects), (job, batch))
+    cur.execute(sql.SQL(
+        "INSERT INTO {r} (ship_id, data_channel_id, created_time, reason, value_format, double_v, long_v, "
+        "str_v, bool_v, job, batch) SELECT ship_id, a[2], created_time, a[1], a[3], "
+        "a[4]::double precision, a[5]::bigint, a[6], a[7]::boolean, %s, %s "
+        "FROM (SELECT *, raw::text[] AS a FROM {s}) staged").format(r=rejects, s=staging.rejects),
+        (job, batch))
     return cur.rowcount
 
-
-WriterFactory = Callable[..., ChunkWriter]

@@ -7,6 +7,7 @@ one Spark partition and the pivot needs no shuffle.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from dataclasses import dataclass
 
@@ -16,7 +17,6 @@ from pyspark.sql import DataFrame, SparkSession
 from widen import render
 from widen.config import SourceConfig
 
-RAW_COLUMNS = ("value_format", "double_v", "long_v", "str_v", "bool_v")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -82,34 +82,49 @@ def sub_ranges(start: dt.datetime, end: dt.datetime, parts: int) -> list[tuple[d
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 
 
-def chunk_query(conn, cfg: SourceConfig, ship_id: str) -> str:
-    """The JDBC ``dbtable`` subquery for one ship: rendered value, reject reason, raw rejected values.
+def chunk_query(conn, cfg: SourceConfig, ship_id: str, lo: dt.datetime, hi: dt.datetime,
+                channels: list[str]) -> str:
+    """The JDBC ``dbtable`` subquery for one ship and one created_time range.
 
-    Raw columns are only carried for rejected rows, so valid rows cost three columns on the wire.
+    Columns, chosen to be cheap for the JDBC driver and Spark to decode:
+    ``created_us`` (created_time in microseconds since the epoch), ``channel_idx`` (the channel's
+    position in ``channels``, joined in SQL so the long names never cross the wire),
+    ``channel_name`` (only for a channel not in ``channels``), the rendered ``value``,
+    ``order_key`` when configured, and ``reject``: NULL for a valid row, else a text array of the
+    reason and the raw row (data_channel_id, value_format, double_v, long_v, str_v, bool_v as
+    PostgreSQL prints them, which it reads back exactly).
     """
-    reason = render.reject_reason_sql()
-    raw = [sql.SQL("CASE WHEN {r} IS NOT NULL THEN {c} END AS {a}").format(
-        r=reason, c=sql.Identifier(c), a=sql.Identifier(f"raw_{c}")) for c in RAW_COLUMNS]
-    order = ([sql.SQL("{} AS order_key").format(sql.Identifier(cfg.order_column))]
+    reason = render.reject_reason_sql("t")
+    raw = sql.SQL("CASE WHEN {r} IS NOT NULL THEN ARRAY[{r}, t.data_channel_id, t.value_format, "
+                  "t.double_v::text, t.long_v::text, t.str_v, t.bool_v::text]::text END").format(r=reason)
+    order = ([sql.SQL("t.{} AS order_key, ").format(sql.Identifier(cfg.order_column))]
              if cfg.order_column else [])
+    if channels:
+        known = sql.SQL("(VALUES {}) AS m(name, idx)").format(sql.SQL(", ").join(
+            sql.SQL("({}, {})").format(sql.Literal(name), sql.Literal(i)) for i, name in enumerate(channels)))
+    else:
+        known = sql.SQL("(SELECT NULL::text AS name, NULL::integer AS idx WHERE false) AS m")
     query = sql.SQL(
-        "(SELECT created_time, data_channel_id, {value} AS value, {order}{reason} AS reject_reason, "
-        "{raw} FROM {t} WHERE ship_id = {ship}) AS narrow_chunk").format(
-        value=render.rendered_value(), order=sql.SQL("").join(o + sql.SQL(", ") for o in order),
-        reason=reason, raw=sql.SQL(", ").join(raw), t=source_table(cfg), ship=sql.Literal(ship_id))
+        "(SELECT (extract(epoch FROM t.created_time) * 1000000)::bigint AS created_us, "
+        "m.idx AS channel_idx, CASE WHEN m.idx IS NULL THEN t.data_channel_id END AS channel_name, "
+        "{value} AS value, {order}{raw} AS reject FROM {t} AS t LEFT JOIN {known} "
+        "ON m.name = t.data_channel_id WHERE t.ship_id = {ship} AND t.created_time >= {lo} "
+        "AND t.created_time < {hi}) AS narrow_chunk").format(
+        value=render.rendered_value("t"), order=sql.SQL("").join(order), raw=raw,
+        t=source_table(cfg), known=known, ship=sql.Literal(ship_id), lo=sql.Literal(lo),
+        hi=sql.Literal(hi))
     return query.as_string(conn)
 
 
-def time_predicates(conn, ranges: list[tuple[dt.datetime, dt.datetime]]) -> list[str]:
-    return [sql.SQL("created_time >= {} AND created_time < {}").format(
-        sql.Literal(lo), sql.Literal(hi)).as_string(conn) for lo, hi in ranges]
-
-
 def read_chunk(spark: SparkSession, conn, cfg: SourceConfig, jdbc_url: str, jdbc_props: dict,
-               chunk: Chunk, partitions: int) -> DataFrame:
-    """A partitioned JDBC read of one chunk: one Spark partition per created_time sub-range."""
+               chunk: Chunk, partitions: int, channels: list[str]) -> DataFrame:
+    """A partitioned JDBC read of one chunk: one Spark partition per created_time sub-range.
+
+    Each sub-range is its own single-partition JDBC read whose range sits inside the SQL (so the
+    index on created_time is used); their union keeps one partition each, with no shuffle.
+    """
     props = dict(jdbc_props)
     props["fetchsize"] = str(cfg.fetch_size)
-    predicates = time_predicates(conn, sub_ranges(chunk.range_start, chunk.range_end, partitions))
-    return spark.read.jdbc(jdbc_url, chunk_query(conn, cfg, chunk.ship_id), predicates=predicates,
-                           properties=props)
+    frames = [spark.read.jdbc(jdbc_url, chunk_query(conn, cfg, chunk.ship_id, lo, hi, channels), properties=props)
+              for lo, hi in sub_ranges(chunk.range_start, chunk.range_end, partitions)]
+    return functools.reduce(DataFrame.union, frames)

@@ -84,6 +84,9 @@ def pivot(columns: dict[str, str], time_partitioned: bool = False) -> Callable[[
             wide = kernels.pivot(table, index)
             if wide.unknown_channels:
                 raise ValueError(f"pivot: no column for channel(s) {wide.unknown_channels}")
+            if wide.collisions:
+                raise ValueError("pivot: several rows for one (created_time, data_channel_id): "
+                                 "apply dedup() first")
             if wide.num_rows:
                 yield pa.RecordBatch.from_arrays([wide.times, *wide.columns],
                                                  names=["created_time", *names])

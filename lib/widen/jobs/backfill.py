@@ -103,13 +103,17 @@ class Backfill:
             with db.connection(tgt_cfg.connection) as tgt:
                 sinks.create_staging(tgt, staging, layout)
             try:
+                t0 = time.monotonic()
                 stats = self._write_staging(chunk, staging, layout)
+                spark_seconds = time.monotonic() - t0
                 unknown = sorted({c for row in stats if row["unknown_channels"]
                                   for c in row["unknown_channels"].split("\x1f")})
                 if unknown:
                     self.add_channels(chunk, unknown)
                     continue
-                return self._merge(chunk, staging, layout, stats, started_at)
+                t0 = time.monotonic()
+                merged = self._merge(chunk, staging, layout, stats, started_at)
+                return {**merged, "spark_seconds": spark_seconds, "merge_seconds": time.monotonic() - t0}
             finally:
                 with db.connection(tgt_cfg.connection, autocommit=True) as tgt:
                     sinks.drop_staging(tgt, staging, layout.parts)
@@ -117,12 +121,12 @@ class Backfill:
 
     def _write_staging(self, chunk, staging, layout) -> list[dict]:
         cfg, tgt_cfg = self.config.source, self.config.target
+        writer = sinks.ChunkWriter(tgt_cfg.connection.psycopg_params(), staging, layout,
+                                   chunk.ship_id, cfg.order_column is not None)
         with db.connection(cfg.connection) as src:
             frame = sources.read_chunk(self.spark, src, cfg, cfg.connection.jdbc_url(),
                                        cfg.connection.jdbc_properties(), chunk,
-                                       self.config.backfill.partitions_per_chunk)
-        writer = sinks.ChunkWriter(tgt_cfg.connection.psycopg_params(), staging, layout,
-                                   chunk.ship_id, cfg.order_column is not None)
+                                       self.config.backfill.partitions_per_chunk, writer.channels)
         self.spark.sparkContext.setJobDescription(f"widen backfill {chunk.label()}")
         return [row.asDict() for row in frame.mapInArrow(writer, sinks.STATS_SCHEMA).collect()]
 
@@ -140,6 +144,8 @@ class Backfill:
                                      narrow_rows=totals["narrow_rows"], wide_rows=wide_rows,
                                      rejected=totals["rejected_rows"],
                                      duplicates=totals["duplicate_rows"])
+            # Dropped in the same transaction, so a kill after the commit leaves no staging behind.
+            sinks.drop_staging(tgt, staging, layout.parts)
             tgt.commit()
         return {**totals, "wide_rows": wide_rows}
 
@@ -271,6 +277,8 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
         "rejected_rows": sum(r["rejected_rows"] for r in ok) + swept,
         "duplicate_rows": sum(r["duplicate_rows"] for r in ok),
         "seconds": round(seconds, 2), "rows_per_second": round(narrow / seconds) if seconds else 0,
+        "chunk_seconds": {"read_pivot_copy": round(sum(r["spark_seconds"] for r in ok), 2),
+                          "merge": round(sum(r["merge_seconds"] for r in ok), 2)},
         "failed": [{"chunk": r["chunk"].label(), "error": r["error"]} for r in failed],
     }
     report = "\n".join(f"FAILED {r['chunk'].label()}: {r['error']}" for r in failed)

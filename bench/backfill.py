@@ -1,0 +1,262 @@
+"""Backfill benchmark: widen against the three ways a team would otherwise do it, on the same data.
+
+  widen         ./spark-submit.sh backfill (partitioned JDBC read -> Arrow pivot -> COPY -> MERGE)
+  sql-pivot     the database's own pivot: INSERT … SELECT … GROUP BY created_time with one
+                max(value) FILTER (WHERE channel = …) per channel, jit off, one connection per ship
+                running --sql-parallel at a time
+  copy-pandas   one process: COPY the rendered narrow rows out, pandas pivot, COPY the wide rows in
+  spark-native  spark.read JDBC (partitioned by created_time) + groupBy().pivot() + write.jdbc
+
+Prints narrow rows/s and the ratios, and checks that every competitor's tables equal widen's
+(EXCEPT both ways). Default data: 8 ships x 150 channels x 48 h at 15 s = 13.8M narrow rows;
+--small gives 2 ships x 40 channels x 6 h.
+
+    .venv/bin/python bench/backfill.py [--small] [--skip spark-native] [--reuse-data]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+os.environ.setdefault("TZ", "UTC")
+
+import psycopg2  # noqa: E402
+from psycopg2 import sql  # noqa: E402
+
+from widen import catalog, config as widen_config, embedded, generate, render  # noqa: E402
+from widen.jobs import backfill  # noqa: E402
+from widen.session import get_spark  # noqa: E402
+
+SRC_SCHEMA = "bench_src"
+SCHEMAS = {"widen": "bench_widen", "sql-pivot": "bench_sql", "copy-pandas": "bench_pandas",
+           "spark-native": "bench_spark"}
+CATALOG = "bench_catalog"
+
+
+def make_config(server) -> widen_config.Config:
+    conn = {"host": server.host, "port": server.port, "database": server.database, "user": server.user}
+    return widen_config.parse({
+        "embedded": "never", "jars_dir": str(ROOT / "jars"),
+        "source": {**conn, "schema": SRC_SCHEMA},
+        "target": {**conn, "schema": SCHEMAS["widen"], "catalog_schema": CATALOG},
+        "backfill": {"chunk_hours": 24, "partitions_per_chunk": 4, "parallel_chunks": 2,
+                     "progress_seconds": 15},
+        "spark": {"master": "local[*]", "conf": {"spark.sql.shuffle.partitions": "4",
+                                                 "spark.driver.memory": "4g"}},
+    })
+
+
+def connect(cfg):
+    conn = psycopg2.connect(**cfg.target.connection.psycopg_params())
+    conn.autocommit = True
+    conn.cursor().execute("SET TIME ZONE 'UTC'")
+    return conn
+
+
+def reset(conn, schemas) -> None:
+    with conn.cursor() as cur:
+        for schema in schemas:
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+
+
+def layouts(conn) -> dict[str, catalog.ShipLayout]:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(sql.Identifier(CATALOG, "wide_tables")))
+        ships = [r[0] for r in cur.fetchall()]
+    return {s: catalog.load_layout(conn, CATALOG, s) for s in ships}
+
+
+def create_tables(conn, schema: str, ship_layouts) -> None:
+    with conn.cursor() as cur:
+        for layout in ship_layouts.values():
+            for part in layout.parts:
+                cols = [sql.SQL("{} text").format(sql.Identifier(c.column_name)) for c in layout.part_channels(part)]
+                cur.execute(sql.SQL("CREATE TABLE {} (created_time timestamptz PRIMARY KEY, {})").format(
+                    sql.Identifier(schema, layout.tables[part]), sql.SQL(", ").join(cols)))
+
+
+# --- competitors -----------------------------------------------------------------------------
+
+def run_widen(cfg, spark) -> float:
+    began = time.monotonic()
+    result = backfill.run(cfg, spark)
+    assert result.exit_code == 0, result.summary
+    return time.monotonic() - began
+
+
+def run_sql_pivot(cfg, ship_layouts, parallel: int) -> float:
+    schema = SCHEMAS["sql-pivot"]
+    src = sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries")
+
+    def one(layout):
+        conn = connect(cfg)
+        with conn.cursor() as cur:
+            cur.execute("SET jit = off")
+            for part in layout.parts:
+                members = layout.part_channels(part)
+                cols = sql.SQL(", ").join(sql.Identifier(c.column_name) for c in members)
+                pivots = sql.SQL(", ").join(sql.SQL("max({v} COLLATE \"C\") FILTER (WHERE data_channel_id = {ch})")
+                                            .format(v=render.rendered_value(), ch=sql.Literal(c.data_channel_id))
+                                            for c in members)
+                cur.execute(sql.SQL("INSERT INTO {t} (created_time, {cols}) SELECT created_time, {p} FROM {s} "
+                                    "WHERE ship_id = %s AND {valid} GROUP BY created_time").format(
+                    t=sql.Identifier(schema, layout.tables[part]), cols=cols, p=pivots, s=src,
+                    valid=render.valid_row_predicate()), (layout.ship_id,))
+        conn.close()
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(one, ship_layouts.values()))
+    return time.monotonic() - began
+
+
+def run_copy_pandas(cfg, ship_layouts) -> float:
+    import pandas as pd
+
+    schema = SCHEMAS["copy-pandas"]
+    began = time.monotonic()
+    conn = connect(cfg)
+    with conn.cursor() as cur:
+        for layout in ship_layouts.values():
+            out = io.StringIO()
+            cur.copy_expert(sql.SQL(
+                "COPY (SELECT created_time, data_channel_id, {v} FROM {s} WHERE ship_id = {ship} AND {valid}) "
+                "TO STDOUT WITH (FORMAT csv, NULL '\\N')").format(
+                v=render.rendered_value(), s=sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries"),
+                ship=sql.Literal(layout.ship_id), valid=render.valid_row_predicate()).as_string(cur), out)
+            out.seek(0)
+            narrow = pd.read_csv(out, header=None, names=["t", "ch", "v"], dtype=str,
+                                 keep_default_na=False, na_values=["\\N"])
+            narrow = narrow.sort_values("v", na_position="first").drop_duplicates(["t", "ch"], keep="last")
+            wide = narrow.pivot(index="t", columns="ch", values="v")
+            for part in layout.parts:
+                members = layout.part_channels(part)
+                frame = wide.reindex(columns=[c.data_channel_id for c in members])
+                buf = io.StringIO()
+                frame.to_csv(buf, header=False, na_rep="\\N", quoting=csv.QUOTE_MINIMAL)
+                buf.seek(0)
+                cols = sql.SQL(", ").join([sql.Identifier("created_time")] +
+                                          [sql.Identifier(c.column_name) for c in members])
+                cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, NULL '\\N')").format(
+                    sql.Identifier(schema, layout.tables[part]), cols).as_string(cur), buf)
+    conn.close()
+    return time.monotonic() - began
+
+
+def run_spark_native(cfg, spark, ship_layouts) -> float:
+    from pyspark.sql import functions as F
+
+    schema = SCHEMAS["spark-native"]
+    conn_cfg = cfg.source.connection
+    props = conn_cfg.jdbc_properties()
+    began = time.monotonic()
+    conn = connect(cfg)
+    for layout in ship_layouts.values():
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT min(created_time), max(created_time) FROM {} WHERE ship_id = %s").format(
+                sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries")), (layout.ship_id,))
+            lo, hi = cur.fetchone()
+        query = sql.SQL("(SELECT created_time, data_channel_id, {v} AS value FROM {s} WHERE ship_id = {ship} "
+                        "AND {valid}) q").format(v=render.rendered_value(),
+                                                 s=sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries"),
+                                                 ship=sql.Literal(layout.ship_id),
+                                                 valid=render.valid_row_predicate()).as_string(conn)
+        narrow = (spark.read.format("jdbc").option("url", conn_cfg.jdbc_url()).option("dbtable", query)
+                  .option("partitionColumn", "created_time").option("lowerBound", lo.isoformat())
+                  .option("upperBound", hi.isoformat()).option("numPartitions", 4)
+                  .option("fetchsize", 10000).options(**props).load())
+        channels = [c.data_channel_id for c in layout.channels.values()]
+        wide = narrow.groupBy("created_time").pivot("data_channel_id", channels).agg(F.max("value"))
+        for part in layout.parts:
+            members = layout.part_channels(part)
+            frame = wide.select("created_time", *[F.col(f"`{c.data_channel_id}`").alias(c.column_name)
+                                                  for c in members])
+            frame.write.jdbc(conn_cfg.jdbc_url(), sql.Identifier(schema, layout.tables[part]).as_string(conn),
+                             mode="append", properties={**props, "batchsize": "5000"})
+    conn.close()
+    return time.monotonic() - began
+
+
+def same_tables(conn, schema: str, ship_layouts) -> bool:
+    with conn.cursor() as cur:
+        for layout in ship_layouts.values():
+            for part in layout.parts:
+                a = sql.Identifier(SCHEMAS["widen"], layout.tables[part])
+                b = sql.Identifier(schema, layout.tables[part])
+                cur.execute(sql.SQL("SELECT (SELECT count(*) FROM (TABLE {a} EXCEPT ALL TABLE {b}) x) + "
+                                    "(SELECT count(*) FROM (TABLE {b} EXCEPT ALL TABLE {a}) y)").format(a=a, b=b))
+                if cur.fetchone()[0]:
+                    return False
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="2 ships x 40 channels x 6 h")
+    parser.add_argument("--ships", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=150)
+    parser.add_argument("--hours", type=float, default=48)
+    parser.add_argument("--skip", action="append", default=[], choices=list(SCHEMAS)[1:])
+    parser.add_argument("--sql-parallel", type=int, default=1, help="ships pivoted at once by sql-pivot")
+    parser.add_argument("--reuse-data", action="store_true", help="keep the narrow table of the last run")
+    parser.add_argument("--home", default=str(ROOT / ".local" / "bench"))
+    args = parser.parse_args()
+    if args.small:
+        args.ships, args.channels, args.hours = 2, 40, 6
+    server = embedded.ensure_running(Path(args.home))
+    cfg = make_config(server)
+    conn = connect(cfg)
+    if not args.reuse_data:
+        made = generate.generate_fleet(cfg.source.connection, SRC_SCHEMA, ships=args.ships,
+                                       channels=args.channels, hours=args.hours)
+        print(f"generated {made['rows']:,} narrow rows in {made['seconds']} s", flush=True)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries")))
+        narrow_rows = cur.fetchone()[0]
+        cur.execute("VACUUM ANALYZE " + sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries").as_string(cur))
+    reset(conn, [CATALOG, *SCHEMAS.values()])
+    began = time.monotonic()
+    spark = get_spark(cfg)
+    spark_start = time.monotonic() - began
+    timings = {"widen": run_widen(cfg, spark)}
+    print(f"widen: {timings['widen']:.1f} s", flush=True)
+    ship_layouts = layouts(conn)
+    for name in ("sql-pivot", "copy-pandas", "spark-native"):
+        if name in args.skip:
+            continue
+        create_tables(conn, SCHEMAS[name], ship_layouts)
+        if name == "sql-pivot":
+            timings[name] = run_sql_pivot(cfg, ship_layouts, args.sql_parallel)
+        elif name == "copy-pandas":
+            timings[name] = run_copy_pandas(cfg, ship_layouts)
+        else:
+            timings[name] = run_spark_native(cfg, spark, ship_layouts)
+        print(f"{name}: {timings[name]:.1f} s", flush=True)
+    equal = {name: same_tables(conn, SCHEMAS[name], ship_layouts) for name in timings if name != "widen"}
+    print(f"\n{narrow_rows:,} narrow rows, {args.ships} ships x {args.channels} channels x {args.hours:g} h; "
+          f"{os.cpu_count()} cores, {platform.machine()}; Spark session start {spark_start:.1f} s (not counted)")
+    print(f"{'competitor':<14} {'seconds':>8} {'narrow rows/s':>14} {'widen speed-up':>15} {'same tables':>12}")
+    for name, seconds in timings.items():
+        ratio = seconds / timings["widen"]
+        print(f"{name:<14} {seconds:>8.1f} {narrow_rows / seconds:>14,.0f} {ratio:>14.2f}x "
+              f"{('-' if name == 'widen' else str(equal[name])):>12}")
+    print(json.dumps({"narrow_rows": narrow_rows, "seconds": {k: round(v, 2) for k, v in timings.items()},
+                      "same_tables": equal}))
+    conn.close()
+    spark.stop()
+    return 0 if all(equal.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

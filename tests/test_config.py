@@ -1,0 +1,40 @@
+import pytest
+
+from widen import config
+
+
+def test_env_interpolation_with_defaults():
+    env = {"PGHOST": "db.example", "EMPTY": ""}
+    assert config.interpolate("${PGHOST}:${PGPORT:-5432}/${EMPTY:-fallback}", env) == "db.example:5432/fallback"
+    with pytest.raises(config.ConfigError, match="MISSING"):
+        config.interpolate("${MISSING}", env)
+
+
+def test_errors_name_the_key(tmp_path):
+    cases = {
+        "backfill:\n  chunk_hours: -1\n": "backfill.chunk_hours",
+        "source:\n  port: abc\n": "source.port",
+        "target:\n  max_columns_per_table: 2000\n": "target.max_columns_per_table",
+        "target:\n  wide_table_template: wide\n": "target.wide_table_template",
+        "source:\n  password: hunter2\n": "source.password",
+        "surprise: 1\n": "surprise",
+        "embedded: sometimes\n": "embedded",
+    }
+    for text, key in cases.items():
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")) as err:
+            config.load(path, env={})
+        assert "hunter2" not in str(err.value)
+
+
+def test_password_comes_from_env_or_file_and_is_never_shown(tmp_path, monkeypatch):
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file\n")
+    monkeypatch.setenv("MY_PW", "from-env")
+    env_conn = config.Connection("h", 5432, "d", "u", password_env="MY_PW")
+    file_conn = config.Connection("h", 5432, "d", "u", password_env=None, password_file=str(secret_file))
+    assert env_conn.psycopg_params()["password"] == "from-env"
+    assert file_conn.jdbc_properties()["password"] == "from-file"
+    for conn in (env_conn, file_conn):
+        assert "from-" not in repr(conn) and "from-" not in conn.describe() and "from-" not in conn.jdbc_url()

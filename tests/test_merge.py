@@ -1,0 +1,38 @@
+"""The column-wise upsert, both forms (MERGE on PG 15+, INSERT … ON CONFLICT on 11–14)."""
+import datetime as dt
+
+import pytest
+from psycopg2 import sql
+
+from widen import sinks
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T1 = T0 + dt.timedelta(seconds=15)
+
+
+@pytest.mark.parametrize("server_version", [150000, 140000])
+def test_merge_sets_only_the_columns_present(pg, server_version):
+    schema = f"merge_{server_version}"
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s}").format(s=sql.Identifier(schema)))
+        cur.execute(sql.SQL('CREATE TABLE {}.w (created_time timestamptz PRIMARY KEY, "a" text, "B b" text)')
+                    .format(sql.Identifier(schema)))
+        cur.execute(sql.SQL('CREATE TABLE {}.s (created_time timestamptz, "a" text, "B b" text)')
+                    .format(sql.Identifier(schema)))
+        cur.execute(sql.SQL("INSERT INTO {}.w VALUES (%s, 'old a', 'old b')").format(sql.Identifier(schema)), (T0,))
+        cur.execute(sql.SQL("INSERT INTO {}.s VALUES (%s, NULL, 'new b'), (%s, 'fresh', NULL)").format(
+            sql.Identifier(schema)), (T0, T1))
+        cur.execute(sinks.merge_statement(server_version, sql.Identifier(schema, "w"),
+                                          sql.Identifier(schema, "s"), ["a", "B b"]))
+        cur.execute(sql.SQL("SELECT created_time, a, \"B b\" FROM {}.w ORDER BY 1").format(sql.Identifier(schema)))
+        assert cur.fetchall() == [(T0, "old a", "new b"), (T1, "fresh", None)]
+        # Replaying the same staging rows changes nothing.
+        cur.execute(sql.SQL("SELECT xmin::text FROM {}.w ORDER BY created_time").format(sql.Identifier(schema)))
+        versions = cur.fetchall()
+        cur.execute(sinks.merge_statement(server_version, sql.Identifier(schema, "w"),
+                                          sql.Identifier(schema, "s"), ["a", "B b"]))
+        cur.execute(sql.SQL("SELECT created_time, a, \"B b\" FROM {}.w ORDER BY 1").format(sql.Identifier(schema)))
+        assert cur.fetchall() == [(T0, "old a", "new b"), (T1, "fresh", None)]
+        if server_version >= 150000:
+            cur.execute(sql.SQL("SELECT xmin::text FROM {}.w ORDER BY created_time").format(sql.Identifier(schema)))
+            assert cur.fetchall() == versions
