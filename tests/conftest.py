@@ -90,7 +90,7 @@ def pg(pg_server):
 def spark():
     from pyspark.sql import SparkSession
 
-    from widen.session import REQUIRED_CONF
+    from widen.session import DEFAULT_CONF, REQUIRED_CONF
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     jars = ",".join(str(p) for p in sorted((ROOT / "jars").glob("*.jar")))
@@ -99,9 +99,33 @@ def spark():
                .config("spark.sql.shuffle.partitions", "2")
                .config("spark.ui.enabled", "false")
                .config("spark.driver.memory", "2g"))
-    for key, value in REQUIRED_CONF.items():
+    for key, value in {**DEFAULT_CONF, **REQUIRED_CONF}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def fresh_fleet(pg_server):
+    """Generate a fleet into ``src_<name>`` and drop the module's wide and catalog schemas.
+
+    Returns an autocommit connection; the caller closes it.
+    """
+    from psycopg2 import sql
+
+    from widen import generate
+    from widen.config import Connection
+
+    def make(name: str, **fleet) -> "psycopg2.extensions.connection":
+        conn_cfg = Connection(pg_server["host"], pg_server["port"], pg_server["database"], pg_server["user"])
+        generate.generate_fleet(conn_cfg, f"src_{name}", replace=True, **fleet)
+        conn = psycopg2.connect(**conn_cfg.psycopg_params())
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for schema in (f"wide_{name}", f"cat_{name}"):
+                cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            cur.execute("SET TIME ZONE 'UTC'")
+        return conn
+    return make

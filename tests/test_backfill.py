@@ -1,7 +1,6 @@
 """Integration: a generated fleet plus hostile rows, backfilled on the real server, equals the oracle."""
 from __future__ import annotations
 
-import datetime as dt
 
 import pytest
 from psycopg2 import sql
@@ -9,7 +8,6 @@ from psycopg2 import sql
 import nasty
 import oracle
 from widen import generate
-from widen.config import Connection
 from widen.jobs import backfill, plan
 
 NAME = "bf"
@@ -33,17 +31,9 @@ def snapshot(cur) -> dict:
 
 
 @pytest.fixture(scope="module")
-def migrated(pg_server, make_config, spark):
-    import psycopg2
-
+def migrated(fresh_fleet, make_config, spark):
     config = make_config(NAME)
-    conn_cfg = Connection(pg_server["host"], pg_server["port"], pg_server["database"], pg_server["user"])
-    generate.generate_fleet(conn_cfg, SRC, ships=3, channels=12, hours=3, seed=11)
-    conn = psycopg2.connect(**conn_cfg.psycopg_params())
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for schema in (TGT, CAT):
-            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    conn = fresh_fleet(NAME, ships=3, channels=12, hours=3, seed=11)
     nasty.insert(conn, SRC)
     planned = plan.run(config)
     # A channel the plan never saw arrives before the backfill: it must get a column, not be lost.

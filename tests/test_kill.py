@@ -9,12 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg2
 from psycopg2 import sql
 
 import oracle
-from widen import generate
-from widen.config import Connection
 from widen.jobs import backfill
 
 NAME = "kill"
@@ -53,15 +50,11 @@ def kill_after(proc: subprocess.Popen, cur, chunks: int, deadline_seconds: float
     return done_chunks(cur)
 
 
-def test_sigkill_part_way_then_rerun(pg_server, write_config, make_config, spark, pg):
+def test_sigkill_part_way_then_rerun(fresh_fleet, write_config, make_config, spark, pg):
     overrides = {"backfill__chunk_hours": 0.25, "backfill__parallel_chunks": 1}
     config_path = write_config(NAME, **overrides)
     config = make_config(NAME, **overrides)
-    conn_cfg = Connection(pg_server["host"], pg_server["port"], pg_server["database"], pg_server["user"])
-    generate.generate_fleet(conn_cfg, SRC, ships=2, channels=8, hours=4, seed=5)
-    with pg.cursor() as cur:
-        for schema in (TGT, CAT):
-            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    fresh_fleet(NAME, ships=2, channels=8, hours=4, seed=5).close()
     total = 2 * 16
     rng = random.Random()
     with pg.cursor() as cur:

@@ -8,7 +8,6 @@ from psycopg2 import sql
 
 import oracle
 from widen import generate
-from widen.config import Connection
 from widen.jobs import backfill, rollback
 
 NAME = "parts"
@@ -17,17 +16,9 @@ UTC = dt.timezone.utc
 
 
 @pytest.fixture(scope="module")
-def migrated(pg_server, make_config, spark):
-    import psycopg2
-
+def migrated(fresh_fleet, make_config, spark):
     config = make_config(NAME, target__max_columns_per_table=5)
-    conn_cfg = Connection(pg_server["host"], pg_server["port"], pg_server["database"], pg_server["user"])
-    generate.generate_fleet(conn_cfg, SRC, ships=2, channels=13, hours=2, seed=3)
-    conn = psycopg2.connect(**conn_cfg.psycopg_params())
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for schema in (TGT, CAT):
-            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    conn = fresh_fleet(NAME, ships=2, channels=13, hours=2, seed=3)
     result = backfill.run(config, spark)          # no plan first: backfill plans unseen ships itself
     yield {"config": config, "result": result, "conn": conn}
     conn.close()

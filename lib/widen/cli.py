@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels", type=int, default=50)
     parser.add_argument("--hours", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--replace", action="store_true",
+                        help="generate: empty the narrow table first (it refuses to mix otherwise)")
     return parser
 
 
@@ -67,7 +69,7 @@ def run_job(args, config) -> Result:
     return module.run(config, ships=ships or None, start=args.start, end=args.end,
                       dry_run=args.dry_run, duplicates=not args.no_duplicates,
                       fleet_ships=args.fleet_ships, channels=args.channels, hours=args.hours,
-                      seed=args.seed)
+                      seed=args.seed, replace=args.replace)
 
 
 def main(argv: list[str] | None = None) -> int:

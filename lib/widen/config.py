@@ -87,7 +87,7 @@ class SourceConfig:
     schema: str = "tenant"
     table: str = "tbl_data_timeseries"
     order_column: str | None = None
-    fetch_size: int = 10000
+    fetch_size: int = 50000
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,9 @@ class TargetConfig:
 class BackfillConfig:
     chunk_hours: float = 24.0
     partitions_per_chunk: int = 4
+    #: a chunk bigger than this many narrow rows per partition is read with more partitions, so
+    #: a worker's memory stays bounded whatever the ship's size
+    max_rows_per_partition: int = 500_000
     parallel_chunks: int = 2
     max_attempts: int = 3
     retry_backoff_seconds: float = 2.0
@@ -193,7 +196,7 @@ def parse(raw: dict) -> Config:
         schema=str(src.get("schema") or "tenant"),
         table=str(src.get("table") or "tbl_data_timeseries"),
         order_column=src.get("order_column") or None,
-        fetch_size=_typed(src, "fetch_size", "source", int, 10000, positive=True),
+        fetch_size=_typed(src, "fetch_size", "source", int, 50000, positive=True),
     )
     template = str(tgt.get("wide_table_template") or "tbl_data_timeseries_{ship_id}")
     if "{ship_id}" not in template:
@@ -217,6 +220,8 @@ def parse(raw: dict) -> Config:
     backfill = BackfillConfig(
         chunk_hours=_typed(bf, "chunk_hours", "backfill", float, 24.0, positive=True),
         partitions_per_chunk=_typed(bf, "partitions_per_chunk", "backfill", int, 4, positive=True),
+        max_rows_per_partition=_typed(bf, "max_rows_per_partition", "backfill", int, 500_000,
+                                      positive=True),
         parallel_chunks=_typed(bf, "parallel_chunks", "backfill", int, 2, positive=True),
         max_attempts=_typed(bf, "max_attempts", "backfill", int, 3, positive=True),
         retry_backoff_seconds=_typed(bf, "retry_backoff_seconds", "backfill", float, 2.0),

@@ -34,6 +34,10 @@ _DETAILS = ["average", "maximum", "minimum", "cylinder.1", "cylinder.2", "turboc
 FORMAT_SHARES = (("Decimal", 0.70), ("Integer", 0.15), ("String", 0.10), ("Boolean", 0.05))
 
 
+class FleetExists(ValueError):
+    """The narrow table already has rows and the caller did not ask to replace them."""
+
+
 def channel_names(count: int, seed: int = 7) -> list[tuple[str, str]]:
     """``count`` distinct (data_channel_id, value_format) pairs, about a fifth longer than 63 bytes."""
     rng = random.Random(seed)
@@ -108,7 +112,7 @@ def _insert_ship(conn_cfg: Connection, schema: str, table: str, ship: str, seed:
 def generate_fleet(conn_cfg: Connection, schema: str = "tenant", table: str = "tbl_data_timeseries",
                    ships: int = 4, channels: int = 50, start: dt.datetime | None = None,
                    hours: float = 6.0, cadence_seconds: int = 15, seed: int = 7,
-                   replace: bool = True, parallel: int = 2, ship_list: list[str] | None = None) -> dict:
+                   replace: bool = False, parallel: int = 2, ship_list: list[str] | None = None) -> dict:
     """Fill the narrow table; returns {"rows", "ships", "channels", "seconds", "start", "end"}."""
     began = time.monotonic()
     start = start or dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -120,6 +124,11 @@ def generate_fleet(conn_cfg: Connection, schema: str = "tenant", table: str = "t
         with conn.cursor() as cur:
             if replace:
                 cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table)))
+            else:
+                cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(schema, table)))
+                if cur.fetchone()[0]:
+                    raise FleetExists(f"{schema}.{table} already holds rows; generating a fleet would "
+                                      "mix with them (pass replace=True / --replace to empty it first)")
             cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
                 sql.Identifier(schema, f"{table}_ship_time")))
         conn.commit()

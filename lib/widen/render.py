@@ -18,11 +18,16 @@ REASON_NULL_FORMAT = "null value_format"
 REASON_UNKNOWN_FORMAT = "unknown value_format"
 
 
-def rendered_value(alias: str | None = None) -> sql.Composable:
-    """``CASE value_format WHEN 'Decimal' THEN double_v::text … END`` (optionally qualified)."""
+def _columns(alias: str | None):
+    """A function naming a source column, qualified by ``alias`` when one is given."""
     def col(name: str) -> sql.Composable:
         return sql.Identifier(alias, name) if alias else sql.Identifier(name)
+    return col
 
+
+def rendered_value(alias: str | None = None) -> sql.Composable:
+    """``CASE value_format WHEN 'Decimal' THEN double_v::text … END`` (optionally qualified)."""
+    col = _columns(alias)
     return sql.SQL(
         "CASE {fmt} WHEN 'Decimal' THEN {d}::text WHEN 'Integer' THEN {l}::text "
         "WHEN 'String' THEN {s} WHEN 'Boolean' THEN {b}::text END"
@@ -32,9 +37,7 @@ def rendered_value(alias: str | None = None) -> sql.Composable:
 
 def valid_row_predicate(alias: str | None = None) -> sql.Composable:
     """True for a row that is pivoted; every other row goes to the rejects table."""
-    def col(name: str) -> sql.Composable:
-        return sql.Identifier(alias, name) if alias else sql.Identifier(name)
-
+    col = _columns(alias)
     return sql.SQL(
         "({ship} IS NOT NULL AND {ch} IS NOT NULL AND {ch} <> '' AND {t} IS NOT NULL "
         "AND {fmt} IN ('Decimal', 'Integer', 'String', 'Boolean'))"
@@ -44,9 +47,7 @@ def valid_row_predicate(alias: str | None = None) -> sql.Composable:
 
 def reject_reason_sql(alias: str | None = None) -> sql.Composable:
     """The reason a row is rejected, NULL for a valid row (same order as the Spark rule)."""
-    def col(name: str) -> sql.Composable:
-        return sql.Identifier(alias, name) if alias else sql.Identifier(name)
-
+    col = _columns(alias)
     return sql.SQL(
         "CASE WHEN {ship} IS NULL THEN {r1} WHEN {ch} IS NULL THEN {r2} WHEN {ch} = '' THEN {r3} "
         "WHEN {t} IS NULL THEN {r4} WHEN {fmt} IS NULL THEN {r5} "

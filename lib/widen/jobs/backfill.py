@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg2
 from psycopg2 import sql
 
 from widen import catalog, db, naming, render, sinks, sources
@@ -61,9 +63,14 @@ class Backfill:
             if not self.layouts[ship].tables:
                 self.layouts[ship].tables[1] = naming.table_name(tgt_cfg.wide_table_template, ship, 1)
         for ship in ships:
-            catalog.ensure_wide_tables(tgt, tgt_cfg.schema, self.layouts[ship])
-            catalog.save_layout(tgt, tgt_cfg.catalog_schema, tgt_cfg.schema, self.layouts[ship])
-            tgt.commit()
+            # Tables made up front keep DDL (and its exclusive locks) out of the chunk transactions.
+            # A ship whose tables cannot be made here is not fatal: its chunks retry, then report.
+            try:
+                catalog.ensure_wide_tables(tgt, tgt_cfg.schema, self.layouts[ship])
+                catalog.save_layout(tgt, tgt_cfg.catalog_schema, tgt_cfg.schema, self.layouts[ship])
+                tgt.commit()
+            except psycopg2.Error:
+                tgt.rollback()
 
     def add_channels(self, chunk: sources.Chunk, channels: list[str]) -> None:
         """Channels the plan had not seen: find their formats in the chunk and give them columns."""
@@ -94,7 +101,7 @@ class Backfill:
 
     # -- one chunk -------------------------------------------------------------------------------
     def run_chunk(self, chunk: sources.Chunk) -> dict:
-        cfg, tgt_cfg = self.config.source, self.config.target
+        tgt_cfg = self.config.target
         started_at = dt.datetime.now(dt.timezone.utc)
         staging = sinks.Staging.for_key(tgt_cfg.catalog_schema, *chunk.key)
         for _ in range(MAX_SCHEMA_ROUNDS):
@@ -126,7 +133,7 @@ class Backfill:
         with db.connection(cfg.connection) as src:
             frame = sources.read_chunk(self.spark, src, cfg, cfg.connection.jdbc_url(),
                                        cfg.connection.jdbc_properties(), chunk,
-                                       self.config.backfill.partitions_per_chunk, writer.channels)
+                                       partitions_for(chunk, self.config.backfill), writer.channels)
         self.spark.sparkContext.setJobDescription(f"widen backfill {chunk.label()}")
         return [row.asDict() for row in frame.mapInArrow(writer, sinks.STATS_SCHEMA).collect()]
 
@@ -210,6 +217,11 @@ class Backfill:
                     [(*row, JOB, "sweep") for row in rows])
         tgt.commit()
         return len(rows)
+
+
+def partitions_for(chunk: sources.Chunk, bf) -> int:
+    """Enough read partitions that none holds more than ``max_rows_per_partition`` narrow rows."""
+    return max(bf.partitions_per_chunk, math.ceil(chunk.narrow_rows / bf.max_rows_per_partition))
 
 
 def chunk_batch_label(chunk: sources.Chunk) -> str:

@@ -1,5 +1,7 @@
 """``demo``: the README's main command, end to end on the embedded default.
 
+Works only in its own schemas (``widen_demo`` for the narrow table, ``widen_demo_wide`` and
+``widen_demo_catalog``), so even pointed at a real server it touches nothing else.
 Generates a small synthetic fleet, plans, backfills, backfills again (every chunk is skipped), then
 checks every wide table against an in-database pivot of the narrow rows and prints a summary.
 (The live stream and reconciliation join the demo when those jobs land.)
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 from psycopg2 import sql
 
@@ -16,6 +19,10 @@ from widen.config import Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
 from widen.jobs import backfill, generate, plan
 from widen.session import resolve_connections
+
+DEMO_SOURCE_SCHEMA = "widen_demo"
+DEMO_TARGET_SCHEMA = "widen_demo_wide"
+DEMO_CATALOG_SCHEMA = "widen_demo_catalog"
 
 
 def pivot_differences(conn, config: Config, layout: catalog.ShipLayout) -> int:
@@ -45,11 +52,16 @@ def pivot_differences(conn, config: Config, layout: catalog.ShipLayout) -> int:
 def run(config: Config, spark=None, fleet_ships: int = 4, channels: int = 50, hours: float = 6.0,
         seed: int = 7, **_ignored) -> Result:
     began = time.monotonic()
+    # The demo works in schemas of its own, so pointing it at a real server never touches real data.
     config = resolve_connections(config)
+    config = replace(config, source=replace(config.source, schema=DEMO_SOURCE_SCHEMA),
+                     target=replace(config.target, schema=DEMO_TARGET_SCHEMA,
+                                    catalog_schema=DEMO_CATALOG_SCHEMA))
     say = lambda text: print(f"[demo] {text}", file=sys.stderr, flush=True)  # noqa: E731
     conn_text = config.target.connection.describe()
     say(f"PostgreSQL at {conn_text}")
-    made = generate.run(config, fleet_ships=fleet_ships, channels=channels, hours=hours, seed=seed)
+    made = generate.run(config, fleet_ships=fleet_ships, channels=channels, hours=hours, seed=seed,
+                        replace=True)
     say(made.report)
     with db.connection(config.target.connection) as conn, conn.cursor() as cur:
         # A fresh demo each time: forget what an earlier demo migrated.

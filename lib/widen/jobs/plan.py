@@ -18,18 +18,24 @@ from widen.session import resolve_connections
 from widen.sources import source_table
 
 
-def channel_stats(conn, config: Config, ship_ids: list[str] | None) -> dict[str, dict]:
-    """Per ship: channel -> {format: rows}, row counts, span, average rendered value length."""
-    cfg = config.source
+def _valid_rows_of(ship_ids: list[str] | None) -> tuple[sql.Composable, list]:
+    """WHERE clause and parameters: valid rows, of the given ships only when some are given."""
     filters = [render.valid_row_predicate()]
     params: list = []
     if ship_ids:
         filters.append(sql.SQL("ship_id = ANY(%s)"))
         params.append(list(ship_ids))
+    return sql.SQL(" AND ").join(filters), params
+
+
+def channel_stats(conn, config: Config, ship_ids: list[str] | None) -> dict[str, dict]:
+    """Per ship: channel -> {format: rows}, row counts, span, average rendered value length."""
+    cfg = config.source
+    where, params = _valid_rows_of(ship_ids)
     query = sql.SQL(
         "SELECT ship_id, data_channel_id, value_format, count(*), min(created_time), max(created_time), "
         "avg(octet_length({value})) FROM {t} WHERE {w} GROUP BY 1, 2, 3").format(
-        value=render.rendered_value(), t=source_table(cfg), w=sql.SQL(" AND ").join(filters))
+        value=render.rendered_value(), t=source_table(cfg), w=where)
     ships: dict[str, dict] = {}
     with conn.cursor() as cur:
         cur.execute("SET jit = off")  # JIT makes wide GROUP BYs slower (DESIGN.md, Pitfalls)
@@ -63,15 +69,11 @@ def reject_counts(conn, config: Config, ship_ids: list[str] | None) -> dict[str 
 
 def duplicate_counts(conn, config: Config, ship_ids: list[str] | None) -> dict[str, tuple[int, int]]:
     """Per ship: (keys with more than one row, rows beyond the first)."""
-    filters = [render.valid_row_predicate()]
-    params: list = []
-    if ship_ids:
-        filters.append(sql.SQL("ship_id = ANY(%s)"))
-        params.append(list(ship_ids))
+    where, params = _valid_rows_of(ship_ids)
     query = sql.SQL(
         "SELECT ship_id, count(*), sum(n - 1) FROM (SELECT ship_id, data_channel_id, created_time, "
         "count(*) AS n FROM {t} WHERE {w} GROUP BY 1, 2, 3 HAVING count(*) > 1) d GROUP BY 1").format(
-        t=source_table(config.source), w=sql.SQL(" AND ").join(filters))
+        t=source_table(config.source), w=where)
     with conn.cursor() as cur:
         cur.execute(query, params)
         return {ship: (int(keys), int(extra)) for ship, keys, extra in cur.fetchall()}
