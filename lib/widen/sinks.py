@@ -110,21 +110,14 @@ class ChunkWriter:
             return
         table = pa.Table.from_batches(batches)
         del batches
-        narrow_rows = table.num_rows
-        is_reject = pc.is_valid(table.column("reject"))
-        rejects = table.filter(is_reject)
-        valid = table.filter(pc.invert(is_reject))
-        del table
-        names = valid.column("channel_name")
-        if names.null_count < len(names):
+        unknown = table.column("unknown").combine_chunks().flatten()
+        rejects = self._reject_rows(table)
+        coded = self._valid_rows(table)
+        narrow_rows = coded.num_rows + rejects.num_rows
+        if len(unknown):
             # Nothing is written: the driver adds the columns and runs the chunk again.
-            unknown = sorted(pc.unique(names.drop_null()).to_pylist())
-            yield self._stats(narrow_rows, rejects.num_rows, 0, 0, unknown)
+            yield self._stats(narrow_rows, rejects.num_rows, 0, 0, sorted(set(unknown.to_pylist())))
             return
-        coded = pa.table({
-            "created_time": pc.cast(valid.column("created_us"), pa.timestamp("us", tz="UTC")),
-            "channel": valid.column("channel_idx"), "value": valid.column("value"),
-            **({"order_key": valid.column("order_key")} if self.has_order_key else {})})
         wide, duplicates = kernels.dedup_and_pivot(coded, len(self.channel_index), self.has_order_key)
         import psycopg2
 
@@ -143,12 +136,28 @@ class ChunkWriter:
             conn.close()
         yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [])
 
+    def _valid_rows(self, table: pa.Table) -> pa.Table:
+        """One row per valid reading: the time of its group, its column number, its value."""
+        values = table.column("value").combine_chunks()
+        times = pc.cast(table.column("created_us").combine_chunks(), pa.timestamp("us", tz="UTC"))
+        parents = pc.list_parent_indices(values)
+        columns = {"created_time": times.take(parents),
+                   "channel": table.column("channel_idx").combine_chunks().flatten(),
+                   "value": values.flatten()}
+        if self.has_order_key:
+            columns["order_key"] = table.column("order_key").combine_chunks().flatten()
+        return pa.table(columns)
+
+    def _reject_rows(self, table: pa.Table) -> pa.Table:
+        raw = table.column("rejects").combine_chunks()
+        times = pc.cast(table.column("created_us").combine_chunks(), pa.timestamp("us", tz="UTC"))
+        return pa.table({"created_time": times.take(pc.list_parent_indices(raw)), "raw": raw.flatten()})
+
     def _reject_columns(self, rejects: pa.Table) -> list[pa.Array]:
         n = rejects.num_rows
-        times = pc.cast(rejects.column("created_us").combine_chunks(), pa.timestamp("us", tz="UTC"))
-        time_text = kernels.timestamp_text(times) if times.null_count < n else pa.nulls(n, pa.string())
-        return [pa.array([self.ship_id] * n, pa.string()), time_text,
-                rejects.column("reject").combine_chunks()]
+        return [pa.array([self.ship_id] * n, pa.string()),
+                kernels.timestamp_text(rejects.column("created_time").combine_chunks()),
+                rejects.column("raw").combine_chunks()]
 
     @staticmethod
     def _stats(narrow: int, rejected: int, duplicates: int, wide: int,

@@ -87,24 +87,31 @@ def sub_ranges(start: dt.datetime, end: dt.datetime, parts: int) -> list[tuple[d
 
 def chunk_query(conn, cfg: SourceConfig, ship_id: str, lo: dt.datetime, hi: dt.datetime,
                 channels: list[str]) -> str:
-    """The JDBC ``dbtable`` subquery for one ship and one created_time range.
+    """The JDBC ``dbtable`` subquery for one ship and one created_time range: one row per created_time.
 
-    Columns, chosen to be cheap for the JDBC driver and Spark to decode:
-    ``created_us`` (created_time in microseconds since the epoch: measured, decoding a bigint
-    instead of a timestamp saves the JDBC driver about 15 % of a backfill; exact on every version,
-    as ``extract`` is numeric from PostgreSQL 14 and, before it, a double within 0.3 µs of the
-    value, which the cast rounds to the right microsecond), ``channel_idx`` (the channel's
-    position in ``channels``, joined in SQL so the long names never cross the wire),
-    ``channel_name`` (only for a channel not in ``channels``), the rendered ``value``,
-    ``order_key`` when configured, and ``reject``: NULL for a valid row, else a text array of the
-    reason and the raw row (data_channel_id, value_format, double_v, long_v, str_v, bool_v as
-    PostgreSQL prints them, which it reads back exactly).
+    The database does the cheap half of the pivot (grouping by time, index-ordered) and the rows
+    that cross the wire drop from one per reading to one per timestamp, which is what the JDBC
+    driver and Spark spend their time on. Columns:
+
+    - ``created_us``: created_time in microseconds since the epoch (a bigint decodes far faster than
+      a timestamp; exact on every version, as ``extract`` is numeric from PostgreSQL 14 and, before
+      it, a double within 0.3 µs of the value, which the cast rounds to the right microsecond);
+    - ``channel_idx`` and ``value``: aligned arrays over the valid rows of that time: the channel's
+      position in ``channels`` (joined in SQL, so long names never cross the wire; NULL for a
+      channel not in the list) and the value rendered by PostgreSQL;
+    - ``unknown``: names of valid channels not in ``channels``;
+    - ``order_key``: aligned with ``value`` when an order column is configured;
+    - ``rejects``: one text array per rejected row: reason, data_channel_id, value_format, double_v,
+      long_v, str_v, bool_v as PostgreSQL prints them (and reads back exactly).
+
+    Rows of one group reach every ``array_agg`` in the same order, so the arrays stay aligned.
     """
     reason = render.reject_reason_sql("t")
-    raw = sql.SQL("CASE WHEN {r} IS NOT NULL THEN ARRAY[{r}, t.data_channel_id, t.value_format, "
-                  "t.double_v::text, t.long_v::text, t.str_v, t.bool_v::text]::text END").format(r=reason)
-    order = ([sql.SQL("t.{} AS order_key, ").format(sql.Identifier(cfg.order_column))]
-             if cfg.order_column else [])
+    valid = sql.SQL("{} IS NULL").format(reason)
+    raw = sql.SQL("ARRAY[{r}, t.data_channel_id, t.value_format, t.double_v::text, t.long_v::text, "
+                  "t.str_v, t.bool_v::text]::text").format(r=reason)
+    order = ([sql.SQL("array_agg(t.{}) FILTER (WHERE {v}) AS order_key, ").format(
+        sql.Identifier(cfg.order_column), v=valid)] if cfg.order_column else [])
     if channels:
         known = sql.SQL("(VALUES {}) AS m(name, idx)").format(sql.SQL(", ").join(
             sql.SQL("({}, {})").format(sql.Literal(name), sql.Literal(i)) for i, name in enumerate(channels)))
@@ -112,11 +119,14 @@ def chunk_query(conn, cfg: SourceConfig, ship_id: str, lo: dt.datetime, hi: dt.d
         known = sql.SQL("(SELECT NULL::text AS name, NULL::integer AS idx WHERE false) AS m")
     query = sql.SQL(
         "(SELECT (extract(epoch FROM t.created_time) * 1000000)::bigint AS created_us, "
-        "m.idx AS channel_idx, CASE WHEN m.idx IS NULL THEN t.data_channel_id END AS channel_name, "
-        "{value} AS value, {order}{raw} AS reject FROM {t} AS t LEFT JOIN {known} "
-        "ON m.name = t.data_channel_id WHERE t.ship_id = {ship} AND t.created_time >= {lo} "
-        "AND t.created_time < {hi}) AS narrow_chunk").format(
-        value=render.rendered_value("t"), order=sql.SQL("").join(order), raw=raw,
+        "array_agg(m.idx) FILTER (WHERE {v}) AS channel_idx, "
+        "array_agg({value}) FILTER (WHERE {v}) AS value, "
+        "array_agg(t.data_channel_id) FILTER (WHERE {v} AND m.idx IS NULL) AS unknown, {order}"
+        "array_agg({raw}) FILTER (WHERE NOT {v}) AS rejects "
+        "FROM {t} AS t LEFT JOIN {known} ON m.name = t.data_channel_id "
+        "WHERE t.ship_id = {ship} AND t.created_time >= {lo} AND t.created_time < {hi} "
+        "GROUP BY t.created_time) AS narrow_chunk").format(
+        v=valid, value=render.rendered_value("t"), order=sql.SQL("").join(order), raw=raw,
         t=source_table(cfg), known=known, ship=sql.Literal(ship_id), lo=sql.Literal(lo),
         hi=sql.Literal(hi))
     return query.as_string(conn)
