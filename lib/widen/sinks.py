@@ -1,10 +1,11 @@
 """Writes into PostgreSQL: COPY into UNLOGGED staging, then one transaction that MERGEs.
 
-The Spark side (``ChunkWriter``, run by ``mapInArrow`` on the executors) validates, de-duplicates and
-pivots each partition with the Arrow kernels and COPYs the wide rows into the chunk's staging table
-of each part, and rejected rows into a staging rejects table. The driver side
-(``merge_chunk``) then adds missing tables and columns, merges column-wise, replaces the chunk's
-rejects and writes its ledger row, all in one transaction: a replayed chunk changes nothing.
+The Spark side (``ChunkWriter``, run by ``mapInArrow`` on the executors) unpacks the per-time
+arrays of the source query, de-duplicates and pivots each partition with the Arrow kernels and COPYs
+the wide rows into the chunk's staging table of each part, and rejected rows into a staging rejects
+table. The driver side (``merge_parts``, ``replace_rejects``, called by the backfill job) then, in one
+transaction with the ledger row, merges column-wise and replaces the chunk's rejects: a replayed
+chunk changes nothing.
 """
 from __future__ import annotations
 
