@@ -38,3 +38,18 @@ def test_password_comes_from_env_or_file_and_is_never_shown(tmp_path, monkeypatc
     assert file_conn.jdbc_properties()["password"] == "from-file"
     for conn in (env_conn, file_conn):
         assert "from-" not in repr(conn) and "from-" not in conn.describe() and "from-" not in conn.jdbc_url()
+
+
+def test_local_yaml_uses_libpq_variables_when_set_and_embedded_otherwise():
+    from pathlib import Path
+
+    local = Path(__file__).resolve().parents[1] / "conf" / "local.yaml"
+    env = {"PGHOST": "db.internal", "PGPORT": "6543", "PGDATABASE": "fleet", "PGUSER": "migrator"}
+    cfg = config.load(local, env=env)
+    assert not cfg.uses_embedded
+    for conn in (cfg.source.connection, cfg.target.connection):
+        assert (conn.host, conn.port, conn.database, conn.user) == ("db.internal", 6543, "fleet", "migrator")
+        assert conn.password_env == "PGPASSWORD"
+    assert config.load(local, env={}).uses_embedded
+    assert config.load(Path(local).with_name("example-cluster.yaml"),
+                       env={"WIDEN_SOURCE_HOST": "a", "WIDEN_TARGET_HOST": "b"}).source.connection.host == "a"

@@ -37,12 +37,7 @@ def rendered_value(alias: str | None = None) -> sql.Composable:
 
 def valid_row_predicate(alias: str | None = None) -> sql.Composable:
     """True for a row that is pivoted; every other row goes to the rejects table."""
-    col = _columns(alias)
-    return sql.SQL(
-        "({ship} IS NOT NULL AND {ch} IS NOT NULL AND {ch} <> '' AND {t} IS NOT NULL "
-        "AND {fmt} IN ('Decimal', 'Integer', 'String', 'Boolean'))"
-    ).format(ship=col("ship_id"), ch=col("data_channel_id"), t=col("created_time"),
-             fmt=col("value_format"))
+    return sql.SQL("({} IS NULL)").format(reject_reason_sql(alias))
 
 
 def reject_reason_sql(alias: str | None = None) -> sql.Composable:
