@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import math
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,14 +31,14 @@ MAX_SCHEMA_ROUNDS = 3
 
 
 class Backfill:
-    def __init__(self, config: Config, spark, progress_stream=None):
+    def __init__(self, config: Config, spark):
         self.config = config
         self.spark = spark
-        self.progress_stream = progress_stream
         self.layouts: dict[str, catalog.ShipLayout] = {}
+        #: ships that cannot be laid out (e.g. a channel wider than a row may be), and why
+        self.problems: dict[str, str] = {}
         self._ship_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self.server_version = 0
 
     # -- layouts ---------------------------------------------------------------------------------
     def _ship_lock(self, ship: str) -> threading.Lock:
@@ -56,13 +57,16 @@ class Backfill:
         if unplanned:
             stats = plan_job.channel_stats(src, self.config, unplanned)
             src.rollback()
-            self.layouts.update(plan_job.update_layouts(tgt, self.config, stats))
+            layouts, self.problems = plan_job.update_layouts(tgt, self.config, stats)
+            self.layouts.update(layouts)
         tgt.rollback()
         for ship in ships:
+            if ship in self.problems:
+                continue
             self.layouts.setdefault(ship, catalog.ShipLayout(ship))
             if not self.layouts[ship].tables:
                 self.layouts[ship].tables[1] = naming.table_name(tgt_cfg.wide_table_template, ship, 1)
-        for ship in ships:
+        for ship in self.layouts:
             # Tables made up front keep DDL (and its exclusive locks) out of the chunk transactions.
             # A ship whose tables cannot be made here is not fatal: its chunks retry, then report.
             try:
@@ -258,7 +262,7 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
     began = time.monotonic()
     config = resolve_connections(config)
     src_cfg, tgt_cfg, bf = config.source, config.target, config.backfill
-    job = Backfill(config, None, progress_stream)
+    job = Backfill(config, None)
     with db.connection(src_cfg.connection) as src, db.connection(tgt_cfg.connection) as tgt:
         catalog.ensure_catalog(tgt, tgt_cfg.catalog_schema)
         chunks = sources.plan_chunks(src, src_cfg, ships, start, end, bf.chunk_hours)
@@ -268,8 +272,10 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
         done = catalog.done_chunks(tgt, tgt_cfg.catalog_schema, ship_ids)
         tgt.rollback()
         swept = job.sweep_unplaceable_rejects(src, tgt, ships)
-    todo = interleave_by_ship([c for c in chunks if c.key not in done])
-    skipped = len(chunks) - len(todo)
+    todo = interleave_by_ship([c for c in chunks if c.key not in done and c.ship_id not in job.problems])
+    for ship, why in job.problems.items():
+        print(f"[backfill] ship {ship!r} skipped: {why}", file=progress_stream or sys.stderr, flush=True)
+    skipped = sum(1 for c in chunks if c.key in done)
     results = []
     if todo:
         job.spark = get_spark(config, spark)
@@ -292,6 +298,8 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
         "chunk_seconds": {"read_pivot_copy": round(sum(r["spark_seconds"] for r in ok), 2),
                           "merge": round(sum(r["merge_seconds"] for r in ok), 2)},
         "failed": [{"chunk": r["chunk"].label(), "error": r["error"]} for r in failed],
+        "ships_not_laid_out": job.problems,
     }
-    report = "\n".join(f"FAILED {r['chunk'].label()}: {r['error']}" for r in failed)
-    return Result(JOB, EXIT_PROBLEM if failed else EXIT_OK, summary, report)
+    report = "\n".join([f"FAILED {r['chunk'].label()}: {r['error']}" for r in failed] +
+                       [f"SHIP NOT MIGRATED {ship}: {why}" for ship, why in job.problems.items()])
+    return Result(JOB, EXIT_PROBLEM if failed or job.problems else EXIT_OK, summary, report)

@@ -88,20 +88,30 @@ def new_channels(stats: dict) -> dict[str, tuple[str | None, float]]:
     return out
 
 
-def update_layouts(conn, config: Config, stats: dict[str, dict]) -> dict[str, catalog.ShipLayout]:
-    """Load each ship's layout, place its new channels, save; commits."""
+def update_layouts(conn, config: Config,
+                   stats: dict[str, dict]) -> tuple[dict[str, catalog.ShipLayout], dict[str, str]]:
+    """Load each ship's layout, place its new channels, save (commits per ship).
+
+    Returns the layouts and, per ship that cannot be laid out, why: one impossible ship does not
+    stop the others.
+    """
     tgt = config.target
-    layouts = {}
+    layouts, problems = {}, {}
     for ship in sorted(stats):
         conn.cursor().execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))",
                               (ship,))
         layout = catalog.load_layout(conn, tgt.catalog_schema, ship)
-        catalog.assign_channels(layout, new_channels(stats[ship]), tgt.wide_table_template,
-                                tgt.max_columns_per_table, tgt.max_row_bytes)
+        try:
+            catalog.assign_channels(layout, new_channels(stats[ship]), tgt.wide_table_template,
+                                    tgt.max_columns_per_table, tgt.max_row_bytes)
+        except (catalog.LayoutError, ValueError) as err:
+            conn.rollback()
+            problems[ship] = str(err)
+            continue
         catalog.save_layout(conn, tgt.catalog_schema, tgt.schema, layout)
         conn.commit()
         layouts[ship] = layout
-    return layouts
+    return layouts, problems
 
 
 def run(config: Config, spark=None, ships: list[str] | None = None, duplicates: bool = True,
@@ -114,12 +124,8 @@ def run(config: Config, spark=None, ships: list[str] | None = None, duplicates: 
         rejects = reject_counts(src, config, ships)
         dups = duplicate_counts(src, config, ships) if duplicates else {}
         src.rollback()
-        problems = []
-        try:
-            layouts = update_layouts(tgt, config, stats)
-        except catalog.LayoutError as err:
-            problems.append(str(err))
-            layouts = {}
+        layouts, ship_problems = update_layouts(tgt, config, stats)
+        problems = list(ship_problems.values())
     rows = []
     for ship in sorted(stats):
         s = stats[ship]

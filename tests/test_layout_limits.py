@@ -1,0 +1,31 @@
+"""A ship that cannot fit a row is refused by name and numbers; the other ships still migrate."""
+from psycopg2 import sql
+
+import nasty
+import oracle
+from widen.jobs import backfill, plan
+
+NAME = "limits"
+SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
+
+
+def test_too_wide_channel_is_reported_and_other_ships_migrate(fresh_fleet, make_config, spark, pg):
+    config = make_config(NAME, target__max_row_bytes=60)
+    fresh_fleet(NAME, ships=0).close()
+    nasty.insert(pg, SRC, [
+        ("wide ship", "essay", nasty.at(0), "String", None, None, "x" * 40, None),
+        ("narrow ship", "a", nasty.at(0), "Integer", None, 1, None, None),
+        ("narrow ship", "b", nasty.at(15), "Integer", None, 22, None, None),
+    ])
+    planned = plan.run(config)
+    assert planned.exit_code == 1
+    [problem] = planned.summary["problems"]
+    assert "'wide ship'" in problem and "'essay'" in problem and "max_row_bytes=60" in problem
+    result = backfill.run(config, spark)
+    assert result.exit_code == 1
+    assert list(result.summary["ships_not_laid_out"]) == ["wide ship"]
+    assert "SHIP NOT MIGRATED wide ship" in result.report
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(sql.Identifier(CAT, "wide_tables")))
+        assert [r[0] for r in cur.fetchall()] == ["narrow ship"]
+        assert oracle.differences(cur, SRC, TGT, CAT, "narrow ship") == {"tbl_data_timeseries_narrow ship": (0, 0)}
