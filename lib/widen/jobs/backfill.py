@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extras import execute_values
 
 from widen import catalog, db, naming, render, sinks, sources
 from widen.config import Config
@@ -202,25 +203,26 @@ class Backfill:
             "SELECT ship_id, data_channel_id, created_time, value_format, double_v, long_v, str_v, "
             "bool_v, {reason} FROM {t} WHERE (ship_id IS NULL OR created_time IS NULL){scope}").format(
             reason=render.reject_reason_sql(), t=sources.source_table(cfg), scope=scope)
-        with src.cursor() as cur:
-            cur.execute(query, params)
-            rows = cur.fetchall()
-        src.rollback()
         rejects = sql.Identifier(tgt_cfg.catalog_schema, "rejects")
-        with tgt.cursor() as cur:
+        insert = sql.SQL(
+            "INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, double_v, long_v, "
+            "str_v, bool_v, reason, job, batch) VALUES %s").format(rejects)
+        swept = 0
+        with tgt.cursor() as out:
             delete = sql.SQL("DELETE FROM {} WHERE job = %s AND batch = 'sweep'").format(rejects)
             if ships:
                 delete = delete + sql.SQL(" AND (ship_id IS NULL OR ship_id = ANY(%s))")
-            cur.execute(delete, [JOB, *params])
-            if rows:
-                from psycopg2.extras import execute_values
-
-                execute_values(cur, sql.SQL(
-                    "INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, double_v, "
-                    "long_v, str_v, bool_v, reason, job, batch) VALUES %s").format(rejects).as_string(cur),
-                    [(*row, JOB, "sweep") for row in rows])
+            out.execute(delete, [JOB, *params])
+            # A server-side cursor: however many such rows there are, memory holds one batch.
+            with src.cursor(name="widen_sweep") as cur:
+                cur.itersize = 10_000
+                cur.execute(query, params)
+                while rows := cur.fetchmany(10_000):
+                    execute_values(out, insert.as_string(out), [(*row, JOB, "sweep") for row in rows])
+                    swept += len(rows)
+        src.rollback()
         tgt.commit()
-        return len(rows)
+        return swept
 
 
 def partitions_for(chunk: sources.Chunk, bf) -> int:
