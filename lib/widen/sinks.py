@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass
 from typing import Iterator
 
+import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2 import sql
@@ -120,8 +121,6 @@ class ChunkWriter:
             yield self._stats(narrow_rows, rejects.num_rows, 0, 0, sorted(set(unknown.to_pylist())))
             return
         wide, duplicates = kernels.dedup_and_pivot(coded, len(self.channel_index), self.has_order_key)
-        import psycopg2
-
         conn = psycopg2.connect(**self._conn_params)
         try:
             with conn.cursor() as cur:
