@@ -29,3 +29,14 @@ def test_too_wide_channel_is_reported_and_other_ships_migrate(fresh_fleet, make_
         cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(sql.Identifier(CAT, "wide_tables")))
         assert [r[0] for r in cur.fetchall()] == ["narrow ship"]
         assert oracle.differences(cur, SRC, TGT, CAT, "narrow ship") == {"tbl_data_timeseries_narrow ship": (0, 0)}
+
+
+def test_plan_warns_when_chunk_reads_would_scan_the_table(fresh_fleet, make_config, pg):
+    config = make_config("noindex")
+    fresh_fleet("noindex", ships=1, channels=2, hours=1).close()
+    assert plan.run(config).summary["warnings"] == []
+    with pg.cursor() as cur:
+        cur.execute('DROP INDEX "src_noindex"."tbl_data_timeseries_ship_time"')
+        cur.execute('CREATE INDEX ON "src_noindex"."tbl_data_timeseries" (created_time, ship_id)')
+    [warning] = plan.run(config).summary["warnings"]
+    assert "src_noindex.tbl_data_timeseries has no index on (ship_id, created_time)" in warning

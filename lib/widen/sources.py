@@ -39,6 +39,23 @@ def source_table(cfg: SourceConfig) -> sql.Composable:
     return sql.Identifier(cfg.schema, cfg.table)
 
 
+def chunk_index_warning(conn, cfg: SourceConfig) -> str | None:
+    """A warning when no index starts with (ship_id, created_time): then every chunk read scans the table."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT array_agg(a.attname ORDER BY k.i) FROM pg_index x "
+            "JOIN pg_class c ON c.oid = x.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "CROSS JOIN LATERAL unnest(x.indkey[0:1]) WITH ORDINALITY AS k(attnum, i) "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+            "WHERE n.nspname = %s AND c.relname = %s GROUP BY x.indexrelid", (cfg.schema, cfg.table))
+        leading = [tuple(r[0]) for r in cur.fetchall()]
+    if ("ship_id", "created_time") in leading:
+        return None
+    return (f"{cfg.schema}.{cfg.table} has no index on (ship_id, created_time): every chunk read will "
+            f"scan the whole table. Create one first, e.g. CREATE INDEX CONCURRENTLY ON "
+            f"{cfg.schema}.{cfg.table} (ship_id, created_time)")
+
+
 def plan_chunks(conn, cfg: SourceConfig, ship_ids: list[str] | None, start: dt.datetime | None,
                 end: dt.datetime | None, chunk_hours: float) -> list[Chunk]:
     """Non-empty chunks (ship x aligned time range) with their narrow row counts, in one scan.

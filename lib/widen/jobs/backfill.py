@@ -267,6 +267,9 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
     job = Backfill(config, None)
     with db.connection(src_cfg.connection) as src, db.connection(tgt_cfg.connection) as tgt:
         catalog.ensure_catalog(tgt, tgt_cfg.catalog_schema)
+        index_warning = sources.chunk_index_warning(src, src_cfg)
+        if index_warning:
+            print(f"[backfill] WARNING: {index_warning}", file=progress_stream or sys.stderr, flush=True)
         chunks = sources.plan_chunks(src, src_cfg, ships, start, end, bf.chunk_hours)
         src.rollback()
         ship_ids = sorted({c.ship_id for c in chunks})

@@ -15,7 +15,7 @@ from widen import catalog, db, render
 from widen.config import Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
 from widen.session import resolve_connections
-from widen.sources import source_table
+from widen.sources import chunk_index_warning, source_table
 
 
 def _valid_rows_of(ship_ids: list[str] | None) -> tuple[sql.Composable, list]:
@@ -123,6 +123,7 @@ def run(config: Config, spark=None, ships: list[str] | None = None, duplicates: 
         stats = channel_stats(src, config, ships)
         rejects = reject_counts(src, config, ships)
         dups = duplicate_counts(src, config, ships) if duplicates else {}
+        index_warning = chunk_index_warning(src, config.source)
         src.rollback()
         layouts, ship_problems = update_layouts(tgt, config, stats)
         problems = list(ship_problems.values())
@@ -157,8 +158,10 @@ def run(config: Config, spark=None, ships: list[str] | None = None, duplicates: 
         "tables": sum(len(r["parts"]) for r in rows), "problems": problems,
         "seconds": round(time.monotonic() - started, 2), "plan": rows,
         "rejects_without_ship": orphan_rejects,
+        "warnings": [index_warning] if index_warning else [],
     }
-    return Result("plan", EXIT_PROBLEM if problems else EXIT_OK, summary, format_report(rows, problems))
+    report = format_report(rows, problems) + (f"\nWARNING: {index_warning}" if index_warning else "")
+    return Result("plan", EXIT_PROBLEM if problems else EXIT_OK, summary, report)
 
 
 def format_report(rows: list[dict], problems: list[str]) -> str:
