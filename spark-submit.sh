@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Run a widen job with spark-submit:  ./spark-submit.sh <job> [--master URL] [--config FILE] [job args]
-# job: plan | backfill | rollback | demo | generate
+# job: plan | backfill | rollback | stream | demo | generate
 # Local (local[*]) by default; SPARK_MASTER or --master points it at a cluster. The library is
 # shipped as a zip (--py-files) and the JDBC/Delta jars with --jars.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [ $# -lt 1 ]; then
-  echo "usage: $0 <plan|backfill|rollback|demo|generate> [--master URL] [--config FILE] [args]" >&2
+  echo "usage: $0 <plan|backfill|rollback|stream|demo|generate> [--master URL] [--config FILE] [args]" >&2
   exit 2
 fi
 job=$1; shift
 if [ ! -f "$here/jobs/$job.py" ]; then
-  echo "spark-submit.sh: unknown job '$job' (plan, backfill, rollback, demo, generate)" >&2
+  echo "spark-submit.sh: unknown job '$job' (plan, backfill, rollback, stream, demo, generate)" >&2
   exit 2
 fi
 master=${SPARK_MASTER:-local[*]}

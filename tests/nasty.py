@@ -90,3 +90,16 @@ def insert(conn, schema: str, data: list[tuple] | None = None) -> None:
             "INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, double_v, long_v, "
             "str_v, bool_v) VALUES %s").format(sql.Identifier(schema, "tbl_data_timeseries")).as_string(cur),
             data if data is not None else rows())
+
+
+def minute(ship: str, minute_no: int, channels: list[str]) -> list[tuple]:
+    """Four readings per channel in one minute, each channel its own format."""
+    out = []
+    for i, channel in enumerate(channels):
+        for k in range(4):
+            when = at(60 * minute_no + 15 * k)
+            fmt = ["Decimal", "Integer", "String", "Boolean"][i % 4]
+            out.append((ship, channel, when, fmt, (k + 0.1) * 3 if fmt == "Decimal" else None,
+                        k - 2 if fmt == "Integer" else None, f"s\t{k}\\" if fmt == "String" else None,
+                        k % 2 == 0 if fmt == "Boolean" else None))
+    return out

@@ -13,19 +13,6 @@ NAME = "sink"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 
 
-def minute(ship: str, minute_no: int, channels: list[str]) -> list[tuple]:
-    """Four readings per channel in one minute, each channel its own format."""
-    out = []
-    for i, channel in enumerate(channels):
-        for k in range(4):
-            when = nasty.at(60 * minute_no + 15 * k)
-            fmt = ["Decimal", "Integer", "String", "Boolean"][i % 4]
-            out.append((ship, channel, when, fmt, (k + 0.1) * 3 if fmt == "Decimal" else None,
-                        k - 2 if fmt == "Integer" else None, f"s\t{k}\\" if fmt == "String" else None,
-                        k % 2 == 0 if fmt == "Boolean" else None))
-    return out
-
-
 def test_stream_into_wide_tables(fresh_fleet, make_config, spark, pg, tmp_path):
     fresh_fleet(NAME, ships=0).close()
     with pg.cursor() as cur:
@@ -43,10 +30,10 @@ def test_stream_into_wide_tables(fresh_fleet, make_config, spark, pg, tmp_path):
     try:
         channels = ["/dnv-v2/vis-3-4a/411.1/C101.31/meta/qty-temperature", "rpm", "mode", "alarm"]
         for m in range(3):
-            nasty.insert(pg, SRC, minute("ship A", m, channels) + minute("ship B", m, channels[:2]))
+            nasty.insert(pg, SRC, nasty.minute("ship A", m, channels) + nasty.minute("ship B", m, channels[:2]))
             query.processAllAvailable()
         # A new channel for ship A and a brand-new ship, mid-stream, plus rows to reject.
-        nasty.insert(pg, SRC, minute("ship A", 3, channels + ["created_time"]) + minute("ship 'C'", 3, ["x"]) + [
+        nasty.insert(pg, SRC, nasty.minute("ship A", 3, channels + ["created_time"]) + nasty.minute("ship 'C'", 3, ["x"]) + [
             ("ship A", "rpm", nasty.at(240), "Float", 1.0, None, None, None),
             (None, "rpm", nasty.at(240), "Decimal", 2.0, None, None, None)])
         query.processAllAvailable()

@@ -114,6 +114,16 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    query_name: str = "widen-stream"
+    checkpoint: str | None = None          # default: <home>/checkpoints/<query_name>
+    trigger_seconds: float = 5.0
+    buckets: int = 2
+    settle_seconds: float = 2.0
+    overlap_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     master: str = "local[*]"
     app_name: str = "widen"
@@ -125,6 +135,7 @@ class Config:
     source: SourceConfig
     target: TargetConfig
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     embedded: str = "auto"
     home: str = ".local"
@@ -186,7 +197,7 @@ def _connection(section: dict, prefix: str) -> Connection:
 def parse(raw: dict) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a mapping at the top level")
-    known = {"source", "target", "backfill", "spark", "embedded", "home", "jars_dir"}
+    known = {"source", "target", "backfill", "stream", "spark", "embedded", "home", "jars_dir"}
     extra = set(raw) - known
     if extra:
         raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(extra))}")
@@ -227,6 +238,18 @@ def parse(raw: dict) -> Config:
         retry_backoff_seconds=_typed(bf, "retry_backoff_seconds", "backfill", float, 2.0),
         progress_seconds=_typed(bf, "progress_seconds", "backfill", float, 10.0, positive=True),
     )
+    st = _section(raw, "stream")
+    extra = set(st) - set(StreamConfig.__dataclass_fields__)
+    if extra:
+        raise ConfigError(f"stream: unknown key(s) {', '.join(sorted(extra))}")
+    stream = StreamConfig(
+        query_name=str(st.get("query_name") or "widen-stream"),
+        checkpoint=st.get("checkpoint") or None,
+        trigger_seconds=_typed(st, "trigger_seconds", "stream", float, 5.0),
+        buckets=_typed(st, "buckets", "stream", int, 2, positive=True),
+        settle_seconds=_typed(st, "settle_seconds", "stream", float, 2.0),
+        overlap_seconds=_typed(st, "overlap_seconds", "stream", float, 60.0),
+    )
     sp = _section(raw, "spark")
     spark = SparkConfig(master=str(sp.get("master") or "local[*]"),
                         app_name=str(sp.get("app_name") or "widen"),
@@ -234,7 +257,8 @@ def parse(raw: dict) -> Config:
     embedded = str(raw.get("embedded") or "auto")
     if embedded not in ("auto", "always", "never"):
         raise ConfigError(f"embedded: expected auto, always or never, got {embedded!r}")
-    return Config(source=source, target=target, backfill=backfill, spark=spark, embedded=embedded,
+    return Config(source=source, target=target, backfill=backfill, stream=stream, spark=spark,
+                  embedded=embedded,
                   home=str(raw.get("home") or ".local"), jars_dir=str(raw.get("jars_dir") or "jars"))
 
 
