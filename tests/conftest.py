@@ -118,7 +118,7 @@ def fresh_fleet(pg_server):
     from widen import generate
     from widen.config import Connection
 
-    def make(name: str, **fleet) -> "psycopg2.extensions.connection":
+    def make(name: str, ingest_id: bool = False, **fleet) -> "psycopg2.extensions.connection":
         conn_cfg = Connection(pg_server["host"], pg_server["port"], pg_server["database"], pg_server["user"])
         generate.generate_fleet(conn_cfg, f"src_{name}", replace=True, **fleet)
         conn = psycopg2.connect(**conn_cfg.psycopg_params())
@@ -127,5 +127,9 @@ def fresh_fleet(pg_server):
             for schema in (f"wide_{name}", f"cat_{name}"):
                 cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
             cur.execute("SET TIME ZONE 'UTC'")
+            if ingest_id:       # a monotonically increasing ingestion id, for source.order_column
+                narrow = sql.Identifier(f"src_{name}", "tbl_data_timeseries")
+                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN ingest_id bigserial").format(narrow))
+                cur.execute(sql.SQL("CREATE INDEX ON {} (ingest_id)").format(narrow))
         return conn
     return make

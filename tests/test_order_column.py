@@ -10,10 +10,7 @@ SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 
 def test_last_row_by_order_column_wins(fresh_fleet, make_config, spark, pg):
     config = make_config(NAME, source__order_column="ingest_id")
-    fresh_fleet(NAME, ships=1, channels=2, hours=1, seed=4).close()
-    with pg.cursor() as cur:
-        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN ingest_id bigserial").format(
-            sql.Identifier(SRC, "tbl_data_timeseries")))
+    fresh_fleet(NAME, ships=1, channels=2, hours=1, seed=4, ingest_id=True).close()
     ship = "ordered ship"
     # Inserted in this order, so ingest_id grows down the list.
     nasty.insert(pg, SRC, [

@@ -12,10 +12,7 @@ SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 
 
 def test_once_twice_continues_from_checkpoint(fresh_fleet, make_config, spark, pg, tmp_path):
-    fresh_fleet(NAME, ships=0).close()
-    with pg.cursor() as cur:
-        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN ingest_id bigserial").format(
-            sql.Identifier(SRC, "tbl_data_timeseries")))
+    fresh_fleet(NAME, ships=0, ingest_id=True).close()
     config = make_config(NAME, source__order_column="ingest_id")
     config = replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name="job"))
     nasty.insert(pg, SRC, nasty.minute("ship 1", 0, ["a", "b"]) + nasty.minute("ship 2", 0, ["a"]))

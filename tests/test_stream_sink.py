@@ -14,10 +14,7 @@ SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 
 
 def test_stream_into_wide_tables(fresh_fleet, make_config, spark, pg, tmp_path):
-    fresh_fleet(NAME, ships=0).close()
-    with pg.cursor() as cur:
-        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN ingest_id bigserial").format(
-            sql.Identifier(SRC, "tbl_data_timeseries")))
+    fresh_fleet(NAME, ships=0, ingest_id=True).close()
     config = make_config(NAME, source__order_column="ingest_id")
     results = []
 

@@ -47,11 +47,7 @@ def stream(spark, tmp_path):
 
 
 def test_exact_mode_waits_for_an_open_transaction(fresh_fleet, make_config, pg, pg_server, stream):
-    fresh_fleet(NAME, ships=0).close()
-    with pg.cursor() as cur:
-        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN ingest_id bigserial").format(
-            sql.Identifier(SRC, "tbl_data_timeseries")))
-        cur.execute(sql.SQL("CREATE INDEX ON {} (ingest_id)").format(sql.Identifier(SRC, "tbl_data_timeseries")))
+    fresh_fleet(NAME, ships=0, ingest_id=True).close()
     config = make_config(NAME, source__order_column="ingest_id")
     start, seen = stream
     query = start(stream_options(config.source, buckets=2))
