@@ -1,11 +1,10 @@
-"""PostgreSQL connections (psycopg2) and small helpers shared by the I/O modules."""
+"""PostgreSQL connections (psycopg2) shared by the I/O modules."""
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
 import psycopg2
-from psycopg2 import sql
 
 from widen.config import Connection
 
@@ -32,16 +31,3 @@ def connection(conn_cfg: Connection, autocommit: bool = False) -> Iterator:
         yield conn
     finally:
         conn.close()
-
-
-def qualified(schema: str, table: str) -> sql.Composable:
-    return sql.Identifier(schema, table)
-
-
-def server_version(conn) -> int:
-    return conn.server_version
-
-
-def literal(conn, value) -> str:
-    """A value safely quoted for SQL text that cannot take parameters (a JDBC ``dbtable``)."""
-    return sql.Literal(value).as_string(conn)

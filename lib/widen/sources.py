@@ -17,8 +17,6 @@ from pyspark.sql import DataFrame, SparkSession
 from widen import render
 from widen.config import SourceConfig
 
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
 
 @dataclass(frozen=True, order=True)
 class Chunk:
