@@ -37,9 +37,23 @@ def catalog_mapping(cur, catalog_schema: str, ship: str) -> dict[str, list[tuple
     return out
 
 
+def narrow_rows(src_schema: str, order_column: str | None = None,
+                exclude: sql.Composable | None = None) -> sql.Composable:
+    """The narrow rows the pivot reads: all of them, or with an order column only the last row per
+    (ship, created_time, channel); ``exclude`` is a condition for rows left out (e.g. late rows)."""
+    table = sql.Identifier(src_schema, "tbl_data_timeseries")
+    keep = sql.SQL("NOT ({})").format(exclude) if exclude is not None else sql.SQL("true")
+    if order_column is None:
+        return sql.SQL("(SELECT * FROM {} WHERE {}) n").format(table, keep)
+    return sql.SQL("(SELECT DISTINCT ON (ship_id, created_time, data_channel_id) * FROM {t} WHERE {k} "
+                   "ORDER BY ship_id, created_time, data_channel_id, {o} DESC) n").format(
+        t=table, k=keep, o=sql.Identifier(order_column))
+
+
 def differences(cur, src_schema: str, tgt_schema: str, catalog_schema: str, ship: str,
-                start=None, end=None) -> dict[str, tuple[int, int]]:
+                start=None, end=None, narrow: sql.Composable | None = None) -> dict[str, tuple[int, int]]:
     """Per wide table: (rows only in the wide table, rows only in the oracle pivot)."""
+    narrow = narrow if narrow is not None else narrow_rows(src_schema)
     cur.execute("SET jit = off")
     time_filter = sql.SQL("")
     params: list = []
@@ -54,20 +68,26 @@ def differences(cur, src_schema: str, tgt_schema: str, catalog_schema: str, ship
                 r=RENDER, ch=sql.Literal(ch)) for ch, _ in pairs)
         wide = sql.SQL("SELECT created_time, {c} FROM {t} WHERE true{f}").format(
             c=cols, t=sql.Identifier(tgt_schema, table), f=time_filter)
-        narrow = sql.SQL("SELECT created_time, {p} FROM {t} WHERE ship_id = {s} AND {v}{f} "
-                         "GROUP BY created_time").format(
-            p=pivot, t=sql.Identifier(src_schema, "tbl_data_timeseries"), s=sql.Literal(ship), v=VALID,
-            f=time_filter)
-        cur.execute(sql.SQL("SELECT count(*) FROM ({w} EXCEPT ALL {n}) x").format(w=wide, n=narrow),
+        pivoted = sql.SQL("SELECT created_time, {p} FROM {t} WHERE ship_id = {s} AND {v}{f} "
+                          "GROUP BY created_time").format(
+            p=pivot, t=narrow, s=sql.Literal(ship), v=VALID, f=time_filter)
+        cur.execute(sql.SQL("SELECT count(*) FROM ({w} EXCEPT ALL {n}) x").format(w=wide, n=pivoted),
                     params * 2)
         only_wide = cur.fetchone()[0]
-        cur.execute(sql.SQL("SELECT count(*) FROM ({n} EXCEPT ALL {w}) x").format(w=wide, n=narrow),
+        cur.execute(sql.SQL("SELECT count(*) FROM ({n} EXCEPT ALL {w}) x").format(w=wide, n=pivoted),
                     params * 2)
         out[table] = (only_wide, cur.fetchone()[0])
+        if out[table] != (0, 0):            # show a few rows of each side to whoever reads the failure
+            for label, query in (("only wide", sql.SQL("({w} EXCEPT ALL {n})")),
+                                 ("only oracle", sql.SQL("({n} EXCEPT ALL {w})"))):
+                cur.execute(sql.SQL("SELECT * FROM {} x ORDER BY 1 LIMIT 3").format(
+                    query.format(w=wide, n=pivoted)), params * 2)
+                print(f"oracle: {ship} {table} {label}: {cur.fetchall()}")
     return out
 
 
-def assert_equal_to_oracle(cur, src_schema: str, tgt_schema: str, catalog_schema: str) -> None:
+def assert_equal_to_oracle(cur, src_schema: str, tgt_schema: str, catalog_schema: str,
+                           order_column: str | None = None, exclude: sql.Composable | None = None) -> None:
     ships = valid_ships(cur, src_schema)
     cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(
         sql.Identifier(catalog_schema, "wide_tables")))
@@ -75,5 +95,6 @@ def assert_equal_to_oracle(cur, src_schema: str, tgt_schema: str, catalog_schema
     for ship in ships:
         mapping = catalog_mapping(cur, catalog_schema, ship)
         assert {ch for pairs in mapping.values() for ch, _ in pairs} == valid_channels(cur, src_schema, ship)
-        diffs = differences(cur, src_schema, tgt_schema, catalog_schema, ship)
+        diffs = differences(cur, src_schema, tgt_schema, catalog_schema, ship,
+                            narrow=narrow_rows(src_schema, order_column, exclude))
         assert all(d == (0, 0) for d in diffs.values()), (ship, diffs)

@@ -36,3 +36,28 @@ def test_merge_sets_only_the_columns_present(pg, server_version):
         if server_version >= 150000:
             cur.execute(sql.SQL("SELECT xmin::text FROM {}.w ORDER BY created_time").format(sql.Identifier(schema)))
             assert cur.fetchall() == versions
+
+
+@pytest.mark.parametrize("server_version", [150000, 140000])
+def test_greatest_keeps_the_greater_value_by_byte_order(pg, server_version):
+    """Across micro-batches without an order column: the greatest value (COLLATE "C") stays."""
+    schema = f"merge_greatest_{server_version}"
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s}").format(s=sql.Identifier(schema)))
+        cur.execute(sql.SQL('CREATE TABLE {}.w (created_time timestamptz PRIMARY KEY, a text, b text, c text)')
+                    .format(sql.Identifier(schema)))
+        cur.execute(sql.SQL('CREATE TABLE {}.s (created_time timestamptz, a text, b text, c text)')
+                    .format(sql.Identifier(schema)))
+        # 'B' < 'a' in byte order although 'a' < 'B' in most locales.
+        cur.execute(sql.SQL("INSERT INTO {}.w VALUES (%s, 'a', 'keep', NULL)").format(sql.Identifier(schema)), (T0,))
+        cur.execute(sql.SQL("INSERT INTO {}.s VALUES (%s, 'B', NULL, 'x'), (%s, 'n', 'e', 'w')").format(
+            sql.Identifier(schema)), (T0, T1))
+        statement = sinks.merge_statement(server_version, sql.Identifier(schema, "w"),
+                                          sql.Identifier(schema, "s"), ["a", "b", "c"], greatest=True)
+        cur.execute(statement)
+        cur.execute(sql.SQL("SELECT * FROM {}.w ORDER BY 1").format(sql.Identifier(schema)))
+        assert cur.fetchall() == [(T0, "a", "keep", "x"), (T1, "n", "e", "w")]
+        cur.execute(sql.SQL("UPDATE {}.s SET a = 'b' WHERE created_time = %s").format(sql.Identifier(schema)), (T0,))
+        cur.execute(statement)
+        cur.execute(sql.SQL("SELECT a FROM {}.w WHERE created_time = %s").format(sql.Identifier(schema)), (T0,))
+        assert cur.fetchone() == ("b",)

@@ -14,7 +14,8 @@ SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 def test_once_twice_continues_from_checkpoint(fresh_fleet, make_config, spark, pg, tmp_path):
     fresh_fleet(NAME, ships=0, ingest_id=True).close()
     config = make_config(NAME, source__order_column="ingest_id")
-    config = replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name="job"))
+    config = replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name="job",
+                                                    start="earliest"))
     nasty.insert(pg, SRC, nasty.minute("ship 1", 0, ["a", "b"]) + nasty.minute("ship 2", 0, ["a"]))
     first = stream.run(config, spark, once=True)
     assert first.summary["narrow_rows"] == 12 and first.summary["skipped"] == 0

@@ -40,6 +40,10 @@ _DDL = [
         query_name text NOT NULL, batch_id bigint NOT NULL, narrow_rows bigint, wide_rows bigint,
         ships integer, committed_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (query_name, batch_id))""",
+    # Additive: rows dropped behind the watermark (filled in when Spark reports the batch) and the
+    # newest created_time the batch merged (freshness).
+    "ALTER TABLE {s}.stream_batches ADD COLUMN IF NOT EXISTS late_rows bigint",
+    "ALTER TABLE {s}.stream_batches ADD COLUMN IF NOT EXISTS newest_created_time timestamptz",
     """CREATE TABLE IF NOT EXISTS {s}.rejects (
         ship_id text, data_channel_id text, created_time timestamptz, value_format text,
         double_v double precision, long_v bigint, str_v text, bool_v boolean,

@@ -88,6 +88,11 @@ class SourceConfig:
     table: str = "tbl_data_timeseries"
     order_column: str | None = None
     fetch_size: int = 50000
+    #: ``postgres`` (the narrow table over JDBC/psycopg2) or ``delta`` (a Delta table of narrow
+    #: rows, streaming only: ``readStream`` on ``delta_path`` or the catalog table ``delta_table``)
+    kind: str = "postgres"
+    delta_path: str | None = None
+    delta_table: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,16 @@ class StreamConfig:
     buckets: int = 2
     settle_seconds: float = 2.0
     overlap_seconds: float = 60.0
+    #: where a new query starts: ``latest`` (the live tail; the backfill covers what came before),
+    #: ``earliest``, an ISO timestamp (created_time mode) or an id (order_column mode)
+    start: str = "latest"
+    #: rows whose created_time is more than this behind the newest seen are dropped as late,
+    #: counted in ``stream_batches.late_rows`` and left for reconcile; also bounds de-dup state
+    watermark_seconds: float = 600.0
+    #: Prometheus metrics: an HTTP port (0 = none) and/or a textfile for node_exporter
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_textfile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,8 +194,9 @@ def _connection(section: dict, prefix: str) -> Connection:
     if "password" in section:
         raise ConfigError(f"{prefix}.password: passwords are not read from the config file; "
                           f"use {prefix}.password_env or {prefix}.password_file")
-    extra = set(section) - known - {"schema", "table", "order_column", "fetch_size", "catalog_schema",
-                                    "wide_table_template", "max_columns_per_table", "max_row_bytes"}
+    extra = set(section) - known - {"schema", "table", "order_column", "fetch_size", "kind", "delta_path",
+                                    "delta_table", "catalog_schema", "wide_table_template",
+                                    "max_columns_per_table", "max_row_bytes"}
     if extra:
         raise ConfigError(f"{prefix}: unknown key(s) {', '.join(sorted(extra))}")
     return Connection(
@@ -208,7 +224,14 @@ def parse(raw: dict) -> Config:
         table=str(src.get("table") or "tbl_data_timeseries"),
         order_column=src.get("order_column") or None,
         fetch_size=_typed(src, "fetch_size", "source", int, 50000, positive=True),
+        kind=str(src.get("kind") or "postgres"),
+        delta_path=src.get("delta_path") or None,
+        delta_table=src.get("delta_table") or None,
     )
+    if source.kind not in ("postgres", "delta"):
+        raise ConfigError(f"source.kind: expected postgres or delta, got {source.kind!r}")
+    if source.kind == "delta" and not (source.delta_path or source.delta_table):
+        raise ConfigError("source.kind is delta: set source.delta_path or source.delta_table")
     template = str(tgt.get("wide_table_template") or "tbl_data_timeseries_{ship_id}")
     if "{ship_id}" not in template:
         raise ConfigError("target.wide_table_template: must contain {ship_id}")
@@ -249,7 +272,17 @@ def parse(raw: dict) -> Config:
         buckets=_typed(st, "buckets", "stream", int, 2, positive=True),
         settle_seconds=_typed(st, "settle_seconds", "stream", float, 2.0),
         overlap_seconds=_typed(st, "overlap_seconds", "stream", float, 60.0),
+        start=str(st.get("start") or "latest"),
+        watermark_seconds=_typed(st, "watermark_seconds", "stream", float, 600.0, positive=True),
+        metrics_port=_typed(st, "metrics_port", "stream", int, 0),
+        metrics_host=str(st.get("metrics_host") or "127.0.0.1"),
+        metrics_textfile=st.get("metrics_textfile") or None,
     )
+    if not source.order_column and stream.watermark_seconds < stream.overlap_seconds:
+        # The overlap re-reads rows the stream has seen; behind the watermark they would be
+        # counted as late instead of being recognised as re-reads.
+        raise ConfigError(f"stream.watermark_seconds ({stream.watermark_seconds:g}) must be at least "
+                          f"stream.overlap_seconds ({stream.overlap_seconds:g}) without source.order_column")
     sp = _section(raw, "spark")
     spark = SparkConfig(master=str(sp.get("master") or "local[*]"),
                         app_name=str(sp.get("app_name") or "widen"),

@@ -1,9 +1,14 @@
 """Value rendering and row validation rules, expressed once (DESIGN.md, "Value rendering", "Bad rows").
 
 The rendered value is computed in the *source* SQL, so a wide cell is byte for byte what PostgreSQL
-prints; Java and Python print doubles differently and must never re-render one.
+prints; Java and Python print doubles differently and must never re-render one. The one exception
+is a source that is not PostgreSQL (a Delta table of narrow rows): ``float8_text`` reproduces
+PostgreSQL's ``double precision`` output for it, tested against the server itself.
 """
 from __future__ import annotations
+
+import math
+from decimal import Decimal
 
 from psycopg2 import sql
 
@@ -52,3 +57,51 @@ def reject_reason_sql(alias: str | None = None) -> sql.Composable:
              r2=sql.Literal(REASON_NULL_CHANNEL), r3=sql.Literal(REASON_EMPTY_CHANNEL),
              r4=sql.Literal(REASON_NULL_TIME), r5=sql.Literal(REASON_NULL_FORMAT),
              r6=sql.Literal(REASON_UNKNOWN_FORMAT))
+
+
+def float8_text(value: float | None) -> str | None:
+    """``value::text`` as PostgreSQL 12+ prints a double (``extra_float_digits`` = 1, the default).
+
+    The shortest correctly rounded digits strictly inside the value's rounding interval (Ryu, as
+    PostgreSQL uses it, does not accept the interval's bounds; Python's ``repr`` does, so it is one
+    digit short now and then), written the way PostgreSQL's ``float8out`` writes them: fixed
+    notation for decimal exponents -4..14, otherwise ``d.ddde±XX``; ``NaN``, ``Infinity``,
+    ``-Infinity``, ``-0``.
+    """
+    if value is None:
+        return None
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    sign, digits, exponent = _shortest(value).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    point = len(text) + exponent              # position of the decimal point in ``text``
+    scientific = point - 1
+    minus = "-" if sign else ""
+    if -4 <= scientific < 15:
+        if point <= 0:
+            return f"{minus}0.{'0' * -point}{text}"
+        if point >= len(text):
+            return f"{minus}{text}{'0' * (point - len(text))}"
+        return f"{minus}{text[:point]}.{text[point:]}"
+    mantissa = text[0] + (f".{text[1:]}" if len(text) > 1 else "")
+    return f"{minus}{mantissa}e{'-' if scientific < 0 else '+'}{abs(scientific):02d}"
+
+
+def _shortest(value: float) -> Decimal:
+    exact = Decimal(value)
+    below, above = math.nextafter(value, -math.inf), math.nextafter(value, math.inf)
+    low = (exact + Decimal(below)) / 2 if not math.isinf(below) else exact - (Decimal(above) - exact) / 2
+    high = (exact + Decimal(above)) / 2 if not math.isinf(above) else exact + (exact - Decimal(below)) / 2
+    low, high = min(low, high), max(low, high)
+    candidate = Decimal(repr(value))
+    if low < candidate < high:
+        return candidate
+    for places in range(len(candidate.normalize().as_tuple().digits), 17):
+        candidate = Decimal(f"{value:.{places}e}")
+        if low < candidate < high:
+            return candidate
+    return Decimal(f"{value:.16e}")

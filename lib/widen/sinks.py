@@ -178,22 +178,30 @@ def copy_into(cur, table: sql.Composable, columns: list[pa.Array]) -> None:
 # --- driver side ------------------------------------------------------------------------------
 
 def merge_statement(server_version: int, target: sql.Composable, staging: sql.Composable,
-                    columns: list[str]) -> sql.Composable:
+                    columns: list[str], greatest: bool = False) -> sql.Composable:
     """Column-wise upsert: a NULL in the batch never overwrites a value already there.
 
-    MERGE on PostgreSQL 15+, ``INSERT … ON CONFLICT`` on 11–14.
+    By default a value in the batch replaces the one in the table (the backfill's chunk holds every
+    reading of its range; with an order column the later batch holds the later rows). With
+    ``greatest`` a cell keeps the greater of the two by byte order: DESIGN.md's duplicate rule
+    without an order column, applied across micro-batches. MERGE on PostgreSQL 15+,
+    ``INSERT … ON CONFLICT`` on 11–14.
     """
     cols = [sql.Identifier(c) for c in columns]
     all_cols = sql.SQL(", ").join([sql.Identifier("created_time"), *cols])
+    if greatest:
+        combine = 'GREATEST({new}.{c} COLLATE "C", w.{c} COLLATE "C")'
+        wins = '{new}.{c} IS NOT NULL AND (w.{c} IS NULL OR {new}.{c} COLLATE "C" > w.{c} COLLATE "C")'
+    else:
+        combine, wins = "COALESCE({new}.{c}, w.{c})", "{new}.{c} IS NOT NULL AND {new}.{c} IS DISTINCT FROM w.{c}"
     if server_version >= 150000:
         if not cols:
             return sql.SQL(
                 "MERGE INTO {t} AS w USING {s} AS s ON w.created_time = s.created_time "
                 "WHEN NOT MATCHED THEN INSERT (created_time) VALUES (s.created_time)").format(
                 t=target, s=staging)
-        sets = sql.SQL(", ").join(sql.SQL("{c} = COALESCE(s.{c}, w.{c})").format(c=c) for c in cols)
-        changed = sql.SQL(" OR ").join(
-            sql.SQL("(s.{c} IS NOT NULL AND s.{c} IS DISTINCT FROM w.{c})").format(c=c) for c in cols)
+        sets = sql.SQL(", ").join(sql.SQL("{c} = " + combine).format(c=c, new=sql.SQL("s")) for c in cols)
+        changed = sql.SQL(" OR ").join(sql.SQL("(" + wins + ")").format(c=c, new=sql.SQL("s")) for c in cols)
         values = sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in [sql.Identifier("created_time"), *cols])
         return sql.SQL(
             "MERGE INTO {t} AS w USING {s} AS s ON w.created_time = s.created_time "
@@ -203,7 +211,7 @@ def merge_statement(server_version: int, target: sql.Composable, staging: sql.Co
     if not cols:
         return sql.SQL("INSERT INTO {t} (created_time) SELECT created_time FROM {s} "
                        "ON CONFLICT (created_time) DO NOTHING").format(t=target, s=staging)
-    sets = sql.SQL(", ").join(sql.SQL("{c} = COALESCE(EXCLUDED.{c}, w.{c})").format(c=c) for c in cols)
+    sets = sql.SQL(", ").join(sql.SQL("{c} = " + combine).format(c=c, new=sql.SQL("EXCLUDED")) for c in cols)
     return sql.SQL(
         "INSERT INTO {t} AS w ({all_cols}) SELECT {all_cols} FROM {s} "
         "ON CONFLICT (created_time) DO UPDATE SET {sets}").format(

@@ -9,6 +9,7 @@ replayed one changes nothing.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ class BatchResult:
     ships: int = 0
     rejected_rows: int = 0
     duplicate_rows: int = 0
+    newest_created_time: "dt.datetime | None" = None
 
 
 def write_batch(config: Config, table: pa.Table, batch_id: int, query_name: str) -> BatchResult:
@@ -57,9 +59,14 @@ def write_batch(config: Config, table: pa.Table, batch_id: int, query_name: str)
             result.wide_rows += wide
             result.duplicate_rows += duplicates
         result.ships = len(ships)
-        cur.execute(sql.SQL("INSERT INTO {} (query_name, batch_id, narrow_rows, wide_rows, ships) "
-                            "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(cat, "stream_batches")),
-                    (query_name, batch_id, result.narrow_rows, result.wide_rows, result.ships))
+        if valid.num_rows:
+            newest = pc.max(valid.column("created_time")).as_py()
+            result.newest_created_time = newest if newest.tzinfo else newest.replace(tzinfo=dt.timezone.utc)
+        cur.execute(sql.SQL("INSERT INTO {} (query_name, batch_id, narrow_rows, wide_rows, ships, "
+                            "newest_created_time) VALUES (%s, %s, %s, %s, %s, %s)").format(
+            sql.Identifier(cat, "stream_batches")),
+                    (query_name, batch_id, result.narrow_rows, result.wide_rows, result.ships,
+                     result.newest_created_time))
         conn.commit()
         return result
 
@@ -94,7 +101,10 @@ def _merge_ship(conn, cur, config: Config, ship: str, rows: pa.Table) -> tuple[i
         first += len(members)
         cur.execute(sinks.merge_statement(conn.server_version,
                                           sql.Identifier(tgt_cfg.schema, layout.tables[part]), staging,
-                                          [c.column_name for c in members]))
+                                          [c.column_name for c in members],
+                                          # without an order column the greatest value wins, also
+                                          # against what earlier batches merged
+                                          greatest=config.source.order_column is None))
         cur.execute(sql.SQL("DROP TABLE {}").format(staging))
     return wide.num_rows, duplicates
 

@@ -25,13 +25,17 @@ Offsets live in Spark's checkpoint; the reader opens its connections lazily in `
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 
 from widen.config import SourceConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 NAME = "widen_narrow"
 SCHEMA = ("ship_id string, data_channel_id string, created_time timestamp, value string, "
@@ -77,7 +81,8 @@ class NarrowStreamReader(DataSourceStreamReader):
         self.buckets = int(options.get("buckets", "2"))
         self.settle = float(options.get("settle_seconds", "2"))
         self.overlap = float(options.get("overlap_seconds", "60"))
-        self.start_after = options.get("start_after")
+        self.start = options.get("start") or "earliest"
+        self.start_wait = float(options.get("start_wait_seconds", "60"))
 
     # -- connections ------------------------------------------------------------------------------
     def _connect(self):
@@ -104,9 +109,82 @@ class NarrowStreamReader(DataSourceStreamReader):
 
     # -- offsets ----------------------------------------------------------------------------------
     def initialOffset(self) -> dict:
+        """Where a new query starts (kept in the checkpoint from then on).
+
+        ``earliest``: the first row. ``latest``: the live tail, for the hand-off with the backfill
+        (README, "Hand-off"): in the exact mode the greatest id once every transaction in flight at
+        that moment has ended, so their rows are the backfill's, not lost between the two; in the
+        created_time mode ``now - settle_seconds``. Or an explicit id / ISO timestamp.
+        """
+        if self.options.get("start_offset"):
+            return json.loads(self.options["start_offset"])      # taken by the job (stream.initial_offset)
+        start = self.start.strip().lower()
         if self.order_column:
-            return {"id": int(self.start_after) if self.start_after else -1, "pending": []}
-        return {"t": self.start_after or EPOCH_TEXT}
+            if start == "earliest":
+                return {"id": -1, "pending": []}
+            if start == "latest":
+                return self._latest_settled()
+            try:
+                return {"id": int(start), "pending": []}
+            except ValueError:
+                raise ValueError(f"stream.start: expected earliest, latest or an id of "
+                                 f"{self.order_column}, got {self.start!r}") from None
+        if start == "earliest":
+            return {"t": EPOCH_TEXT}
+        if start == "latest":
+            conn = self._connect()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT now() - make_interval(secs => %s)", (self.settle,))
+                    return {"t": cur.fetchone()[0].isoformat()}
+            finally:
+                conn.close()
+        try:
+            moment = dt.datetime.fromisoformat(self.start)
+        except ValueError:
+            raise ValueError(f"stream.start: expected earliest, latest or an ISO timestamp, "
+                             f"got {self.start!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        return {"t": moment.isoformat()}
+
+    def _latest_settled(self) -> dict:
+        """The live tail's first offset in the exact mode.
+
+        Look once (greatest id M1, transactions in flight); wait until those transactions end (the
+        backfill, which runs after this, reads their rows); look again. Transactions in flight at
+        the second look began after the first, so every id they take is above M1: they become
+        ``pending`` with that floor, as in ``latestOffset``.
+        """
+        import time
+
+        from psycopg2 import sql
+
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                # One statement, one snapshot: the greatest visible id and the full (xid8) ids of
+                # the transactions in flight.
+                cur.execute(sql.SQL("SELECT coalesce(max({}), -1), ARRAY(SELECT x::text FROM "
+                                    "pg_snapshot_xip(pg_current_snapshot()) x) FROM {}").format(
+                    sql.Identifier(self.order_column), self._table()))
+                first_id, running = cur.fetchone()
+                deadline = time.monotonic() + self.start_wait
+                while running:
+                    cur.execute("SELECT ARRAY(SELECT x FROM unnest(%s::text[]) x "
+                                "WHERE pg_xact_status(x::xid8) = 'in progress')", (running,))
+                    running = cur.fetchone()[0]
+                    if running and time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"stream.start latest: transactions {', '.join(running)} are still open "
+                            f"after {self.start_wait:g} s; their rows could fall between the backfill and "
+                            "the stream. Retry when they end, or start from an explicit id.")
+                    if running:
+                        time.sleep(0.2)
+                second = self._latest_id(cur, {"id": first_id, "pending": []})
+                return {"id": second["id"], "pending": [[x, first_id] for x, _ in second["pending"]]}
+        finally:
+            conn.close()
 
     def latestOffset(self, start: dict, limit=None) -> dict:
         from psycopg2 import sql
@@ -196,3 +274,48 @@ class NarrowStreamReader(DataSourceStreamReader):
                         [pa.array(col, type=kind) for col, kind in zip(columns, types)], names=names)
         finally:
             conn.close()
+
+
+def initial_offset(options: dict[str, str]) -> dict:
+    """The offset a new query starts from, computed here so the job can log it (and pass it on)."""
+    return NarrowStreamReader({k.lower(): v for k, v in options.items()}).initialOffset()
+
+
+def narrow_stream(spark: "SparkSession", cfg: SourceConfig, options: dict[str, str]) -> "DataFrame":
+    """The narrow rows as a stream with the columns of ``SCHEMA``, from PostgreSQL or Delta."""
+    if cfg.kind == "delta":
+        return delta_narrow_stream(spark, cfg)
+    spark.dataSource.register(NarrowStreamSource)
+    return spark.readStream.format(NAME).options(**options).load()
+
+
+def delta_narrow_stream(spark: "SparkSession", cfg: SourceConfig) -> "DataFrame":
+    """``readStream`` on a Delta table of narrow rows (the PostgreSQL table's columns).
+
+    Delta's own offsets (table versions) make it exact. Values are rendered as PostgreSQL would
+    (``render.float8_text`` for doubles); rejects carry the same reason + raw-row text array.
+    """
+    from pyspark.sql import functions as F
+
+    from widen import render, transform
+
+    reader = spark.readStream.format("delta")
+    df = reader.load(cfg.delta_path) if cfg.delta_path else reader.table(cfg.delta_table)
+    fmt = F.col("value_format")
+    float8 = F.udf(render.float8_text, "string", useArrow=True)
+    value = (F.when(fmt == "Decimal", float8(F.col("double_v")))
+             .when(fmt == "Integer", F.col("long_v").cast("string"))
+             .when(fmt == "String", F.col("str_v"))
+             .when(fmt == "Boolean", F.col("bool_v").cast("string")))
+    reason = transform.reject_reason()
+    raw = [reason, F.col("data_channel_id"), fmt, F.col("double_v").cast("string"),
+           F.col("long_v").cast("string"), F.col("str_v"), F.col("bool_v").cast("string")]
+    # A PostgreSQL text[] literal: every element quoted, backslash and quote escaped, NULL bare.
+    quoted = F.transform(F.array(*raw), lambda x: F.when(x.isNull(), F.lit("NULL")).otherwise(
+        F.concat(F.lit('"'), F.replace(F.replace(x, F.lit("\\"), F.lit("\\\\")), F.lit('"'), F.lit('\\"')),
+                 F.lit('"'))))
+    array_text = F.concat(F.lit("{"), F.array_join(quoted, ","), F.lit("}"))
+    order_key = (F.col(cfg.order_column).cast("long") if cfg.order_column else F.lit(None).cast("long"))
+    return df.select("ship_id", "data_channel_id", F.col("created_time").cast("timestamp"),
+                     value.alias("value"), F.when(reason.isNotNull(), array_text).alias("reject"),
+                     order_key.alias("order_key"))

@@ -1,59 +1,142 @@
-"""``stream``: keep the wide tables current from the narrow table (first cut, issue 3 in progress).
+"""``stream``: keep the wide tables current from the narrow table, exactly once.
 
-The narrow-table streaming source feeds the foreachBatch sink: each micro-batch is written in one
+The narrow stream (PostgreSQL source or a Delta table) gets a watermark on created_time and is
+de-duplicated within it, then each micro-batch is written by the foreachBatch sink in one
 transaction with its ``stream_batches`` row, so a restart from the checkpoint changes nothing twice.
+
+De-duplication drops *re-reads* of one narrow row (the created_time mode's overlap, the exact mode's
+pending transactions): the key is (ship, channel, created_time) plus the order key in the exact
+mode, plus the rendered value otherwise. Readings that differ are kept and the sink applies
+DESIGN.md's duplicate rule (the later batch wins with an order column; the greatest value without,
+also against what is already merged). Rows older than the watermark are dropped by Spark, counted
+(``stream_batches.late_rows``, the listener's log and metrics) and left for ``reconcile --repair``.
+
 ``--once`` processes what is there and stops (for schedulers and tests); otherwise it runs every
-``stream.trigger_seconds`` until SIGTERM/SIGINT, which stop it between batches.
+``stream.trigger_seconds`` until SIGTERM/SIGINT, which stop it after the current batch.
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
+from widen import catalog, db
 from widen.config import Config
 from widen.jobs import EXIT_OK, Result
 from widen.session import get_spark, resolve_connections
+from widen.stream_metrics import BatchListener, StreamMetrics
 from widen.stream_sink import write_batch
-from widen.stream_source import NarrowStreamSource, stream_options
+from widen.stream_source import initial_offset, narrow_stream, stream_options
 
 JOB = "stream"
+TOTALS = ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows")
 
 
 def checkpoint_path(config: Config) -> str:
     return config.stream.checkpoint or os.path.join(config.home, "checkpoints", config.stream.query_name)
 
 
+def _has_offsets(checkpoint: str) -> bool:
+    offsets = os.path.join(checkpoint, "offsets")
+    return os.path.isdir(offsets) and any(not name.startswith(".") for name in os.listdir(offsets))
+
+
+def dedup_key(config: Config) -> list[str]:
+    """What makes two stream rows the same narrow row read twice."""
+    same_row = "order_key" if config.source.order_column else "value"
+    return ["ship_id", "data_channel_id", "created_time", same_row, "reject"]
+
+
+@dataclass
+class StreamRun:
+    """A started stream: the query, its listener and the running totals."""
+    spark: object
+    query: object
+    listener: BatchListener
+    metrics: StreamMetrics
+    totals: dict
+    start_offset: dict | None
+    checkpoint: str
+
+    def finish(self) -> dict:
+        """After the query has ended: wait for the last reports, detach, return the summary."""
+        self.listener.terminated.wait(30)
+        self.spark.streams.removeListener(self.listener)
+        self.metrics.close()
+        if self.query.exception():
+            raise RuntimeError(f"stream query failed: {self.query.exception()}")
+        return {**self.totals, "late_rows": self.listener.late_rows,
+                "query_name": self.listener.query_name, "checkpoint": self.checkpoint,
+                "start_offset": self.start_offset, "freshness_lag_seconds": _last_lag(self.listener)}
+
+
+def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
+    """Start the stream query (connections already resolved); ``run`` waits on it."""
+    st = config.stream
+    out = out or sys.stderr
+    checkpoint = checkpoint_path(config)
+    with db.connection(config.target.connection) as conn:
+        catalog.ensure_catalog(conn, config.target.catalog_schema)
+    options = stream_options(config.source, buckets=st.buckets, settle_seconds=st.settle_seconds,
+                             overlap_seconds=st.overlap_seconds, start=st.start)
+    start_offset = None
+    if config.source.kind == "postgres" and not _has_offsets(checkpoint):
+        # A new query: take its first offset here so it can be logged for the backfill hand-off.
+        start_offset = initial_offset(options)
+        options["start_offset"] = json.dumps(start_offset)
+        print(f"[stream] new query {st.query_name!r} starts after {json.dumps(start_offset)} "
+              f"(stream.start = {st.start}); rows before it are the backfill's", file=out, flush=True)
+
+    totals = {"batches": 0, "skipped": 0, **{key: 0 for key in TOTALS}}
+    results: dict = {}
+
+    def sink(frame, batch_id: int) -> None:
+        result = write_batch(config, frame.toArrow(), batch_id, st.query_name)
+        results[batch_id] = result
+        totals["batches"] += 1
+        totals["skipped"] += int(result.skipped)
+        for key in TOTALS:
+            totals[key] += getattr(result, key)
+
+    metrics = StreamMetrics(st.query_name, st.metrics_port, st.metrics_host, st.metrics_textfile)
+    listener = BatchListener(config, results, metrics, out, config.target.catalog_schema)
+    spark.streams.addListener(listener)
+    try:
+        rows = (narrow_stream(spark, config.source, options)
+                .withWatermark("created_time", f"{st.watermark_seconds:g} seconds")
+                .dropDuplicatesWithinWatermark(dedup_key(config)))
+        writer = (rows.writeStream.foreachBatch(sink).queryName(st.query_name)
+                  .option("checkpointLocation", checkpoint))
+        writer = (writer.trigger(availableNow=True) if once
+                  else writer.trigger(processingTime=f"{st.trigger_seconds:g} seconds"))
+        query = writer.start()
+    except Exception:
+        spark.streams.removeListener(listener)
+        metrics.close()
+        raise
+    listener.query_id = str(query.id)
+    return StreamRun(spark, query, listener, metrics, totals, start_offset, checkpoint)
+
+
 def run(config: Config, spark=None, once: bool = False, progress_stream=None, **_ignored) -> Result:
     began = time.monotonic()
     config = resolve_connections(config)
     spark = get_spark(config, spark)
-    st = config.stream
-    out = progress_stream or sys.stderr
-    spark.dataSource.register(NarrowStreamSource)
-    totals = {"batches": 0, "skipped": 0, "narrow_rows": 0, "wide_rows": 0, "rejected_rows": 0,
-              "duplicate_rows": 0}
+    stream = start(config, spark, once, progress_stream)
+    try:
+        _run_until_stopped(stream.query)
+    finally:
+        summary = stream.finish()
+    return Result(JOB, EXIT_OK, {**summary, "seconds": round(time.monotonic() - began, 2)})
 
-    def sink(frame, batch_id: int) -> None:
-        result = write_batch(config, frame.toArrow(), batch_id, st.query_name)
-        totals["batches"] += 1
-        totals["skipped"] += int(result.skipped)
-        for key in ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows"):
-            totals[key] += getattr(result, key)
-        state = "already in the ledger, skipped" if result.skipped else (
-            f"{result.narrow_rows:,} narrow rows -> {result.wide_rows:,} wide rows, {result.ships} ships")
-        print(f"[stream] batch {batch_id}: {state}", file=out, flush=True)
 
-    options = stream_options(config.source, buckets=st.buckets, settle_seconds=st.settle_seconds,
-                             overlap_seconds=st.overlap_seconds)
-    writer = (spark.readStream.format("widen_narrow").options(**options).load()
-              .writeStream.foreachBatch(sink).queryName(st.query_name)
-              .option("checkpointLocation", checkpoint_path(config)))
-    writer = (writer.trigger(availableNow=True) if once
-              else writer.trigger(processingTime=f"{st.trigger_seconds} seconds"))
-    query = writer.start()
+def _run_until_stopped(query) -> None:
+    """Until the query ends (``--once``) or SIGTERM/SIGINT, which stop it between batches."""
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,8 +146,9 @@ def run(config: Config, spark=None, once: bool = False, progress_stream=None, **
             query.stop()                    # between batches: the current one has committed
             break
         query.awaitTermination(0.5)
-    if query.exception():
-        raise RuntimeError(f"stream query failed: {query.exception()}")
-    summary = {**totals, "query_name": st.query_name, "checkpoint": checkpoint_path(config),
-               "seconds": round(time.monotonic() - began, 2)}
-    return Result(JOB, EXIT_OK, summary)
+
+
+def _last_lag(listener: BatchListener) -> float | None:
+    if listener.newest is None:
+        return None
+    return round((dt.datetime.now(dt.timezone.utc) - listener.newest).total_seconds(), 2)
