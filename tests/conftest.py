@@ -51,6 +51,7 @@ def raw_config(pg: dict, name: str, **overrides) -> dict:
         "target": {**conn, "schema": f"wide_{name}", "catalog_schema": f"cat_{name}"},
         "backfill": {"chunk_hours": 1, "partitions_per_chunk": 2, "parallel_chunks": 2,
                      "max_attempts": 2, "retry_backoff_seconds": 0.1, "progress_seconds": 60},
+        "stream": {},
     }
     for dotted, value in overrides.items():
         section, key = dotted.split("__")

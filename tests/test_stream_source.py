@@ -75,6 +75,33 @@ def test_exact_mode_waits_for_an_open_transaction(fresh_fleet, make_config, pg, 
     assert "late commit" in {r[3] for r in seen}
 
 
+def test_exact_mode_sees_a_transaction_newer_than_every_committed_one(fresh_fleet, make_config, pg_server,
+                                                                    stream):
+    """The snapshot's in-progress list misses a transaction whose xid is above every completed one:
+    Y takes its xid, X takes an id and a newer xid, Y takes a higher id and commits. X's row is
+    below the greatest visible id and X is not in pg_snapshot_xip; it must still be read."""
+    fresh_fleet(f"{NAME}x", ships=0, ingest_id=True).close()
+    config = make_config(f"{NAME}x", source__order_column="ingest_id")
+    start, seen = stream
+    query = start(stream_options(config.source, buckets=1))
+    connect = lambda: psycopg2.connect(host=pg_server["host"], port=pg_server["port"],  # noqa: E731
+                                       user=pg_server["user"], dbname=pg_server["database"])
+    y, x = connect(), connect()
+    try:
+        nasty.insert(y, f"src_{NAME}x", [("ship", "y", nasty.at(0), "String", None, None, "y first", None)])
+        nasty.insert(x, f"src_{NAME}x", [("ship", "x", nasty.at(0), "String", None, None, "x waits", None)])
+        nasty.insert(y, f"src_{NAME}x", [("ship", "y", nasty.at(15), "String", None, None, "y second", None)])
+        y.commit()
+        query.processAllAvailable()
+        assert sorted(r[3] for r in seen) == ["y first", "y second"]
+        x.commit()
+    finally:
+        x.close()
+        y.close()
+    query.processAllAvailable()
+    assert sorted(r[3] for r in seen) == ["x waits", "y first", "y second"]
+
+
 def test_time_mode_reads_up_to_now_minus_settle_and_rereads_overlap(fresh_fleet, make_config, pg, stream):
     fresh_fleet(f"{NAME}t", ships=0).close()
     config = make_config(f"{NAME}t")

@@ -132,6 +132,8 @@ class StreamConfig:
     #: rows whose created_time is more than this behind the newest seen are dropped as late,
     #: counted in ``stream_batches.late_rows`` and left for reconcile; also bounds de-dup state
     watermark_seconds: float = 600.0
+    #: partitions of the de-dup state (and the stream's shuffle); fixed when the checkpoint is new
+    state_partitions: int = 2
     #: Prometheus metrics: an HTTP port (0 = none) and/or a textfile for node_exporter
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
@@ -274,6 +276,7 @@ def parse(raw: dict) -> Config:
         overlap_seconds=_typed(st, "overlap_seconds", "stream", float, 60.0),
         start=str(st.get("start") or "latest"),
         watermark_seconds=_typed(st, "watermark_seconds", "stream", float, 600.0, positive=True),
+        state_partitions=_typed(st, "state_partitions", "stream", int, 2, positive=True),
         metrics_port=_typed(st, "metrics_port", "stream", int, 0),
         metrics_host=str(st.get("metrics_host") or "127.0.0.1"),
         metrics_textfile=st.get("metrics_textfile") or None,

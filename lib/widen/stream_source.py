@@ -6,12 +6,14 @@
 Two offset modes:
 
 - ``order_column`` set (a monotonically increasing ingestion id): the exact mode. An offset is the
-  greatest id visible *and* the transactions still in flight at that moment
-  (``pg_snapshot_xip``): a transaction that took a lower id but commits later is read by the next
-  micro-batch through that list, so a row whose transaction stays open is never skipped. (A
-  transaction that starts later takes ids above every visible one, so each pending transaction
-  carries the offset id below which it has none, and reads stay index range scans.) Such a row may
-  be read twice, which the idempotent merge absorbs.
+  greatest id visible *and* the transactions running at that moment (the snapshot's in-progress
+  list plus pg_locks: the list alone misses a transaction whose xid is above every completed
+  one): a transaction that took a lower id but commits later is read by the next micro-batch
+  through that list, so a row whose transaction stays open is never skipped. Each pending
+  transaction carries the offset id below which it has none (it was not running when that offset
+  was taken), so reads stay index range scans. Such a row may be read twice; the stream's
+  de-duplication and the idempotent merge absorb it. (Not covered: the microseconds between an
+  INSERT's nextval and its transaction taking an xid; reconcile would find such a row.)
 - created_time only: each micro-batch reads up to the newest row older than ``now - settle_seconds``
   and re-reads ``overlap_seconds`` before its start; the idempotent merge makes the overlap
   harmless. A row later than the overlap is left for reconciliation. (Needs an index on
@@ -151,38 +153,33 @@ class NarrowStreamReader(DataSourceStreamReader):
     def _latest_settled(self) -> dict:
         """The live tail's first offset in the exact mode.
 
-        Look once (greatest id M1, transactions in flight); wait until those transactions end (the
-        backfill, which runs after this, reads their rows); look again. Transactions in flight at
-        the second look began after the first, so every id they take is above M1: they become
-        ``pending`` with that floor, as in ``latestOffset``.
+        Look once (greatest id M1, transactions running); wait until those transactions end (the
+        backfill, which runs after this, reads their rows); look again. Transactions running at
+        the second look that were not running at the first began after it, so every id they take
+        is above M1: they become ``pending`` with that floor, as in ``latestOffset``.
         """
         import time
 
-        from psycopg2 import sql
+        first = self._look({"id": -1, "pending": []})
+        running = [xid for xid, _ in first["pending"]]
+        deadline = time.monotonic() + self.start_wait
+        while True:
+            second = self._look({"id": first["id"], "pending": []})
+            still = sorted(set(running) & {xid for xid, _ in second["pending"]})
+            if not still:
+                return second
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"stream.start latest: transactions {', '.join(map(str, still))} are still open "
+                    f"after {self.start_wait:g} s; their rows could fall between the backfill and the "
+                    "stream. Retry when they end, or start from an explicit id.")
+            time.sleep(0.2)
 
+    def _look(self, start: dict) -> dict:
         conn = self._connect()
         try:
             with conn.cursor() as cur:
-                # One statement, one snapshot: the greatest visible id and the full (xid8) ids of
-                # the transactions in flight.
-                cur.execute(sql.SQL("SELECT coalesce(max({}), -1), ARRAY(SELECT x::text FROM "
-                                    "pg_snapshot_xip(pg_current_snapshot()) x) FROM {}").format(
-                    sql.Identifier(self.order_column), self._table()))
-                first_id, running = cur.fetchone()
-                deadline = time.monotonic() + self.start_wait
-                while running:
-                    cur.execute("SELECT ARRAY(SELECT x FROM unnest(%s::text[]) x "
-                                "WHERE pg_xact_status(x::xid8) = 'in progress')", (running,))
-                    running = cur.fetchone()[0]
-                    if running and time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"stream.start latest: transactions {', '.join(running)} are still open "
-                            f"after {self.start_wait:g} s; their rows could fall between the backfill and "
-                            "the stream. Retry when they end, or start from an explicit id.")
-                    if running:
-                        time.sleep(0.2)
-                second = self._latest_id(cur, {"id": first_id, "pending": []})
-                return {"id": second["id"], "pending": [[x, first_id] for x, _ in second["pending"]]}
+                return self._latest_id(cur, start)
         finally:
             conn.close()
 
@@ -213,9 +210,14 @@ class NarrowStreamReader(DataSourceStreamReader):
         """
         from psycopg2 import sql
 
+        # Running transactions: the snapshot's in-progress list misses those with an xid at or
+        # above its xmax, so they come from pg_locks (every transaction holds the lock on its own
+        # xid), read in the same statement, after the snapshot was taken.
         cur.execute(sql.SQL(
-            "SELECT coalesce(max({o}), %s), ARRAY(SELECT (x::text::bigint %% 4294967296) "
-            "FROM pg_snapshot_xip(pg_current_snapshot()) AS x ORDER BY 1) FROM {t} WHERE {o} > %s").format(
+            "SELECT coalesce(max({o}), %s), ARRAY(SELECT x FROM ("
+            "SELECT x::text::bigint %% 4294967296 AS x FROM pg_snapshot_xip(pg_current_snapshot()) AS x "
+            "UNION SELECT transactionid::text::bigint FROM pg_locks WHERE locktype = 'transactionid' "
+            "AND mode = 'ExclusiveLock' AND granted) r ORDER BY 1) FROM {t} WHERE {o} > %s").format(
             o=sql.Identifier(self.order_column), t=self._table()), (start["id"], start["id"]))
         latest, running = cur.fetchone()
         floors = {xid: floor for xid, floor in start["pending"]}

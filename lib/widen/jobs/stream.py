@@ -35,15 +35,28 @@ from widen.stream_source import initial_offset, narrow_stream, stream_options
 
 JOB = "stream"
 TOTALS = ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows")
+COUNTED = ("batches", "skipped", "late_rows", *TOTALS)
 
 
 def checkpoint_path(config: Config) -> str:
     return config.stream.checkpoint or os.path.join(config.home, "checkpoints", config.stream.query_name)
 
 
+def _batch_ids(checkpoint: str, log: str) -> list[int]:
+    folder = os.path.join(checkpoint, log)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+
+
 def _has_offsets(checkpoint: str) -> bool:
-    offsets = os.path.join(checkpoint, "offsets")
-    return os.path.isdir(offsets) and any(not name.startswith(".") for name in os.listdir(offsets))
+    return bool(_batch_ids(checkpoint, "offsets"))
+
+
+def _uncommitted_batch(checkpoint: str) -> bool:
+    """A batch was planned but the process died before Spark recorded it as committed."""
+    offsets, commits = _batch_ids(checkpoint, "offsets"), _batch_ids(checkpoint, "commits")
+    return bool(offsets) and (not commits or offsets[-1] > commits[-1])
 
 
 def dedup_key(config: Config) -> list[str]:
@@ -114,7 +127,15 @@ def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
                   .option("checkpointLocation", checkpoint))
         writer = (writer.trigger(availableNow=True) if once
                   else writer.trigger(processingTime=f"{st.trigger_seconds:g} seconds"))
-        query = writer.start()
+        # The de-dup state's partitions (fixed by the checkpoint's first run): a few, not 200,
+        # or every micro-batch pays for 200 state-store tasks. The query keeps its own copy of
+        # the session's conf, so the session's value is put back at once.
+        previous = spark.conf.get("spark.sql.shuffle.partitions")
+        spark.conf.set("spark.sql.shuffle.partitions", str(st.state_partitions))
+        try:
+            query = writer.start()
+        finally:
+            spark.conf.set("spark.sql.shuffle.partitions", previous)
     except Exception:
         spark.streams.removeListener(listener)
         metrics.close()
@@ -127,12 +148,19 @@ def run(config: Config, spark=None, once: bool = False, progress_stream=None, **
     began = time.monotonic()
     config = resolve_connections(config)
     spark = get_spark(config, spark)
-    stream = start(config, spark, once, progress_stream)
-    try:
-        _run_until_stopped(stream.query)
-    finally:
-        summary = stream.finish()
-    return Result(JOB, EXIT_OK, {**summary, "seconds": round(time.monotonic() - began, 2)})
+    totals: dict = {}
+    # With an uncommitted batch in the checkpoint (the last run was killed), Spark's availableNow
+    # replays that batch and stops without reading what came since: run it once more.
+    passes = 2 if once and _uncommitted_batch(checkpoint_path(config)) else 1
+    for _ in range(passes):
+        stream = start(config, spark, once, progress_stream)
+        try:
+            _run_until_stopped(stream.query)
+        finally:
+            summary = stream.finish()
+        for key, value in summary.items():
+            totals[key] = totals.get(key, 0) + value if key in COUNTED else value
+    return Result(JOB, EXIT_OK, {**totals, "seconds": round(time.monotonic() - began, 2)})
 
 
 def _run_until_stopped(query) -> None:
