@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 
 from psycopg2 import sql
+from psycopg2.extensions import AsIs
 from psycopg2.extras import execute_values
 
 UTC = dt.timezone.utc
@@ -84,12 +85,20 @@ def rows() -> list[tuple]:
     return out
 
 
+def _float8(value: float) -> AsIs:
+    """A double as a float8 literal: psycopg2's own ``-0.0`` is numeric negation in SQL and
+    arrives as 0, so -0 would never reach the table."""
+    return AsIs(f"'{value!r}'::float8")
+
+
 def insert(conn, schema: str, data: list[tuple] | None = None) -> None:
+    data = [tuple(_float8(v) if isinstance(v, float) else v for v in row)
+            for row in (data if data is not None else rows())]
     with conn.cursor() as cur:
         execute_values(cur, sql.SQL(
             "INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, double_v, long_v, "
             "str_v, bool_v) VALUES %s").format(sql.Identifier(schema, "tbl_data_timeseries")).as_string(cur),
-            data if data is not None else rows())
+            data)
 
 
 def minute(ship: str, minute_no: int, channels: list[str]) -> list[tuple]:

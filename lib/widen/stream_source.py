@@ -286,25 +286,35 @@ def initial_offset(options: dict[str, str]) -> dict:
 def narrow_stream(spark: "SparkSession", cfg: SourceConfig, options: dict[str, str]) -> "DataFrame":
     """The narrow rows as a stream with the columns of ``SCHEMA``, from PostgreSQL or Delta."""
     if cfg.kind == "delta":
-        return delta_narrow_stream(spark, cfg)
+        return delta_narrow_stream(spark, cfg, options.get("start", "earliest"))
     spark.dataSource.register(NarrowStreamSource)
     return spark.readStream.format(NAME).options(**options).load()
 
 
-def delta_narrow_stream(spark: "SparkSession", cfg: SourceConfig) -> "DataFrame":
+def delta_narrow_stream(spark: "SparkSession", cfg: SourceConfig, start: str = "earliest") -> "DataFrame":
     """``readStream`` on a Delta table of narrow rows (the PostgreSQL table's columns).
 
-    Delta's own offsets (table versions) make it exact. Values are rendered as PostgreSQL would
-    (``render.float8_text`` for doubles); rejects carry the same reason + raw-row text array.
+    Delta's own offsets (table versions) make it exact. ``start``: earliest, latest, a table
+    version or an ISO timestamp (Delta's startingVersion / startingTimestamp). Values are rendered
+    as PostgreSQL would (``render.float8_text`` for doubles); rejects carry the same reason +
+    raw-row text array as the PostgreSQL source.
     """
     from pyspark.sql import functions as F
 
     from widen import render, transform
 
     reader = spark.readStream.format("delta")
+    start = start.strip()
+    if start.lower() == "latest":
+        reader = reader.option("startingVersion", "latest")
+    elif start.isdigit():
+        reader = reader.option("startingVersion", start)
+    elif start.lower() != "earliest":
+        reader = reader.option("startingTimestamp", start)
     df = reader.load(cfg.delta_path) if cfg.delta_path else reader.table(cfg.delta_table)
     fmt = F.col("value_format")
-    float8 = F.udf(render.float8_text, "string", useArrow=True)
+    # A plain Python UDF: the Arrow-optimised kind hung in its worker handshake here (Spark 4.2.0).
+    float8 = F.udf(render.float8_text, "string", useArrow=False)
     value = (F.when(fmt == "Decimal", float8(F.col("double_v")))
              .when(fmt == "Integer", F.col("long_v").cast("string"))
              .when(fmt == "String", F.col("str_v"))
