@@ -121,6 +121,10 @@ def fresh_fleet(pg_server):
 
     def make(name: str, ingest_id: bool = False, **fleet) -> "psycopg2.extensions.connection":
         conn_cfg = Connection(pg_server["host"], pg_server["port"], pg_server["database"], pg_server["user"])
+        fresh = psycopg2.connect(**conn_cfg.psycopg_params())
+        with fresh, fresh.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(f"src_{name}")))
+        fresh.close()
         generate.generate_fleet(conn_cfg, f"src_{name}", replace=True, **fleet)
         conn = psycopg2.connect(**conn_cfg.psycopg_params())
         conn.autocommit = True

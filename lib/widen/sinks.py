@@ -189,11 +189,9 @@ def merge_statement(server_version: int, target: sql.Composable, staging: sql.Co
     """
     cols = [sql.Identifier(c) for c in columns]
     all_cols = sql.SQL(", ").join([sql.Identifier("created_time"), *cols])
-    if greatest:
-        combine = 'GREATEST({new}.{c} COLLATE "C", w.{c} COLLATE "C")'
-        wins = '{new}.{c} IS NOT NULL AND (w.{c} IS NULL OR {new}.{c} COLLATE "C" > w.{c} COLLATE "C")'
-    else:
-        combine, wins = "COALESCE({new}.{c}, w.{c})", "{new}.{c} IS NOT NULL AND {new}.{c} IS DISTINCT FROM w.{c}"
+    combine = _combine(greatest)
+    wins = ('{new}.{c} IS NOT NULL AND (w.{c} IS NULL OR {new}.{c} COLLATE "C" > w.{c} COLLATE "C")' if greatest
+            else "{new}.{c} IS NOT NULL AND {new}.{c} IS DISTINCT FROM w.{c}")
     if server_version >= 150000:
         if not cols:
             return sql.SQL(
@@ -208,14 +206,32 @@ def merge_statement(server_version: int, target: sql.Composable, staging: sql.Co
             "WHEN MATCHED AND ({changed}) THEN UPDATE SET {sets} "
             "WHEN NOT MATCHED THEN INSERT ({all_cols}) VALUES ({values})").format(
             t=target, s=staging, changed=changed, sets=sets, all_cols=all_cols, values=values)
+    return upsert_statement(target, columns, staging, greatest)
+
+
+def _combine(greatest: bool) -> str:
+    """How a cell's new value ({new}.{c}) and old one (w.{c}) combine."""
+    return 'GREATEST({new}.{c} COLLATE "C", w.{c} COLLATE "C")' if greatest else "COALESCE({new}.{c}, w.{c})"
+
+
+def upsert_statement(target: sql.Composable, columns: list[str], staging: sql.Composable | None = None,
+                     greatest: bool = False) -> sql.Composable:
+    """The ``INSERT … ON CONFLICT`` form of ``merge_statement`` (same column-wise rule).
+
+    From ``staging``, or with ``staging=None`` from ``VALUES %s`` for ``execute_values`` (the
+    stream's small per-ship batches: one statement instead of staging, COPY and merge).
+    """
+    cols = [sql.Identifier(c) for c in columns]
+    all_cols = sql.SQL(", ").join([sql.Identifier("created_time"), *cols])
+    rows = (sql.SQL("VALUES %s") if staging is None
+            else sql.SQL("SELECT {} FROM {}").format(all_cols, staging))
     if not cols:
-        return sql.SQL("INSERT INTO {t} (created_time) SELECT created_time FROM {s} "
-                       "ON CONFLICT (created_time) DO NOTHING").format(t=target, s=staging)
-    sets = sql.SQL(", ").join(sql.SQL("{c} = " + combine).format(c=c, new=sql.SQL("EXCLUDED")) for c in cols)
+        return sql.SQL("INSERT INTO {t} (created_time) {rows} ON CONFLICT (created_time) DO NOTHING").format(
+            t=target, rows=rows)
+    sets = sql.SQL(", ").join(sql.SQL("{c} = " + _combine(greatest)).format(c=c, new=sql.SQL("EXCLUDED")) for c in cols)
     return sql.SQL(
-        "INSERT INTO {t} AS w ({all_cols}) SELECT {all_cols} FROM {s} "
-        "ON CONFLICT (created_time) DO UPDATE SET {sets}").format(
-        t=target, s=staging, all_cols=all_cols, sets=sets)
+        "INSERT INTO {t} AS w ({all_cols}) {rows} ON CONFLICT (created_time) DO UPDATE SET {sets}").format(
+        t=target, all_cols=all_cols, rows=rows, sets=sets)
 
 
 def merge_parts(cur, server_version: int, target_schema: str, staging: Staging,

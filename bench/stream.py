@@ -1,0 +1,234 @@
+"""Stream benchmark: freshness from narrow commit to wide visibility, at the nominal rate and 10x.
+
+A writer process plays a fleet: every ship commits one transaction per reading interval holding
+one reading of each of its channels (created_time = now), ships spread evenly over the interval.
+Nominal: 100 ships x 200 channels x 4 readings a minute (one per 15 s) = 1,333 narrow rows/s; 10x
+keeps the fleet and reads every 1.5 s (13,333 rows/s). The stream job runs in this process
+(exact mode, ingestion id) with its usual sink. A prober polls the newest created_time of a sample
+of ships' wide tables every 50 ms; a reading's freshness is the first time the prober sees it minus
+the time its narrow transaction committed (so it includes up to 50 ms of polling).
+
+Prints p50/p95/max freshness per rate, p95 per minute (bounded lag = it does not grow), rows/s,
+batches, and writes bench/results/stream-<rate>.json. Run it on a quiet machine:
+
+    .venv/bin/python bench/stream.py [--minutes 5] [--rates 1,10] [--ships 100] [--channels 200]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+os.environ.setdefault("TZ", "UTC")
+
+import psycopg2  # noqa: E402
+from psycopg2 import sql  # noqa: E402
+from psycopg2.extras import execute_values  # noqa: E402
+
+from widen import config as widen_config, embedded, generate, naming  # noqa: E402
+from widen.jobs import stream  # noqa: E402
+from widen.session import get_spark  # noqa: E402
+
+SRC, TGT, CAT = "bstream_src", "bstream_wide", "bstream_catalog"
+TABLE = "tbl_data_timeseries"
+PROBE_SECONDS = 0.05
+
+
+def make_config(server, home: Path, rate: int) -> widen_config.Config:
+    conn = {"host": server.host, "port": server.port, "database": server.database, "user": server.user}
+    return widen_config.parse({
+        "embedded": "never", "jars_dir": str(ROOT / "jars"), "home": str(home),
+        "source": {**conn, "schema": SRC, "order_column": "ingest_id"},
+        "target": {**conn, "schema": TGT, "catalog_schema": CAT},
+        "stream": {"query_name": f"bench-{rate}x", "checkpoint": str(home / f"bench-stream-{rate}x"),
+                   "trigger_seconds": 0.25, "start": "latest", "buckets": 2},
+        "spark": {"master": "local[*]", "conf": {"spark.sql.shuffle.partitions": "2",
+                                                 "spark.driver.memory": "4g"}},
+    })
+
+
+def reset(params: dict) -> None:
+    conn = psycopg2.connect(**params)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for schema in (SRC, TGT, CAT):
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    generate.ensure_narrow_table(conn, SRC, TABLE)
+    with conn.cursor() as cur:
+        narrow = sql.Identifier(SRC, TABLE)
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN ingest_id bigserial").format(narrow))
+        cur.execute(sql.SQL("CREATE INDEX ON {} (ingest_id)").format(narrow))
+    conn.close()
+
+
+def writer(params: dict, ships: list[str], channels: list[tuple[str, str]], interval: float,
+           seconds: float, out_path: str) -> None:
+    """One transaction per ship per ``interval``; logs (ship, created_time, commit time)."""
+    conn = psycopg2.connect(**params)
+    cur = conn.cursor()
+    cur.execute("SET TIME ZONE 'UTC'")
+    conn.commit()
+    insert = sql.SQL("INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, double_v, long_v, "
+                     "str_v, bool_v) VALUES %s").format(sql.Identifier(SRC, TABLE)).as_string(cur)
+    log = []
+    began = time.time()
+    step = interval / len(ships)
+    k = 0
+    while time.time() - began < seconds:
+        due = began + k * step
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        ship = ships[k % len(ships)]
+        now = dt.datetime.now(dt.timezone.utc)
+        rows = [(ship, name, now, fmt, k * 0.5 if fmt == "Decimal" else None, k if fmt == "Integer" else None,
+                 f"v{k}" if fmt == "String" else None, k % 2 == 0 if fmt == "Boolean" else None)
+                for name, fmt in channels]
+        execute_values(cur, insert, rows, page_size=len(rows))
+        conn.commit()
+        log.append((ship, now.isoformat(), time.time()))
+        k += 1
+    conn.close()
+    with open(out_path, "w") as fh:
+        json.dump(log, fh)
+
+
+def prober(params: dict, tables: dict[str, str], stop: threading.Event, seen: dict) -> None:
+    """Every PROBE_SECONDS: newest created_time per sampled ship; records when each first shows."""
+    conn = psycopg2.connect(**params)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SET TIME ZONE 'UTC'")
+    newest: dict[str, dt.datetime] = {}
+    while not stop.is_set():
+        present = {}
+        for ship, table in tables.items():
+            cur.execute("SELECT to_regclass(%s)", (f'{TGT}."{table}"',))
+            if cur.fetchone()[0] is not None:
+                present[ship] = table
+        if present:
+            query = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT {s}, created_time FROM {t} WHERE created_time > {since}").format(
+                    s=sql.Literal(ship), t=sql.Identifier(TGT, table),
+                    since=sql.Literal(newest.get(ship, dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))))
+                for ship, table in present.items())
+            cur.execute(query)
+            now = time.time()
+            for ship, created in cur.fetchall():
+                seen.setdefault((ship, created.isoformat()), now)
+                if created > newest.get(ship, created - dt.timedelta(seconds=1)):
+                    newest[ship] = created
+        time.sleep(PROBE_SECONDS)
+    conn.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def run_rate(server, spark, home: Path, rate: int, args) -> dict:
+    params = {"host": server.host, "port": server.port, "dbname": server.database, "user": server.user}
+    reset(params)
+    config = make_config(server, home, rate)
+    ships = generate.ship_ids(args.ships)
+    channels = generate.channel_names(args.channels, seed=11)
+    interval = 15.0 / rate
+    sample = ships[:: max(1, len(ships) // args.sample)][: args.sample]
+    tables = {s: naming.table_name(config.target.wide_table_template, s) for s in sample}
+    import shutil
+    shutil.rmtree(config.stream.checkpoint, ignore_errors=True)
+    run = stream.start(config, spark)
+    log_path = home / f"bench-stream-writer-{rate}x.json"
+    seconds = args.warmup + args.minutes * 60
+    proc = mp.get_context("spawn").Process(target=writer, args=(params, ships, channels, interval, seconds,
+                                                                str(log_path)))
+    seen: dict = {}
+    stop = threading.Event()
+    probe = threading.Thread(target=prober, args=(params, tables, stop, seen), daemon=True)
+    began = time.time()
+    probe.start()
+    proc.start()
+    print(f"[bench] {rate}x: {len(ships)} ships x {len(channels)} channels every {interval:g} s "
+          f"= {len(ships) * len(channels) / interval:,.0f} rows/s for {seconds:.0f} s "
+          f"({args.warmup:.0f} s warm-up)", flush=True)
+    proc.join()
+    # Let the stream catch up with the last commits, then stop.
+    drain_deadline = time.time() + 60
+    log = json.loads(log_path.read_text())
+    wanted = [(s, c) for s, c, _ in log if s in tables]
+    while time.time() < drain_deadline and not all(k in seen for k in wanted):
+        time.sleep(0.2)
+    drained = time.time() - began - seconds
+    stop.set()
+    probe.join()
+    run.query.stop()
+    summary = run.finish()
+    fresh, per_minute = [], {}
+    for ship, created, committed in log:
+        if ship not in tables or committed - began < args.warmup:
+            continue
+        key = (ship, dt.datetime.fromisoformat(created).isoformat())
+        if key not in seen:
+            fresh.append(float("inf"))
+            continue
+        lag = seen[key] - committed
+        fresh.append(lag)
+        per_minute.setdefault(int((committed - began - args.warmup) // 60), []).append(lag)
+    finite = [f for f in fresh if f != float("inf")]
+    result = {
+        "rate": f"{rate}x", "ships": len(ships), "channels": len(channels), "interval_s": interval,
+        "narrow_rows_per_s": len(ships) * len(channels) / interval, "measured_minutes": args.minutes,
+        "samples": len(fresh), "missing": len(fresh) - len(finite),
+        "p50_s": round(statistics.median(finite), 3), "p95_s": round(percentile(finite, 0.95), 3),
+        "max_s": round(max(finite), 3),
+        "p95_per_minute_s": {m: round(percentile(v, 0.95), 3) for m, v in sorted(per_minute.items())},
+        "drain_s": round(drained, 1), "batches": summary["batches"], "narrow_rows": summary["narrow_rows"],
+        "late_rows": summary["late_rows"],
+    }
+    minutes = list(result["p95_per_minute_s"].values())
+    result["bounded"] = bool(minutes) and minutes[-1] <= max(2 * minutes[0], minutes[0] + 1.0) and result["missing"] == 0
+    print(f"[bench] {rate}x: p50 {result['p50_s']} s, p95 {result['p95_s']} s, max {result['max_s']} s over "
+          f"{len(finite)} readings of {len(tables)} sampled ships; p95 per minute {minutes}; "
+          f"{summary['batches']} batches; lag {'bounded' if result['bounded'] else 'NOT bounded'}", flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=5.0, help="measured minutes per rate (after warm-up)")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds before measuring")
+    parser.add_argument("--rates", default="1,10", help="multiples of the nominal rate, e.g. 1,10")
+    parser.add_argument("--ships", type=int, default=100)
+    parser.add_argument("--channels", type=int, default=200)
+    parser.add_argument("--sample", type=int, default=20, help="ships whose wide tables the prober polls")
+    parser.add_argument("--home", default=str(ROOT / ".local" / "bench"))
+    args = parser.parse_args()
+    home = Path(args.home)
+    home.mkdir(parents=True, exist_ok=True)
+    server = embedded.ensure_running(home)
+    config = make_config(server, home, 1)
+    spark = get_spark(config)
+    spark.sparkContext.setLogLevel("ERROR")
+    results = [run_rate(server, spark, home, int(r), args) for r in args.rates.split(",")]
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    for result in results:
+        (out / f"stream-{result['rate']}.json").write_text(json.dumps({**result, "machine": machine}, indent=2))
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
