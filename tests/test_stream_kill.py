@@ -3,6 +3,7 @@ its checkpoint each time. The end state equals the oracle, every narrow row is c
 stream_batches has no gap and no duplicate batch."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -95,3 +96,37 @@ def test_sigkill_three_times_then_resume(fresh_fleet, write_config, make_config,
         narrow = cur.fetchone()[0]
     assert [b for b, _ in ledger] == list(range(len(ledger)))      # no gap, no duplicate
     assert sum(n for _, n in ledger) == narrow                      # every row counted once
+
+
+def test_sigterm_stops_after_the_current_batch(fresh_fleet, write_config, pg, tmp_path):
+    """SIGTERM: the running batch commits, the process exits 0 with its JSON summary last."""
+    name = "sterm"
+    fresh_fleet(name, ships=0, ingest_id=True).close()
+    config_path = write_config(name, source__order_column="ingest_id", stream__checkpoint=str(tmp_path / "cp"),
+                               stream__query_name="term", stream__start="earliest", stream__trigger_seconds=0.3)
+    nasty.insert(pg, f"src_{name}", nasty.minute("ship 1", 0, CHANNELS))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "TZ": "UTC"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "stream.py"), "--config", str(config_path)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 120
+    with pg.cursor() as cur:
+        while True:
+            cur.execute("SELECT to_regclass(%s)", (f"cat_{name}.stream_batches",))
+            if cur.fetchone()[0] is not None:
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"cat_{name}", "stream_batches")))
+                if cur.fetchone()[0]:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "no batch before the deadline"
+            time.sleep(0.1)
+    nasty.insert(pg, f"src_{name}", nasty.minute("ship 1", 1, CHANNELS))
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["job"] == "stream" and summary["status"] == "ok"
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT batch_id, narrow_rows FROM {} ORDER BY 1").format(
+            sql.Identifier(f"cat_{name}", "stream_batches")))
+        ledger = cur.fetchall()
+    assert [b for b, _ in ledger] == list(range(len(ledger)))
+    assert sum(n for _, n in ledger) == summary["narrow_rows"]

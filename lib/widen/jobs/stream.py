@@ -42,20 +42,25 @@ def checkpoint_path(config: Config) -> str:
     return config.stream.checkpoint or os.path.join(config.home, "checkpoints", config.stream.query_name)
 
 
-def _batch_ids(checkpoint: str, log: str) -> list[int]:
-    folder = os.path.join(checkpoint, log)
-    if not os.path.isdir(folder):
+def _batch_ids(spark, checkpoint: str, log: str) -> list[int]:
+    """Batch ids in the checkpoint's ``offsets`` or ``commits`` log, on any Hadoop file system
+    (a local folder, HDFS, S3, DBFS…)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(checkpoint.rstrip("/") + "/" + log)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path):
         return []
-    return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+    names = [status.getPath().getName() for status in fs.listStatus(path)]
+    return sorted(int(name) for name in names if name.isdigit())
 
 
-def _has_offsets(checkpoint: str) -> bool:
-    return bool(_batch_ids(checkpoint, "offsets"))
+def _has_offsets(spark, checkpoint: str) -> bool:
+    return bool(_batch_ids(spark, checkpoint, "offsets"))
 
 
-def _uncommitted_batch(checkpoint: str) -> bool:
+def _uncommitted_batch(spark, checkpoint: str) -> bool:
     """A batch was planned but the process died before Spark recorded it as committed."""
-    offsets, commits = _batch_ids(checkpoint, "offsets"), _batch_ids(checkpoint, "commits")
+    offsets, commits = _batch_ids(spark, checkpoint, "offsets"), _batch_ids(spark, checkpoint, "commits")
     return bool(offsets) and (not commits or offsets[-1] > commits[-1])
 
 
@@ -98,7 +103,7 @@ def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
     options = stream_options(config.source, buckets=st.buckets, settle_seconds=st.settle_seconds,
                              overlap_seconds=st.overlap_seconds, start=st.start)
     start_offset = None
-    if config.source.kind == "postgres" and not _has_offsets(checkpoint):
+    if config.source.kind == "postgres" and not _has_offsets(spark, checkpoint):
         # A new query: take its first offset here so it can be logged for the backfill hand-off.
         start_offset = initial_offset(options)
         options["start_offset"] = json.dumps(start_offset)
@@ -151,7 +156,7 @@ def run(config: Config, spark=None, once: bool = False, progress_stream=None, **
     totals: dict = {}
     # With an uncommitted batch in the checkpoint (the last run was killed), Spark's availableNow
     # replays that batch and stops without reading what came since: run it once more.
-    passes = 2 if once and _uncommitted_batch(checkpoint_path(config)) else 1
+    passes = 2 if once and _uncommitted_batch(spark, checkpoint_path(config)) else 1
     for _ in range(passes):
         stream = start(config, spark, once, progress_stream)
         try:
