@@ -13,7 +13,7 @@ import sys
 from widen.config import ConfigError, load
 from widen.jobs import EXIT_BAD_INPUT, Result
 
-JOBS = ("plan", "backfill", "rollback", "stream", "demo", "generate")
+JOBS = ("plan", "backfill", "rollback", "stream", "reconcile", "demo", "generate")
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="created_time to stop before (the backfill/stream hand-off)")
     parser.add_argument("--dry-run", action="store_true", help="rollback: print what would be done")
     parser.add_argument("--once", action="store_true", help="stream: process what is there, then stop")
+    parser.add_argument("--repair", action="store_true",
+                        help="reconcile: re-merge what differs from the source, then check again")
     parser.add_argument("--no-duplicates", action="store_true",
                         help="plan: skip the duplicate-key count (a full GROUP BY)")
     # generate / demo
@@ -68,7 +70,7 @@ def run_job(args, config) -> Result:
         with open(args.ships_file, encoding="utf-8") as fh:
             ships += [line.rstrip("\n") for line in fh if line.rstrip("\n")]
     return module.run(config, ships=ships or None, start=args.start, end=args.end,
-                      dry_run=args.dry_run, once=args.once, duplicates=not args.no_duplicates,
+                      dry_run=args.dry_run, once=args.once, repair=args.repair, duplicates=not args.no_duplicates,
                       fleet_ships=args.fleet_ships, channels=args.channels, hours=args.hours,
                       seed=args.seed, replace=args.replace)
 

@@ -141,6 +141,16 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class ReconcileConfig:
+    bucket_hours: float = 1.0
+    #: a differing range of at most this many timestamps is compared timestamp by timestamp
+    leaf_times: int = 256
+    max_reported_cells: int = 50
+    #: Spark tasks running ships' bucket queries at once
+    parallel_ships: int = 4
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     master: str = "local[*]"
     app_name: str = "widen"
@@ -153,6 +163,7 @@ class Config:
     target: TargetConfig
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     embedded: str = "auto"
     home: str = ".local"
@@ -215,7 +226,7 @@ def _connection(section: dict, prefix: str) -> Connection:
 def parse(raw: dict) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a mapping at the top level")
-    known = {"source", "target", "backfill", "stream", "spark", "embedded", "home", "jars_dir"}
+    known = {"source", "target", "backfill", "stream", "reconcile", "spark", "embedded", "home", "jars_dir"}
     extra = set(raw) - known
     if extra:
         raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(extra))}")
@@ -286,6 +297,16 @@ def parse(raw: dict) -> Config:
         # counted as late instead of being recognised as re-reads.
         raise ConfigError(f"stream.watermark_seconds ({stream.watermark_seconds:g}) must be at least "
                           f"stream.overlap_seconds ({stream.overlap_seconds:g}) without source.order_column")
+    rc = _section(raw, "reconcile")
+    extra = set(rc) - set(ReconcileConfig.__dataclass_fields__)
+    if extra:
+        raise ConfigError(f"reconcile: unknown key(s) {', '.join(sorted(extra))}")
+    reconcile = ReconcileConfig(
+        bucket_hours=_typed(rc, "bucket_hours", "reconcile", float, 1.0, positive=True),
+        leaf_times=_typed(rc, "leaf_times", "reconcile", int, 256, positive=True),
+        max_reported_cells=_typed(rc, "max_reported_cells", "reconcile", int, 50, positive=True),
+        parallel_ships=_typed(rc, "parallel_ships", "reconcile", int, 4, positive=True),
+    )
     sp = _section(raw, "spark")
     spark = SparkConfig(master=str(sp.get("master") or "local[*]"),
                         app_name=str(sp.get("app_name") or "widen"),
@@ -293,7 +314,8 @@ def parse(raw: dict) -> Config:
     embedded = str(raw.get("embedded") or "auto")
     if embedded not in ("auto", "always", "never"):
         raise ConfigError(f"embedded: expected auto, always or never, got {embedded!r}")
-    return Config(source=source, target=target, backfill=backfill, stream=stream, spark=spark,
+    return Config(source=source, target=target, backfill=backfill, stream=stream, reconcile=reconcile,
+                  spark=spark,
                   embedded=embedded,
                   home=str(raw.get("home") or ".local"), jars_dir=str(raw.get("jars_dir") or "jars"))
 

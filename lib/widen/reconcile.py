@@ -52,8 +52,15 @@ def _signed(value: int) -> int:
 
 
 def prepare_session(cur) -> None:
-    """The same text for a timestamp on both servers; no JIT for wide expressions."""
-    cur.execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, MDY'; SET jit = off")
+    """The same text for a timestamp on both servers; no JIT for wide expressions.
+
+    The queries read one ship's range and group it by created_time: the (ship_id, created_time)
+    index gives them in that order, so the group-by streams with no sort. The planner, which
+    misjudges the validity predicate, would rather scan the whole table for every ship (measured on
+    10M rows, 8 ships: 9.6 s against 3.6 s), so plain and bitmap scans are discouraged here.
+    """
+    cur.execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, MDY'; SET jit = off; SET work_mem = '64MB'; "
+                "SET enable_seqscan = off; SET enable_bitmapscan = off")
 
 
 def _bucket_expr(server_version: int) -> sql.Composable:
@@ -64,36 +71,41 @@ def _bucket_expr(server_version: int) -> sql.Composable:
 
 
 def _per_time_to_groups(per_time: sql.Composable, group: sql.Composable) -> sql.Composable:
-    """(created_time, cells, s) rows -> (group, times, cells, checksum) rows."""
+    """(created_time, cells, s, valid_rows, rejected) rows -> (group, times, cells, checksum, rejected).
+
+    A timestamp counts when it has a valid row; rejected rows are counted on the way (the fast
+    narrow form reads every row of the range once, valid or not)."""
     return sql.SQL(
-        "SELECT {g} AS grp, count(*), sum(cells), "
-        "sum(hashtextextended(created_time::text || ':' || s::text, 0)::numeric) "
-        "FROM ({p}) per_time GROUP BY 1").format(g=group, p=per_time)
+        "SELECT {g} AS grp, count(*) FILTER (WHERE valid_rows > 0), sum(cells) FILTER (WHERE valid_rows > 0), "
+        "sum(hashtextextended(created_time::text || ':' || s::text, 0)::numeric) FILTER (WHERE valid_rows > 0), "
+        "sum(rejected) FROM ({p}) per_time GROUP BY 1").format(g=group, p=per_time)
 
 
 def narrow_cells(cfg: SourceConfig, exact: bool) -> sql.Composable:
-    """(created_time, ch, v) of one ship's valid narrow rows in [%(lo)s, %(hi)s); with ``exact`` one
-    row per (created_time, channel) by the duplicate rule."""
+    """(created_time, ch, v, ok) of one ship's narrow rows in [%(lo)s, %(hi)s): with ``exact`` valid
+    rows only, one per (created_time, channel) by the duplicate rule; without, every row, ``ok``
+    telling the valid ones."""
     table = sql.Identifier(cfg.schema, cfg.table)
-    where = sql.SQL("ship_id = %(ship)s AND created_time >= %(lo)s AND created_time < %(hi)s AND {}").format(
-        render.valid_row_predicate())
+    in_range = sql.SQL("ship_id = %(ship)s AND created_time >= %(lo)s AND created_time < %(hi)s")
+    where = sql.SQL("{} AND {}").format(in_range, render.valid_row_predicate())
     value = render.rendered_value()
     if not exact:
-        return sql.SQL("SELECT created_time, data_channel_id AS ch, {v} AS v FROM {t} WHERE {w}").format(
-            v=value, t=table, w=where)
+        return sql.SQL("SELECT created_time, data_channel_id AS ch, {v} AS v, {ok} AS ok FROM {t} WHERE {w}").format(
+            v=value, ok=render.valid_row_predicate(), t=table, w=in_range)
     if cfg.order_column:
         return sql.SQL("SELECT DISTINCT ON (created_time, data_channel_id) created_time, data_channel_id AS ch, "
-                       "{v} AS v FROM {t} WHERE {w} ORDER BY created_time, data_channel_id, {o} DESC").format(
-            v=value, t=table, w=where, o=sql.Identifier(cfg.order_column))
-    return sql.SQL("SELECT created_time, data_channel_id AS ch, max(({v}) COLLATE \"C\") AS v FROM {t} "
-                   "WHERE {w} GROUP BY 1, 2").format(v=value, t=table, w=where)
+                       "{v} AS v, true AS ok FROM {t} WHERE {w} ORDER BY created_time, data_channel_id, {o} DESC"
+                       ).format(v=value, t=table, w=where, o=sql.Identifier(cfg.order_column))
+    return sql.SQL("SELECT created_time, data_channel_id AS ch, max(({v}) COLLATE \"C\") AS v, true AS ok "
+                   "FROM {t} WHERE {w} GROUP BY 1, 2").format(v=value, t=table, w=where)
 
 
 def narrow_per_time(cfg: SourceConfig, exact: bool) -> sql.Composable:
     return sql.SQL(
-        "SELECT created_time, count(v) AS cells, "
-        "coalesce(sum(hashtextextended(ch || {us} || v, 0) >> 16), 0) AS s FROM ({c}) cells "
-        "GROUP BY created_time").format(us=US, c=narrow_cells(cfg, exact))
+        "SELECT created_time, count(v) FILTER (WHERE ok) AS cells, "
+        "coalesce(sum(hashtextextended(ch || {us} || v, 0) >> 16) FILTER (WHERE ok), 0) AS s, "
+        "count(*) FILTER (WHERE ok) AS valid_rows, count(*) FILTER (WHERE NOT ok) AS rejected "
+        "FROM ({c}) cells GROUP BY created_time").format(us=US, c=narrow_cells(cfg, exact))
 
 
 def wide_per_time(target_schema: str, layout: catalog.ShipLayout) -> tuple[sql.Composable, dict]:
@@ -116,13 +128,13 @@ def wide_per_time(target_schema: str, layout: catalog.ShipLayout) -> tuple[sql.C
                 ch=sql.Placeholder(key), us=US, col=sql.Identifier(c.column_name)))
         sums = sql.SQL(" + ").join(terms) if terms else sql.SQL("0")
         per_part.append(sql.SQL(
-            "SELECT created_time, {cells} AS cells, {sums} AS s FROM {t} "
+            "SELECT created_time, {cells} AS cells, {sums} AS s, 1 AS valid_rows, 0 AS rejected FROM {t} "
             "WHERE created_time >= %(lo)s AND created_time < %(hi)s").format(
             cells=cells, sums=sums, t=sql.Identifier(target_schema, layout.tables[part])))
     if len(per_part) == 1:
         return per_part[0], names
-    return sql.SQL("SELECT created_time, sum(cells) AS cells, sum(s) AS s FROM ({}) parts "
-                   "GROUP BY created_time").format(sql.SQL(" UNION ALL ").join(per_part)), names
+    return sql.SQL("SELECT created_time, sum(cells) AS cells, sum(s) AS s, 1 AS valid_rows, 0 AS rejected "
+                   "FROM ({}) parts GROUP BY created_time").format(sql.SQL(" UNION ALL ").join(per_part)), names
 
 
 def _wide(tgt_cur, config: Config, layout, group: sql.Composable, params: dict) -> dict:
@@ -132,19 +144,28 @@ def _wide(tgt_cur, config: Config, layout, group: sql.Composable, params: dict) 
     return aggregates(tgt_cur, per_time, group, {**params, **names})
 
 
-def aggregates(cur, per_time: sql.Composable, group: sql.Composable, params: dict) -> dict:
-    """group value -> Aggregate."""
+def aggregates(cur, per_time: sql.Composable, group: sql.Composable, params: dict,
+               rejected: dict | None = None) -> dict:
+    """group value -> Aggregate (groups with only rejected rows left out; their counts go to
+    ``rejected`` when given)."""
     cur.execute(_per_time_to_groups(per_time, group), params)
-    return {grp: Aggregate.of(rest) for grp, *rest in cur.fetchall()}
+    out = {}
+    for grp, times, cells, checksum, rejects in cur.fetchall():
+        if rejected is not None and rejects:
+            rejected[grp] = int(rejects)
+        if times:
+            out[grp] = Aggregate.of((times, cells, checksum))
+    return out
 
 
 def bucket_aggregates(src_cur, tgt_cur, config: Config, layout: catalog.ShipLayout | None, ship: str,
                       lo: dt.datetime, hi: dt.datetime, width_seconds: float,
-                      exact: bool) -> tuple[dict, dict]:
-    """(source, target) bucket start -> Aggregate for one ship."""
+                      rejected: dict | None = None) -> tuple[dict, dict]:
+    """(source, target) bucket start -> Aggregate for one ship, the source in its fast form
+    (duplicates not grouped); rejected rows per bucket into ``rejected``."""
     params = {"ship": ship, "lo": lo, "hi": hi, "width": width_seconds}
-    source = aggregates(src_cur, narrow_per_time(config.source, exact),
-                        _bucket_expr(src_cur.connection.server_version), params)
+    source = aggregates(src_cur, narrow_per_time(config.source, False),
+                        _bucket_expr(src_cur.connection.server_version), params, rejected)
     return source, _wide(tgt_cur, config, layout, _bucket_expr(tgt_cur.connection.server_version), params)
 
 
@@ -183,7 +204,7 @@ def cell_differences(src_cur, tgt_cur, config: Config, layout, ship: str,
         params = {"ship": ship, "lo": lo, "hi": hi}
         src_cur.execute(narrow_cells(config.source, True), params)
         src_rows = src_cur.fetchall()
-        source = {ch: v for _, ch, v in src_rows if v is not None}
+        source = {ch: v for _, ch, v, _ in src_rows if v is not None}
         target: dict[str, str] = {}
         has_row = False
         if layout is not None and layout.tables:

@@ -124,6 +124,12 @@ def _write_batch(state: _SinkState, config: Config, table: pa.Table, batch_id: i
     return result
 
 
+def merge_ship_rows(conn, cur, config: Config, ship: str, rows: pa.Table) -> tuple[int, int]:
+    """Merge one ship's narrow rows (``SCHEMA`` columns, valid only) inside the caller's transaction:
+    layout grown as needed, duplicates resolved, pivoted, written column-wise. (Reconcile's repair.)"""
+    return _merge_ship(conn, cur, config, _SinkState(), {}, 0, ship, rows)
+
+
 def _layout(conn, cur, config: Config, state: _SinkState, grown: dict, ship: str,
             channels: list[str]) -> catalog.ShipLayout:
     """The ship's layout with a column for every channel of the batch (tables and columns added

@@ -5,7 +5,8 @@ Works only in its own schemas (``widen_demo`` for the narrow table, ``widen_demo
 Generates a small synthetic fleet, plans, backfills, backfills again (every chunk is skipped),
 starts the live stream at the tail (the hand-off), writes a minute of new readings (a new channel
 and a new ship among them), lets the stream take them, then checks every wide table against an
-in-database pivot of the narrow rows and prints a summary. (Reconciliation joins when it lands.)
+in-database pivot of the narrow rows, runs reconcile (bucket checksums on both sides) and prints a
+summary.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from psycopg2.extras import execute_values
 from widen import catalog, db, render
 from widen.config import Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
-from widen.jobs import backfill, generate, plan, stream
+from widen.jobs import backfill, generate, plan, reconcile, stream
 from widen.session import get_spark, resolve_connections
 
 DEMO_SOURCE_SCHEMA = "widen_demo"
@@ -96,11 +97,17 @@ def run(config: Config, spark=None, fleet_ships: int = 4, channels: int = 50, ho
             differences[ship] = pivot_differences(conn, config, layout)
     bad = {s: n for s, n in differences.items() if n}
     say("every wide table equals the in-database pivot" if not bad else f"DIFFERENCES: {bad}")
-    ok = not bad and first.exit_code == 0 and again.summary["chunks_done"] == 0 and streamed > 0
+    proof = reconcile.run(config, spark)
+    say(f"reconcile: {proof.summary['buckets']} ship x hour buckets checked, "
+        f"{proof.summary['mismatched_buckets']} mismatched, {proof.summary['rejected_rows']} rejected rows "
+        f"reported apart (run {proof.summary['run_id']})")
+    ok = (not bad and first.exit_code == 0 and again.summary["chunks_done"] == 0 and streamed > 0
+          and proof.exit_code == 0)
     summary = {"narrow_rows": made.summary["rows"], "ships": len(differences),
                "wide_rows": first.summary["wide_rows"], "backfill_seconds": first.summary["seconds"],
                "rerun_chunks_skipped": again.summary["chunks_skipped"],
                "streamed_narrow_rows": streamed, "differences": bad,
+               "reconcile_buckets": proof.summary["buckets"], "reconcile_mismatches": proof.summary["mismatched_buckets"],
                "seconds": round(time.monotonic() - began, 2)}
     return Result("demo", EXIT_OK if ok else EXIT_PROBLEM, summary)
 

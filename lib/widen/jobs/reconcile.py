@@ -1,0 +1,313 @@
+"""``reconcile``: prove narrow == wide per ship × time bucket; pinpoint and (``--repair``) fix.
+
+1. Spark runs the bucket checksums (``widen.reconcile``) of many ships in parallel, each task
+   querying both databases; only aggregates come back.
+2. A differing bucket is bisected down to timestamps and their cells are compared one by one:
+   missing (in the source, not the wide table), extra (in the wide table only) or different.
+3. ``--repair`` re-merges each ship's differing timestamps and ranges from the source in one
+   target transaction (rows there deleted first, so a cell the source no longer has goes), then
+   checks those buckets again.
+
+Every bucket's figures go to ``reconcile_results`` (status match / mismatch / repaired); rejected
+rows are reported per ship and are not mismatches. Exit 1 while any mismatch is left.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from psycopg2 import sql
+from psycopg2.extras import execute_values
+
+from widen import catalog, db, reconcile, render, stream_sink
+from widen.config import Config
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
+from widen.jobs.plan import reject_counts
+from widen.session import get_spark, resolve_connections
+
+JOB = "reconcile"
+UTC = dt.timezone.utc
+EARLIEST = dt.datetime(1, 1, 1, tzinfo=UTC)
+LATEST = dt.datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass
+class ShipReport:
+    ship_id: str
+    buckets: int = 0
+    mismatched: list = field(default_factory=list)      # [(bucket_start, source Aggregate, target Aggregate)]
+    diffs: list = field(default_factory=list)           # CellDiff, capped
+    totals: dict = field(default_factory=lambda: {"missing": 0, "extra": 0, "different": 0})
+    drill: reconcile.Drill = field(default_factory=reconcile.Drill)
+    rejects: dict = field(default_factory=dict)
+    repaired: bool = False
+    found_buckets: int = 0                               # mismatching before any repair
+    fixed: list = field(default_factory=list)            # buckets a repair made match
+
+
+class BucketTask:
+    """The per-partition function: ship ids in, one row per (ship, bucket) out.
+
+    Holds both databases' connection parameters (resolved on the driver); its repr never shows them.
+    """
+
+    def __init__(self, config: Config, src_params: dict, tgt_params: dict, lo, hi, width_seconds: float):
+        self.config = config
+        self._src, self._tgt = src_params, tgt_params
+        self.lo, self.hi, self.width = lo, hi, width_seconds
+
+    def __repr__(self) -> str:
+        return "BucketTask()"
+
+    def __call__(self, ships):
+        import psycopg2
+
+        src = psycopg2.connect(**self._src)
+        tgt = psycopg2.connect(**self._tgt)
+        src.autocommit = tgt.autocommit = True
+        try:
+            with src.cursor() as sc, tgt.cursor() as tc:
+                reconcile.prepare_session(sc)
+                reconcile.prepare_session(tc)
+                for ship in ships:
+                    yield from self._ship(src, sc, tgt, tc, ship)
+        finally:
+            src.close()
+            tgt.close()
+
+    def _ship(self, src, sc, tgt, tc, ship: str):
+        cfg = self.config
+        layout = catalog.load_layout(tgt, cfg.target.catalog_schema, ship)
+        rejected: dict = {}
+        source, target = reconcile.bucket_aggregates(sc, tc, cfg, layout, ship, self.lo, self.hi,
+                                                     self.width, rejected)
+        if self.lo == EARLIEST and self.hi == LATEST:
+            # Rows with no created_time belong to no bucket; an index probe counts them.
+            sc.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s AND created_time IS NULL").format(
+                sql.Identifier(cfg.source.schema, cfg.source.table)), (ship,))
+            rejected[None] = sc.fetchone()[0]
+        if any(rejected.values()):
+            yield (ship, None, sum(rejected.values()), 0, 0, 0, 0, 0)     # the ship has rejected rows
+        for bucket in sorted(set(source) | set(target)):
+            s, t = source.get(bucket, reconcile.Aggregate()), target.get(bucket, reconcile.Aggregate())
+            if s != t:
+                # The fast form counts every duplicate reading: check the bucket exactly.
+                hi = min(bucket + dt.timedelta(seconds=self.width), self.hi)
+                s, t = reconcile.range_aggregates(sc, tc, cfg, layout, ship, max(bucket, self.lo), hi)
+            yield (ship, bucket, s.times, t.times, s.cells, t.cells, s.checksum, t.checksum)
+
+
+def list_ships(config: Config, ships: list[str] | None) -> list[str]:
+    """Ships with valid narrow rows or wide tables (a skip scan over the (ship_id, …) index)."""
+    if ships:
+        return sorted(ships)
+    found: set[str] = set()
+    with db.connection(config.source.connection) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL(
+            "WITH RECURSIVE s AS (SELECT min(ship_id) AS id FROM {t} UNION ALL "
+            "SELECT (SELECT min(ship_id) FROM {t} WHERE ship_id > s.id) FROM s WHERE s.id IS NOT NULL) "
+            "SELECT id FROM s WHERE id IS NOT NULL").format(t=sql.Identifier(config.source.schema,
+                                                                              config.source.table)))
+        found.update(r[0] for r in cur.fetchall())
+    with db.connection(config.target.connection) as conn, conn.cursor() as cur:
+        catalog.ensure_catalog(conn, config.target.catalog_schema)
+        cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(
+            sql.Identifier(config.target.catalog_schema, "wide_tables")))
+        found.update(r[0] for r in cur.fetchall())
+    return sorted(found)
+
+
+def repair_ship(config: Config, report: ShipReport) -> None:
+    """Re-merge the ship's differing timestamps and ranges from the source, in one transaction."""
+    ship, found = report.ship_id, report.drill
+    times, ranges = found.times, [(lo, hi) for lo, hi, _, _ in found.ranges]
+    where = sql.SQL("(created_time = ANY(%(times)s) OR {})").format(
+        sql.SQL(" OR ").join([sql.SQL("(created_time >= {} AND created_time < {})").format(
+            sql.Placeholder(f"lo{i}"), sql.Placeholder(f"hi{i}")) for i in range(len(ranges))] or [sql.SQL("false")]))
+    params = {"ship": ship, "times": times, **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
+              **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
+    src_cfg = config.source
+    order = sql.Identifier(src_cfg.order_column) if src_cfg.order_column else sql.SQL("NULL::bigint")
+    with db.connection(src_cfg.connection) as src, src.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, NULL::text, {o} FROM {t} "
+                            "WHERE ship_id = %(ship)s AND {valid} AND {w}").format(
+            v=render.rendered_value(), o=order, t=sql.Identifier(src_cfg.schema, src_cfg.table),
+            valid=render.valid_row_predicate(), w=where), params)
+        rows = cur.fetchall()
+    names = ["ship_id", "data_channel_id", "created_time", "value", "reject", "order_key"]
+    types = [pa.string(), pa.string(), pa.timestamp("us", tz="UTC"), pa.string(), pa.string(), pa.int64()]
+    table = pa.table([pa.array(list(col) if rows else [], type=kind)
+                      for col, kind in zip(zip(*rows) if rows else [[]] * 6, types)], names=names)
+    tgt_cfg = config.target
+    with db.connection(tgt_cfg.connection) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))", (ship,))
+        layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
+        for part in layout.parts:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
+                sql.Identifier(tgt_cfg.schema, layout.tables[part]), where), params)
+        if table.num_rows:
+            stream_sink.merge_ship_rows(conn, cur, config, ship, table)
+        conn.commit()
+    report.repaired = True
+
+
+def run(config: Config, spark=None, ships: list[str] | None = None, start=None, end=None,
+        repair: bool = False, progress_stream=None, **_ignored) -> Result:
+    began = time.monotonic()
+    config = resolve_connections(config)
+    rc = config.reconcile
+    out = progress_stream or sys.stderr
+    lo, hi = start or EARLIEST, end or LATEST
+    width = rc.bucket_hours * 3600.0
+    ship_ids = list_ships(config, ships)
+    spark = get_spark(config, spark)
+    task = BucketTask(config, config.source.connection.psycopg_params(),
+                      config.target.connection.psycopg_params(), lo, hi, width)
+    print(f"[reconcile] {len(ship_ids)} ships, {rc.bucket_hours:g} h buckets", file=out, flush=True)
+    rows = (spark.sparkContext.parallelize(ship_ids, max(1, min(len(ship_ids), rc.parallel_ships)))
+            .mapPartitions(task).collect()) if ship_ids else []
+    reports = {s: ShipReport(s) for s in ship_ids}
+    ships_with_rejects = [r[0] for r in rows if r[1] is None]
+    rows = [r for r in rows if r[1] is not None]
+    for ship, bucket, st, tt, sc, tc, sh, th in rows:
+        report = reports[ship]
+        report.buckets += 1
+        if (st, sc, sh) != (tt, tc, th):
+            report.mismatched.append((bucket, reconcile.Aggregate(st, sc, sh), reconcile.Aggregate(tt, tc, th)))
+    # Rejected rows by reason: only for ships the bucket pass found some in (a scan), plus the rows
+    # of no ship (an index probe).
+    with db.connection(config.source.connection) as src:
+        rejects = reject_counts(src, config, ships_with_rejects) if ships_with_rejects else {}
+        no_ship = _rejects_without_ship(src, config) if not ships else {}
+    for ship, report in reports.items():
+        report.rejects = dict(rejects.get(ship, {}))
+    _drill_down(config, reports, lo, hi, width)
+    if repair:
+        for report in reports.values():
+            if report.mismatched:
+                repair_ship(config, report)
+                print(f"[reconcile] {report.ship_id}: repaired {len(report.drill.times)} timestamps and "
+                      f"{len(report.drill.ranges)} ranges", file=out, flush=True)
+        _recheck(config, reports, lo, hi, width)
+    run_id = dt.datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    _record(config, run_id, rows, reports, width, hi)
+    left = {s: len(r.mismatched) for s, r in reports.items() if r.mismatched}
+    text = format_report(reports, rc.max_reported_cells)
+    if no_ship:
+        text += f"\n(no ship_id): {sum(no_ship.values()):,} rejected rows"
+    summary = {
+        "run_id": run_id, "ships": len(ship_ids), "buckets": len(rows),
+        "found_mismatched_buckets": sum(r.found_buckets for r in reports.values()),
+        "mismatched_buckets": sum(left.values()), "ships_mismatched": sorted(left),
+        "cells_missing": sum(r.totals["missing"] for r in reports.values()),
+        "cells_extra": sum(r.totals["extra"] for r in reports.values()),
+        "cells_different": sum(r.totals["different"] for r in reports.values()),
+        "repaired_ships": sorted(s for s, r in reports.items() if r.repaired),
+        "rejected_rows": sum(sum(r.rejects.values()) for r in reports.values()) + sum(no_ship.values()),
+        "cells": [{"ship_id": s, "created_time": d.created_time.isoformat(), "data_channel_id": d.data_channel_id,
+                   "kind": d.kind, "source": d.source_value, "wide": d.target_value}
+                  for s, r in sorted(reports.items()) for d in r.diffs],
+        "seconds": round(time.monotonic() - began, 2)}
+    return Result(JOB, EXIT_PROBLEM if left else EXIT_OK, summary, text)
+
+
+def _rejects_without_ship(src, config: Config) -> dict:
+    """Rows with a NULL ship_id, by reason (an index probe; reported apart from every ship)."""
+    with src.cursor() as cur:
+        cur.execute(sql.SQL("SELECT {r}, count(*) FROM {t} WHERE ship_id IS NULL GROUP BY 1").format(
+            r=render.reject_reason_sql(), t=sql.Identifier(config.source.schema, config.source.table)))
+        return {reason: n for reason, n in cur.fetchall()}
+
+
+def _drill_down(config: Config, reports: dict, lo, hi, width: float) -> None:
+    rc = config.reconcile
+    with db.connection(config.source.connection, autocommit=True) as src, \
+            db.connection(config.target.connection, autocommit=True) as tgt, \
+            src.cursor() as sc, tgt.cursor() as tc:
+        reconcile.prepare_session(sc)
+        reconcile.prepare_session(tc)
+        for report in reports.values():
+            if not report.mismatched:
+                continue
+            layout = catalog.load_layout(tgt, config.target.catalog_schema, report.ship_id)
+            found = reconcile.Drill()
+            for bucket, _, _ in report.mismatched:
+                reconcile.drill(sc, tc, config, layout, report.ship_id, max(bucket, lo),
+                                min(bucket + dt.timedelta(seconds=width), hi), rc.leaf_times, found)
+            report.drill = found
+            report.found_buckets = len(report.mismatched)
+            diffs = reconcile.cell_differences(sc, tc, config, layout, report.ship_id, found.times)
+            for d in diffs:
+                report.totals[d.kind] += 1
+            for range_lo, range_hi, s, t in found.ranges:
+                kind = "missing" if t.times == 0 else "extra"
+                report.totals[kind] += max(s.cells, t.cells)
+                diffs.append(reconcile.CellDiff(range_lo, None, f"{kind} range to {range_hi.isoformat()}: "
+                                                f"{max(s.times, t.times)} timestamps, {max(s.cells, t.cells)} cells"))
+            report.diffs = diffs[: rc.max_reported_cells]
+
+
+def _recheck(config: Config, reports: dict, lo, hi, width: float) -> None:
+    with db.connection(config.source.connection, autocommit=True) as src, \
+            db.connection(config.target.connection, autocommit=True) as tgt, \
+            src.cursor() as sc, tgt.cursor() as tc:
+        reconcile.prepare_session(sc)
+        reconcile.prepare_session(tc)
+        for report in reports.values():
+            if not report.repaired:
+                continue
+            layout = catalog.load_layout(tgt, config.target.catalog_schema, report.ship_id)
+            still = []
+            for bucket, _, _ in report.mismatched:
+                s, t = reconcile.range_aggregates(sc, tc, config, layout, report.ship_id, max(bucket, lo),
+                                                  min(bucket + dt.timedelta(seconds=width), hi))
+                if s != t:
+                    still.append((bucket, s, t))
+            report.fixed = [b for b, _, _ in report.mismatched if b not in {x[0] for x in still}]
+            report.mismatched = still
+
+
+def _record(config: Config, run_id: str, rows: list, reports: dict, width: float, hi) -> None:
+    fixed = {(s, b) for s, r in reports.items() for b in r.fixed}
+    left = {(s, b) for s, r in reports.items() for b, _, _ in r.mismatched}
+    values = []
+    for ship, bucket, st, tt, sc, tc, sh, th in rows:
+        status = "mismatch" if (ship, bucket) in left else "repaired" if (ship, bucket) in fixed else "match"
+        values.append((run_id, ship, bucket, min(bucket + dt.timedelta(seconds=width), hi), st, tt, sc, tc,
+                       sh, th, status))
+    with db.connection(config.target.connection) as conn, conn.cursor() as cur:
+        catalog.ensure_catalog(conn, config.target.catalog_schema)
+        if values:
+            execute_values(cur, sql.SQL(
+                "INSERT INTO {} (run_id, ship_id, bucket_start, bucket_end, source_times, target_times, "
+                "source_cells, target_cells, source_checksum, target_checksum, status) VALUES %s").format(
+                sql.Identifier(config.target.catalog_schema, "reconcile_results")).as_string(cur), values)
+        conn.commit()
+
+
+def format_report(reports: dict, cap: int) -> str:
+    lines = []
+    for ship in sorted(reports):
+        r = reports[ship]
+        rejects = sum(r.rejects.values())
+        reject_text = f"; {rejects:,} rejected rows ({', '.join(f'{k}: {v}' for k, v in sorted(r.rejects.items()))})" \
+            if rejects else ""
+        t = r.totals
+        found = f"{t['missing']} cells missing, {t['extra']} extra, {t['different']} different"
+        if not r.found_buckets:
+            lines.append(f"{ship}: matches ({r.buckets} buckets){reject_text}")
+            continue
+        if not r.mismatched:
+            lines.append(f"{ship}: REPAIRED {r.found_buckets} of {r.buckets} buckets ({found}); now matches"
+                         f"{reject_text}")
+        else:
+            lines.append(f"{ship}: MISMATCH in {len(r.mismatched)} of {r.buckets} buckets: {found}{reject_text}")
+        for d in r.diffs[:cap]:
+            value = {"missing": f"source {d.source_value!r}", "extra": f"wide {d.target_value!r}",
+                     "different": f"source {d.source_value!r} != wide {d.target_value!r}"}.get(d.kind, "")
+            lines.append(f"  {d.created_time.isoformat()} {d.data_channel_id or '(row)'}: {d.kind} {value}".rstrip())
+    return "\n".join(lines)
