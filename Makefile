@@ -28,6 +28,8 @@ test: setup
 
 bench: setup
 	$(PY) bench/backfill.py
+	$(PY) bench/stream.py
+	$(PY) bench/reconcile.py
 
 db-start: setup
 	$(PY) -m widen.embedded start

@@ -13,6 +13,7 @@ rows are reported per ship and are not mismatches. Exit 1 while any mismatch is 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 import time
@@ -223,13 +224,20 @@ def _rejects_without_ship(src, config: Config) -> dict:
         return {reason: n for reason, n in cur.fetchall()}
 
 
-def _drill_down(config: Config, reports: dict, lo, hi, width: float) -> None:
-    rc = config.reconcile
+@contextlib.contextmanager
+def _sessions(config: Config):
+    """(target connection, source cursor, target cursor), both prepared for the checksum queries."""
     with db.connection(config.source.connection, autocommit=True) as src, \
             db.connection(config.target.connection, autocommit=True) as tgt, \
             src.cursor() as sc, tgt.cursor() as tc:
         reconcile.prepare_session(sc)
         reconcile.prepare_session(tc)
+        yield tgt, sc, tc
+
+
+def _drill_down(config: Config, reports: dict, lo, hi, width: float) -> None:
+    rc = config.reconcile
+    with _sessions(config) as (tgt, sc, tc):
         for report in reports.values():
             if not report.mismatched:
                 continue
@@ -252,11 +260,7 @@ def _drill_down(config: Config, reports: dict, lo, hi, width: float) -> None:
 
 
 def _recheck(config: Config, reports: dict, lo, hi, width: float) -> None:
-    with db.connection(config.source.connection, autocommit=True) as src, \
-            db.connection(config.target.connection, autocommit=True) as tgt, \
-            src.cursor() as sc, tgt.cursor() as tc:
-        reconcile.prepare_session(sc)
-        reconcile.prepare_session(tc)
+    with _sessions(config) as (tgt, sc, tc):
         for report in reports.values():
             if not report.repaired:
                 continue
