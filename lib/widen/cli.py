@@ -1,7 +1,8 @@
 """Command line: ``<job> --config conf/<env>.yaml [--ships A,B] [--start T] [--end T] …``.
 
-Exit codes: 0 success, 1 the job ran and found a problem, 2 bad input or config. The one-line JSON
-summary is always the last line on stdout.
+Exit codes: 0 success, 1 the job ran and found a problem (or another run of the same job holds
+the ship: status "busy"), 2 bad input or config. The one-line JSON summary is always the last line
+on stdout.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import json
 import sys
 
 from widen.config import ConfigError, load
-from widen.jobs import EXIT_BAD_INPUT, Result
+from widen.jobs import EXIT_BAD_INPUT, EXIT_PROBLEM, Result
+from widen.locks import JobBusy
 
 JOBS = ("plan", "backfill", "rollback", "stream", "reconcile", "demo", "generate")
 
@@ -80,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         config = load(args.config)
         result = run_job(args, config)
+    except JobBusy as err:
+        # A scheduler's overlapping run: say so and stop; the running one is left alone.
+        print(f"widen: {err}", file=sys.stderr)
+        print(json.dumps({"job": (argv or sys.argv[1:] or ["?"])[0], "status": "busy", "error": str(err)}))
+        return EXIT_PROBLEM
     except (ConfigError, FileNotFoundError, ConnectionError) as err:
         message = str(err)
         print(f"widen: {message}", file=sys.stderr)

@@ -22,7 +22,7 @@ from psycopg2.extras import execute_values
 
 from widen import catalog, db, naming, render, sinks, sources
 from widen.config import Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.jobs import plan as plan_job
 from widen.progress import Progress
 from widen.session import get_spark, resolve_connections
@@ -259,6 +259,7 @@ def interleave_by_ship(chunks: list[sources.Chunk]) -> list[sources.Chunk]:
     return out
 
 
+@exclusive(JOB)
 def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.datetime | None = None,
         end: dt.datetime | None = None, progress_stream=None, **_ignored) -> Result:
     began = time.monotonic()

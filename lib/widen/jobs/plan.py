@@ -13,7 +13,7 @@ from psycopg2 import sql
 
 from widen import catalog, db, render
 from widen.config import Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.session import resolve_connections
 from widen.sources import chunk_index_warning, source_table
 
@@ -114,6 +114,7 @@ def update_layouts(conn, config: Config,
     return layouts, problems
 
 
+@exclusive("plan")
 def run(config: Config, spark=None, ships: list[str] | None = None, duplicates: bool = True,
         **_ignored) -> Result:
     started = time.monotonic()

@@ -26,7 +26,7 @@ from psycopg2.extras import execute_values
 
 from widen import catalog, db, reconcile, render, stream_sink
 from widen.config import Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.jobs.plan import reject_counts
 from widen.session import get_spark, resolve_connections
 
@@ -156,6 +156,7 @@ def repair_ship(config: Config, report: ShipReport) -> None:
     report.repaired = True
 
 
+@exclusive(JOB)
 def run(config: Config, spark=None, ships: list[str] | None = None, start=None, end=None,
         repair: bool = False, progress_stream=None, **_ignored) -> Result:
     began = time.monotonic()

@@ -10,7 +10,7 @@ from psycopg2 import sql
 
 from widen import catalog, db
 from widen.config import Config, ConfigError
-from widen.jobs import EXIT_OK, Result
+from widen.jobs import EXIT_OK, Result, exclusive
 from widen.session import resolve_connections
 
 
@@ -40,6 +40,7 @@ def plan_statements(config: Config, layout: catalog.ShipLayout, start=None, end=
     return statements
 
 
+@exclusive("rollback")
 def run(config: Config, spark=None, ships: list[str] | None = None, start=None, end=None,
         dry_run: bool = False, **_ignored) -> Result:
     if not ships:

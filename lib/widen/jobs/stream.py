@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from widen import catalog, db
 from widen.config import Config
-from widen.jobs import EXIT_OK, Result
+from widen.jobs import EXIT_OK, Result, exclusive
 from widen.session import get_spark, resolve_connections
 from widen.stream_metrics import BatchListener, StreamMetrics
 from widen.stream_sink import write_batch
@@ -149,6 +149,7 @@ def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
     return StreamRun(spark, query, listener, metrics, totals, start_offset, checkpoint)
 
 
+@exclusive(JOB, what="query", keys=lambda config, options: [config.stream.query_name])
 def run(config: Config, spark=None, once: bool = False, progress_stream=None, **_ignored) -> Result:
     began = time.monotonic()
     config = resolve_connections(config)
