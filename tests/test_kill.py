@@ -5,18 +5,16 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 from psycopg2 import sql
 
+import jobproc
 import oracle
 from widen.jobs import backfill
 
 NAME = "kill"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def done_chunks(cur) -> int:
@@ -26,13 +24,6 @@ def done_chunks(cur) -> int:
     cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE status = 'done'").format(
         sql.Identifier(CAT, "backfill_chunks")))
     return cur.fetchone()[0]
-
-
-def start_backfill(config_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "TZ": "UTC"}
-    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "backfill.py"), "--config", str(config_path)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
 
 
 def kill_after(proc: subprocess.Popen, cur, chunks: int, deadline_seconds: float = 180) -> int:
@@ -58,9 +49,9 @@ def test_sigkill_part_way_then_rerun(fresh_fleet, write_config, make_config, spa
     total = 2 * 16
     rng = random.Random()
     with pg.cursor() as cur:
-        first_kill = kill_after(start_backfill(config_path), cur, rng.randint(1, 6))
+        first_kill = kill_after(jobproc.start("backfill", config_path), cur, rng.randint(1, 6))
         assert 0 < first_kill < total
-        second_kill = kill_after(start_backfill(config_path), cur, first_kill + rng.randint(1, 6))
+        second_kill = kill_after(jobproc.start("backfill", config_path), cur, first_kill + rng.randint(1, 6))
         assert first_kill < second_kill < total
     result = backfill.run(config, spark)
     assert result.exit_code == 0

@@ -3,15 +3,13 @@ nothing is corrupted. Runs of different ships, or of different jobs, do not bloc
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from psycopg2 import sql
 
+import jobproc
 import oracle
 from widen import cli
 from widen.jobs import backfill
@@ -19,7 +17,6 @@ from widen.locks import JobBusy, job_lock
 
 NAME = "lock"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def advisory_locks(cur) -> int:
@@ -31,9 +28,7 @@ def test_second_backfill_refuses_first_finishes(fresh_fleet, write_config, make_
     overrides = {"backfill__chunk_hours": 0.25, "backfill__parallel_chunks": 1}
     config_path = write_config(NAME, **overrides)
     fresh_fleet(NAME, ships=2, channels=6, hours=3, seed=6).close()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "TZ": "UTC"}
-    first = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "backfill.py"), "--config", str(config_path)],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = jobproc.start("backfill", config_path, stdout=subprocess.PIPE)
     with pg.cursor() as cur:
         deadline = time.monotonic() + 120
         while advisory_locks(cur) == 0:            # the first run has taken its lock

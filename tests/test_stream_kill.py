@@ -8,21 +8,19 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import psycopg2
 from psycopg2 import sql
 
+import jobproc
 import nasty
 import oracle
 from widen.jobs import stream
 
 NAME = "skill"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
-ROOT = Path(__file__).resolve().parents[1]
 SHIPS = ["ship 1", "ship 2", "ship 3"]
 CHANNELS = ["a", "b", "c", "d", "e"]
 
@@ -33,13 +31,6 @@ def batches(cur) -> int:
         return 0
     cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(CAT, "stream_batches")))
     return cur.fetchone()[0]
-
-
-def start_stream(config_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "TZ": "UTC"}
-    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "stream.py"), "--config", str(config_path)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
 
 
 def test_sigkill_three_times_then_resume(fresh_fleet, write_config, make_config, spark, pg, pg_server, tmp_path):
@@ -69,7 +60,7 @@ def test_sigkill_three_times_then_resume(fresh_fleet, write_config, make_config,
     try:
         with pg.cursor() as cur:
             for _ in range(3):
-                proc = start_stream(config_path)
+                proc = jobproc.start("stream", config_path)
                 target = batches(cur) + rng.randint(1, 4)
                 deadline = time.monotonic() + 180
                 while batches(cur) < target:
@@ -105,9 +96,7 @@ def test_sigterm_stops_after_the_current_batch(fresh_fleet, write_config, pg, tm
     config_path = write_config(name, source__order_column="ingest_id", stream__checkpoint=str(tmp_path / "cp"),
                                stream__query_name="term", stream__start="earliest", stream__trigger_seconds=0.3)
     nasty.insert(pg, f"src_{name}", nasty.minute("ship 1", 0, CHANNELS))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "TZ": "UTC"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "stream.py"), "--config", str(config_path)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = jobproc.start("stream", config_path, stdout=subprocess.PIPE)
     deadline = time.monotonic() + 120
     with pg.cursor() as cur:
         while True:
