@@ -45,3 +45,11 @@ def test_rollback_refuses_to_run_without_ships(capsys, make_config, tmp_path, pg
     path.write_text(yaml.safe_dump(raw_config(pg_server, "cli")))
     assert cli.main(["rollback", "--config", str(path)]) == 2
     assert "--ships" in last_json(capsys)["error"]
+
+
+@pytest.mark.parametrize("job", ["plan", "backfill", "reconcile"])
+def test_missing_narrow_table_is_bad_input(capsys, write_config, job):
+    path = write_config("nowhere", source__table="no_such_table")
+    assert cli.main([job, "--config", str(path)]) == 2
+    summary = last_json(capsys)
+    assert summary["status"] == "bad_input" and "src_nowhere.no_such_table does not exist" in summary["error"]

@@ -37,6 +37,19 @@ def source_table(cfg: SourceConfig) -> sql.Composable:
     return sql.Identifier(cfg.schema, cfg.table)
 
 
+def require_table(cfg: SourceConfig) -> None:
+    """A clear error (exit 2) when the narrow table is not there, before any work starts."""
+    from widen import db
+    from widen.config import ConfigError
+
+    with db.connection(cfg.connection) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (cfg.schema, cfg.table))
+        if cur.fetchone()[0] is None:
+            raise ConfigError(f"the narrow table {cfg.schema}.{cfg.table} does not exist on "
+                              f"{cfg.connection.describe()}: check source.schema and source.table "
+                              "(or fill it with the generate job)")
+
+
 def chunk_index_warning(conn, cfg: SourceConfig) -> str | None:
     """A warning when no index starts with (ship_id, created_time): then every chunk read scans the table."""
     with conn.cursor() as cur:

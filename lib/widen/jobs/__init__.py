@@ -23,7 +23,8 @@ class Result:
                           sort_keys=False)
 
 
-def exclusive(job: str, what: str = "ship", keys=lambda config, options: options.get("ships")):
+def exclusive(job: str, what: str = "ship", keys=lambda config, options: options.get("ships"),
+              reads_narrow_table: bool = True):
     """Decorate a job's ``run``: at most one run of ``job`` per ship (or per ``keys``) at a time.
 
     The second run raises ``widen.locks.JobBusy`` before touching anything; the CLI turns it into
@@ -36,6 +37,10 @@ def exclusive(job: str, what: str = "ship", keys=lambda config, options: options
             from widen.session import resolve_connections
 
             config = resolve_connections(config)
+            if reads_narrow_table and config.source.kind == "postgres":
+                from widen.sources import require_table
+
+                require_table(config.source)
             with job_lock(config.target.connection, job, keys(config, options), what):
                 return run(config, spark, **options)
         return locked

@@ -40,7 +40,7 @@ def plan_statements(config: Config, layout: catalog.ShipLayout, start=None, end=
     return statements
 
 
-@exclusive("rollback")
+@exclusive("rollback", reads_narrow_table=False)
 def run(config: Config, spark=None, ships: list[str] | None = None, start=None, end=None,
         dry_run: bool = False, **_ignored) -> Result:
     if not ships:
