@@ -262,6 +262,5 @@ def drill(src_cur, tgt_cur, config: Config, layout, ship: str, lo: dt.datetime, 
         found.times.extend(t for t in sorted(set(src_t) | set(tgt_t)) if src_t.get(t) != tgt_t.get(t))
         return
     mid = lo + (hi - lo) / 2
-    mid = mid.replace(microsecond=mid.microsecond)      # whole microseconds
     drill(src_cur, tgt_cur, config, layout, ship, lo, mid, leaf_times, found)
     drill(src_cur, tgt_cur, config, layout, ship, mid, hi, leaf_times, found)

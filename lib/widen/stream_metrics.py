@@ -70,14 +70,13 @@ class StreamMetrics:
 class BatchListener(StreamingQueryListener):
     """Reports every micro-batch of one query (by name); other queries in the session are ignored."""
 
-    def __init__(self, config: Config, results: dict, metrics: StreamMetrics, out, catalog_schema: str):
+    def __init__(self, config: Config, results: dict, metrics: StreamMetrics, out):
         super().__init__()
         self.config = config
         self.query_name = config.stream.query_name
         self.results = results              # batch_id -> BatchResult, filled by the sink
         self.metrics = metrics
         self.out = out
-        self.catalog_schema = catalog_schema
         self.newest: dt.datetime | None = None
         self.late_rows = 0
         self.terminated = threading.Event()
@@ -147,6 +146,6 @@ class BatchListener(StreamingQueryListener):
     def _record_late(self, batch_id: int, late: int) -> None:
         with db.connection(self.config.target.connection) as conn, conn.cursor() as cur:
             cur.execute(sql.SQL("UPDATE {} SET late_rows = %s WHERE query_name = %s AND batch_id = %s")
-                        .format(sql.Identifier(self.catalog_schema, "stream_batches")),
+                        .format(sql.Identifier(self.config.target.catalog_schema, "stream_batches")),
                         (late, self.query_name, batch_id))
             conn.commit()

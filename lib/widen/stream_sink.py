@@ -2,8 +2,9 @@
 
 A micro-batch is a minute or so of readings, so it is gathered on the driver as Arrow and written
 from there: per ship, new tables and columns are added, the rows are de-duplicated and pivoted by
-the backfill's kernels, COPYed into temporary (unlogged, dropped at commit) staging tables and merged
-column-wise with the backfill's statement; rejected rows go to ``rejects``; the batch id goes into
+the backfill's kernels and merged column-wise (a few timestamps in one parameterised upsert, more
+through COPY into temporary staging and the backfill's MERGE); rejected rows go to ``rejects``; the
+batch id goes into
 ``stream_batches``. All of it in one transaction, so a batch already in the ledger is skipped and a
 replayed one changes nothing.
 """
@@ -155,13 +156,12 @@ def _merge_ship(conn, cur, config: Config, state: _SinkState, grown: dict, index
     channels = pc.unique(rows.column("data_channel_id")).to_pylist()
     layout = _layout(conn, cur, config, state, grown, ship, channels)
     order = [c.data_channel_id for part in layout.parts for c in layout.part_channels(part)]
-    index_of = {channel: i for i, channel in enumerate(order)}
     codes = pc.index_in(rows.column("data_channel_id"), value_set=pa.array(order, pa.string()))
     coded = pa.table({"created_time": pc.cast(rows.column("created_time"), pa.timestamp("us", tz="UTC")),
                       "channel": codes, "value": rows.column("value"),
                       **({"order_key": rows.column("order_key")}
                          if config.source.order_column else {})})
-    wide, duplicates = kernels.dedup_and_pivot(coded, len(index_of), config.source.order_column is not None)
+    wide, duplicates = kernels.dedup_and_pivot(coded, len(order), config.source.order_column is not None)
     times = kernels.timestamp_text(wide.times)
     greatest = config.source.order_column is None   # the greatest value wins, also across batches
     first = 0

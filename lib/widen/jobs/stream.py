@@ -122,7 +122,7 @@ def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
             totals[key] += getattr(result, key)
 
     metrics = StreamMetrics(st.query_name, st.metrics_port, st.metrics_host, st.metrics_textfile)
-    listener = BatchListener(config, results, metrics, out, config.target.catalog_schema)
+    listener = BatchListener(config, results, metrics, out)
     spark.streams.addListener(listener)
     try:
         rows = (narrow_stream(spark, config.source, options)
