@@ -98,3 +98,31 @@ def assert_equal_to_oracle(cur, src_schema: str, tgt_schema: str, catalog_schema
         diffs = differences(cur, src_schema, tgt_schema, catalog_schema, ship,
                             narrow=narrow_rows(src_schema, order_column, exclude))
         assert all(d == (0, 0) for d in diffs.values()), (ship, diffs)
+
+
+def copy_delta_tables(spark, cur, delta_root: str, catalog_schema: str, into_schema: str) -> None:
+    """Copy every Delta wide table of the catalog into PostgreSQL tables of ``into_schema`` (same
+    names), so ``assert_equal_to_oracle`` compares them with the SQL pivot. The copy's primary key
+    on created_time fails loudly if a Delta table holds a timestamp twice, and each table's columns
+    must be exactly created_time + the catalog's columns."""
+    from widen.delta_sink import quoted, table_dir
+
+    cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s}").format(s=sql.Identifier(into_schema)))
+    cur.execute(sql.SQL("SELECT table_name, array_agg(column_name ORDER BY column_name) FROM {} c "
+                        "GROUP BY 1").format(sql.Identifier(catalog_schema, "channel_columns")))
+    columns = dict(cur.fetchall())
+    cur.execute(sql.SQL("SELECT table_name FROM {}").format(sql.Identifier(catalog_schema, "wide_tables")))
+    for (table,) in cur.fetchall():
+        frame = spark.read.format("delta").load(f"{delta_root}/{table_dir(table)}")
+        expected = columns.get(table, [])
+        assert sorted(frame.columns) == sorted(["created_time", *expected]), (table, frame.columns)
+        cur.execute(sql.SQL("CREATE TABLE {} (created_time timestamptz PRIMARY KEY{})").format(
+            sql.Identifier(into_schema, table),
+            sql.SQL("").join(sql.SQL(", {} text").format(sql.Identifier(c)) for c in expected)))
+        rows = frame.select("created_time", *[quoted(c) for c in expected]).toArrow().to_pylist()
+        if rows:
+            from psycopg2.extras import execute_values
+
+            execute_values(cur, sql.SQL("INSERT INTO {} VALUES %s").format(
+                sql.Identifier(into_schema, table)).as_string(cur),
+                [tuple(r.values()) for r in rows])

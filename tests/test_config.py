@@ -19,6 +19,9 @@ def test_errors_name_the_key(tmp_path):
         "source:\n  password: hunter2\n": "source.password",
         "surprise: 1\n": "surprise",
         "embedded: sometimes\n": "embedded",
+        "target:\n  kind: parquet\n": "target.kind",
+        "target:\n  kind: delta\n": "target.delta_root",
+        "target:\n  kind: delta\n  delta_root: /lake\n  delta_database: db\n": "target.delta_database",
     }
     for text, key in cases.items():
         path = tmp_path / "c.yaml"
@@ -53,3 +56,20 @@ def test_local_yaml_uses_libpq_variables_when_set_and_embedded_otherwise():
     assert config.load(local, env={}).uses_embedded
     assert config.load(Path(local).with_name("example-cluster.yaml"),
                        env={"WIDEN_SOURCE_HOST": "a", "WIDEN_TARGET_HOST": "b"}).source.connection.host == "a"
+
+
+def test_delta_target_has_no_row_width_limit_and_folds_case():
+    from widen import catalog
+
+    delta = config.parse({"target": {"kind": "delta", "delta_root": "s3a://lake/wide"}}).target
+    postgres = config.parse({}).target
+    assert delta.is_delta and delta.wide_location == "s3a://lake/wide" and not postgres.is_delta
+    wide = {f"channel {i}": ("String", 1900.0) for i in range(4)}      # 4 x 1.9 KB: over a PG row budget
+    in_delta, in_postgres = catalog.ShipLayout("ship"), catalog.ShipLayout("ship")
+    catalog.grow_layout(in_delta, wide, delta)
+    catalog.grow_layout(in_postgres, wide, postgres)
+    assert len(in_delta.parts) == 1 and len(in_postgres.parts) == 2
+    catalog.grow_layout(in_delta, {"Case": (None, None), "case": (None, None)}, delta)
+    catalog.grow_layout(in_postgres, {"Case": (None, None), "case": (None, None)}, postgres)
+    assert in_delta.channels["Case"].part != in_delta.channels["case"].part     # unique regardless of case
+    assert in_postgres.channels["Case"].part == in_postgres.channels["case"].part

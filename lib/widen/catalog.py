@@ -112,14 +112,20 @@ class LayoutError(ValueError):
 
 
 def assign_channels(layout: ShipLayout, new: dict[str, tuple[str | None, float | None]],
-                    template: str, max_columns: int, max_row_bytes: int) -> list[ChannelColumn]:
+                    template: str, max_columns: int, max_row_bytes: float,
+                    fold_case: bool = False) -> list[ChannelColumn]:
     """Place channels not yet in ``layout`` (channel -> (format, avg bytes)); returns those added.
 
     Existing channels never move. New ones go to the last part while it stays under both
     ``max_columns`` and ``max_row_bytes``, else to a new part table (``_p2``, ``_p3`` …).
+    With ``fold_case`` (Delta: column names are unique regardless of case) a channel whose column
+    differs from one in the last part only by case goes to a new part, under its own name.
     """
+    def key(column: str) -> str:
+        return column.lower() if fold_case else column
+
     added: list[ChannelColumn] = []
-    used_columns = {(c.part, c.column_name) for c in layout.channels.values()}
+    used_columns = {(c.part, key(c.column_name)) for c in layout.channels.values()}
     if not layout.tables:
         layout.tables[1] = naming.table_name(template, layout.ship_id, 1)
     for channel in sorted(c for c in new if c not in layout.channels):
@@ -135,14 +141,26 @@ def assign_channels(layout: ShipLayout, new: dict[str, tuple[str | None, float |
         members = layout.part_channels(part)
         if (len(members) + 1 > max_columns
                 or estimated_row_bytes(members + [candidate]) > max_row_bytes
-                or (part, column) in used_columns):
+                or (part, key(column)) in used_columns):
             part += 1
             layout.tables[part] = naming.table_name(template, layout.ship_id, part)
         candidate.part = part
-        used_columns.add((part, column))
+        used_columns.add((part, key(column)))
         layout.channels[channel] = candidate
         added.append(candidate)
     return added
+
+
+def grow_layout(layout: ShipLayout, new: dict[str, tuple[str | None, float | None]],
+                target) -> list[ChannelColumn]:
+    """``assign_channels`` with the limits of the configured target (a ``TargetConfig``)."""
+    return assign_channels(layout, new, target.wide_table_template, target.max_columns_per_table,
+                           target.row_byte_limit, fold_case=target.is_delta)
+
+
+def record_layout(conn, target, layout: ShipLayout) -> None:
+    """``save_layout`` for the configured target (a ``TargetConfig``)."""
+    save_layout(conn, target.catalog_schema, target.wide_location, layout)
 
 
 def load_layout(conn, catalog_schema: str, ship_id: str) -> ShipLayout:

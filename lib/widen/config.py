@@ -103,6 +103,28 @@ class TargetConfig:
     wide_table_template: str = "tbl_data_timeseries_{ship_id}"
     max_columns_per_table: int = 1500
     max_row_bytes: int = 6000
+    #: ``postgres`` (wide tables in ``schema`` of the target database) or ``delta`` (one Delta table
+    #: per ship and part under ``delta_root``, or in the metastore database ``delta_database``); the
+    #: catalog and ledgers stay in the target database's ``catalog_schema`` either way
+    kind: str = "postgres"
+    delta_root: str | None = None
+    delta_database: str | None = None
+
+    @property
+    def is_delta(self) -> bool:
+        return self.kind == "delta"
+
+    @property
+    def row_byte_limit(self) -> float:
+        """The row-width budget of a part table: PostgreSQL's ~8 KB page; Delta (Parquet) has none."""
+        return float("inf") if self.is_delta else self.max_row_bytes
+
+    @property
+    def wide_location(self) -> str:
+        """What ``wide_tables.table_schema`` records: the schema, or the Delta root / database."""
+        if not self.is_delta:
+            return self.schema
+        return self.delta_root or self.delta_database or ""
 
 
 @dataclass(frozen=True)
@@ -209,7 +231,7 @@ def _connection(section: dict, prefix: str) -> Connection:
                           f"use {prefix}.password_env or {prefix}.password_file")
     extra = set(section) - known - {"schema", "table", "order_column", "fetch_size", "kind", "delta_path",
                                     "delta_table", "catalog_schema", "wide_table_template",
-                                    "max_columns_per_table", "max_row_bytes"}
+                                    "max_columns_per_table", "max_row_bytes", "delta_root", "delta_database"}
     if extra:
         raise ConfigError(f"{prefix}: unknown key(s) {', '.join(sorted(extra))}")
     return Connection(
@@ -259,7 +281,16 @@ def parse(raw: dict) -> Config:
         wide_table_template=template,
         max_columns_per_table=max_columns,
         max_row_bytes=_typed(tgt, "max_row_bytes", "target", int, 6000, positive=True),
+        kind=str(tgt.get("kind") or "postgres"),
+        delta_root=tgt.get("delta_root") or None,
+        delta_database=tgt.get("delta_database") or None,
     )
+    if target.kind not in ("postgres", "delta"):
+        raise ConfigError(f"target.kind: expected postgres or delta, got {target.kind!r}")
+    if target.is_delta and bool(target.delta_root) == bool(target.delta_database):
+        raise ConfigError("target.kind is delta: set exactly one of target.delta_root (a path or URI under "
+                          "which each wide table is a Delta table) or target.delta_database (a metastore "
+                          "database)")
     bf = _section(raw, "backfill")
     extra = set(bf) - set(BackfillConfig.__dataclass_fields__)
     if extra:

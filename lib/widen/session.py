@@ -27,6 +27,10 @@ DEFAULT_CONF = {
     # Delta Lake (a Delta narrow source; Delta targets): its jars are fetched with the JDBC driver
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # Every ship's part table is a Delta table with a small log: rebuilding a snapshot over Delta's
+    # default 50 partitions made each read or MERGE of such a table 3-5x slower (measured: a
+    # 240-row MERGE 5.0 s -> 1.3 s, a count 5.2 s -> 0.7 s on 2 cores).
+    "spark.databricks.delta.snapshotPartitions": "2",
 }
 
 

@@ -121,6 +121,11 @@ class ChunkWriter:
             yield self._stats(narrow_rows, rejects.num_rows, 0, 0, sorted(set(unknown.to_pylist())))
             return
         wide, duplicates = kernels.dedup_and_pivot(coded, len(self.channel_index), self.has_order_key)
+        yield from self._write(wide, rejects)
+        yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [])
+
+    def _write(self, wide: kernels.Pivoted, rejects: pa.Table) -> list[pa.RecordBatch]:
+        """COPY the partition's wide rows and rejects into the chunk's staging tables."""
         conn = psycopg2.connect(**self._conn_params)
         try:
             with conn.cursor() as cur:
@@ -134,7 +139,7 @@ class ChunkWriter:
             conn.commit()
         finally:
             conn.close()
-        yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [])
+        return []
 
     def _valid_rows(self, table: pa.Table) -> pa.Table:
         """One row per valid reading: the time of its group, its column number, its value."""

@@ -69,22 +69,26 @@ def _state(config: Config) -> _SinkState:
     return _STATES.setdefault(key, _SinkState())
 
 
-def write_batch(config: Config, table: pa.Table, batch_id: int, query_name: str) -> BatchResult:
+def write_batch(config: Config, table: pa.Table, batch_id: int, query_name: str, spark=None) -> BatchResult:
     """Write one micro-batch (columns of ``widen.stream_source.SCHEMA``) exactly once.
 
     A failure (a dropped table under a cached layout, a lost connection) resets the sink's state
-    and the batch is tried once more from the start; its transaction never half-commits.
+    and the batch is tried once more from the start; its transaction never half-commits. A Delta
+    target (``spark`` given) is written by ``widen.delta_sink`` with the batch id as each table's
+    ``txnVersion``, then the ledger row commits.
     """
+    from pyspark.errors import AnalysisException
+
     state = _state(config)
     try:
-        return _write_batch(state, config, table, batch_id, query_name)
-    except (psycopg2.Error, KeyError):
+        return _write_batch(state, config, table, batch_id, query_name, spark)
+    except (psycopg2.Error, KeyError, AnalysisException):
         state.reset()
-        return _write_batch(state, config, table, batch_id, query_name)
+        return _write_batch(state, config, table, batch_id, query_name, spark)
 
 
 def _write_batch(state: _SinkState, config: Config, table: pa.Table, batch_id: int,
-                 query_name: str) -> BatchResult:
+                 query_name: str, spark=None) -> BatchResult:
     cat = config.target.catalog_schema
     conn = state.connection(config)
     try:
@@ -97,14 +101,18 @@ def _write_batch(state: _SinkState, config: Config, table: pa.Table, batch_id: i
                 conn.rollback()
                 return BatchResult(batch_id, skipped=True)
             is_reject = pc.is_valid(table.column("reject"))
-            rejected = _write_rejects(cur, cat, table.filter(is_reject), batch_id)
+            rejected = write_rejects(cur, cat, table.filter(is_reject), batch_id)
             valid = table.filter(pc.invert(is_reject))
             result = BatchResult(batch_id, False, narrow_rows=table.num_rows, rejected_rows=rejected)
             ships = pc.unique(valid.column("ship_id")).to_pylist()
             grown: dict[str, catalog.ShipLayout] = {}
             for i, ship in enumerate(sorted(ships)):
                 rows = valid.filter(pc.equal(valid.column("ship_id"), ship))
-                wide, duplicates = _merge_ship(conn, cur, config, state, grown, i, ship, rows)
+                if config.target.is_delta:
+                    txn = (delta_stream_app_id(query_name), batch_id)
+                    wide, duplicates = _merge_ship_delta(spark, config, state, ship, rows, txn)
+                else:
+                    wide, duplicates = _merge_ship(conn, cur, config, state, grown, i, ship, rows)
                 result.wide_rows += wide
                 result.duplicate_rows += duplicates
             result.ships = len(ships)
@@ -131,6 +139,47 @@ def merge_ship_rows(conn, cur, config: Config, ship: str, rows: pa.Table) -> tup
     return _merge_ship(conn, cur, config, _SinkState(), {}, 0, ship, rows)
 
 
+def delta_stream_app_id(query_name: str) -> str:
+    return f"widen-stream:{query_name}"
+
+
+def delta_layout(config: Config, state: "_SinkState", ship: str, channels: list[str], target) -> catalog.ShipLayout:
+    """The ship's layout with every channel of the batch, its Delta tables and columns made.
+
+    The catalog rows commit at once (in their own transaction, under the layout lock): a layout
+    only grows, and a column recorded before its first value is harmless."""
+    layout = state.layouts.get(ship)
+    if layout is not None and all(c in layout.channels for c in channels):
+        return layout
+    tgt_cfg = config.target
+    with db.connection(tgt_cfg.connection) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))", (ship,))
+        layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
+        catalog.grow_layout(layout, {c: (None, None) for c in channels if c not in layout.channels}, tgt_cfg)
+        catalog.record_layout(conn, tgt_cfg, layout)
+        target.ensure_tables(layout)
+        conn.commit()
+    state.layouts[ship] = layout
+    return layout
+
+
+def merge_ship_rows_delta(spark, config: Config, ship: str, rows: pa.Table) -> tuple[int, int]:
+    """``merge_ship_rows`` into Delta tables (each part its own commit). (Reconcile's repair.)"""
+    return _merge_ship_delta(spark, config, _SinkState(), ship, rows, None)
+
+
+def _merge_ship_delta(spark, config: Config, state: "_SinkState", ship: str, rows: pa.Table,
+                      txn: tuple[str, int] | None) -> tuple[int, int]:
+    from widen import delta_sink
+
+    target = delta_sink.DeltaTarget(spark, config.target)
+    layout = delta_layout(config, state, ship, batch_channels(rows), target)
+    wide, duplicates = pivot_rows(rows, layout, config.source.order_column is not None)
+    delta_sink.merge_wide(target, layout, wide, greatest=config.source.order_column is None, txn=txn)
+    return wide.num_rows, duplicates
+
+
 def _layout(conn, cur, config: Config, state: _SinkState, grown: dict, ship: str,
             channels: list[str]) -> catalog.ShipLayout:
     """The ship's layout with a column for every channel of the batch (tables and columns added
@@ -141,10 +190,8 @@ def _layout(conn, cur, config: Config, state: _SinkState, grown: dict, ship: str
         return layout
     cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))", (ship,))
     layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
-    catalog.assign_channels(layout, {c: (None, None) for c in channels if c not in layout.channels},
-                            tgt_cfg.wide_table_template, tgt_cfg.max_columns_per_table,
-                            tgt_cfg.max_row_bytes)
-    catalog.save_layout(conn, tgt_cfg.catalog_schema, tgt_cfg.schema, layout)
+    catalog.grow_layout(layout, {c: (None, None) for c in channels if c not in layout.channels}, tgt_cfg)
+    catalog.record_layout(conn, tgt_cfg, layout)
     catalog.ensure_wide_tables(conn, tgt_cfg.schema, layout)
     grown[ship] = layout
     return layout
@@ -153,24 +200,12 @@ def _layout(conn, cur, config: Config, state: _SinkState, grown: dict, ship: str
 def _merge_ship(conn, cur, config: Config, state: _SinkState, grown: dict, index: int, ship: str,
                 rows: pa.Table) -> tuple[int, int]:
     tgt_cfg = config.target
-    channels = pc.unique(rows.column("data_channel_id")).to_pylist()
-    layout = _layout(conn, cur, config, state, grown, ship, channels)
-    order = [c.data_channel_id for part in layout.parts for c in layout.part_channels(part)]
-    codes = pc.index_in(rows.column("data_channel_id"), value_set=pa.array(order, pa.string()))
-    coded = pa.table({"created_time": pc.cast(rows.column("created_time"), pa.timestamp("us", tz="UTC")),
-                      "channel": codes, "value": rows.column("value"),
-                      **({"order_key": rows.column("order_key")}
-                         if config.source.order_column else {})})
-    wide, duplicates = kernels.dedup_and_pivot(coded, len(order), config.source.order_column is not None)
+    layout = _layout(conn, cur, config, state, grown, ship, batch_channels(rows))
+    wide, duplicates = pivot_rows(rows, layout, config.source.order_column is not None)
     times = kernels.timestamp_text(wide.times)
     greatest = config.source.order_column is None   # the greatest value wins, also across batches
-    first = 0
     for part in layout.parts:
-        members = layout.part_channels(part)
-        columns = wide.columns[first:first + len(members)]
-        first += len(members)
-        # Only the channels this batch has: an all-NULL column would change nothing.
-        present = [(c.column_name, col) for c, col in zip(members, columns) if col.null_count < wide.num_rows]
+        present = [(c.column_name, col) for c, col in present_columns(layout, wide, part)]
         target = sql.Identifier(tgt_cfg.schema, layout.tables[part])
         names = [name for name, _ in present]
         if wide.num_rows <= DIRECT_ROWS:
@@ -190,7 +225,31 @@ def _merge_ship(conn, cur, config: Config, state: _SinkState, grown: dict, index
     return wide.num_rows, duplicates
 
 
-def _write_rejects(cur, catalog_schema: str, rejects: pa.Table, batch_id: int) -> int:
+def batch_channels(rows: pa.Table) -> list[str]:
+    return pc.unique(rows.column("data_channel_id")).to_pylist()
+
+
+def pivot_rows(rows: pa.Table, layout: catalog.ShipLayout, has_order_key: bool) -> tuple[kernels.Pivoted, int]:
+    """One ship's valid narrow rows (``SCHEMA`` columns) de-duplicated and pivoted: a column per
+    channel of the layout, part by part in ``part_channels`` order; and the duplicate count."""
+    order = [c.data_channel_id for part in layout.parts for c in layout.part_channels(part)]
+    codes = pc.index_in(rows.column("data_channel_id"), value_set=pa.array(order, pa.string()))
+    coded = pa.table({"created_time": pc.cast(rows.column("created_time"), pa.timestamp("us", tz="UTC")),
+                      "channel": codes, "value": rows.column("value"),
+                      **({"order_key": rows.column("order_key")} if has_order_key else {})})
+    return kernels.dedup_and_pivot(coded, len(order), has_order_key)
+
+
+def present_columns(layout: catalog.ShipLayout, wide: kernels.Pivoted,
+                    part: int) -> list[tuple[catalog.ChannelColumn, pa.Array]]:
+    """The part's channels that have a value in ``wide`` (an all-NULL column would change nothing)."""
+    first = sum(len(layout.part_channels(p)) for p in layout.parts if p < part)
+    members = layout.part_channels(part)
+    columns = wide.columns[first:first + len(members)]
+    return [(c, col) for c, col in zip(members, columns) if col.null_count < wide.num_rows]
+
+
+def write_rejects(cur, catalog_schema: str, rejects: pa.Table, batch_id: int | str, job: str = JOB) -> int:
     """Rejected rows with their raw values (the text array the source query built)."""
     if not rejects.num_rows:
         return 0
@@ -201,6 +260,6 @@ def _write_rejects(cur, catalog_schema: str, rejects: pa.Table, batch_id: int) -
         "str_v, bool_v, job, batch) SELECT v.ship_id, a[2], v.created_time::timestamptz, a[1], a[3], "
         "a[4]::double precision, a[5]::bigint, a[6], a[7]::boolean, {job}, {batch} "
         "FROM (VALUES %s) AS v(ship_id, created_time, raw) CROSS JOIN LATERAL (SELECT v.raw::text[] AS a) r"
-    ).format(r=sql.Identifier(catalog_schema, "rejects"), job=sql.Literal(JOB),
+    ).format(r=sql.Identifier(catalog_schema, "rejects"), job=sql.Literal(job),
              batch=sql.Literal(str(batch_id))).as_string(cur), rows)
     return len(rows)

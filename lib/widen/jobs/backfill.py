@@ -20,7 +20,7 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from widen import catalog, db, naming, render, sinks, sources
+from widen import catalog, db, delta_sink, naming, render, sinks, sources, stream_sink
 from widen.config import Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.jobs import plan as plan_job
@@ -71,8 +71,9 @@ class Backfill:
             # Tables made up front keep DDL (and its exclusive locks) out of the chunk transactions.
             # A ship whose tables cannot be made here is not fatal: its chunks retry, then report.
             try:
-                catalog.ensure_wide_tables(tgt, tgt_cfg.schema, self.layouts[ship])
-                catalog.save_layout(tgt, tgt_cfg.catalog_schema, tgt_cfg.schema, self.layouts[ship])
+                if not tgt_cfg.is_delta:       # Delta tables are made by the chunk, under the ship lock
+                    catalog.ensure_wide_tables(tgt, tgt_cfg.schema, self.layouts[ship])
+                catalog.record_layout(tgt, tgt_cfg, self.layouts[ship])
                 tgt.commit()
             except psycopg2.Error:
                 tgt.rollback()
@@ -97,16 +98,16 @@ class Backfill:
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))",
                             (chunk.ship_id,))
             layout = catalog.load_layout(tgt, tgt_cfg.catalog_schema, chunk.ship_id)
-            catalog.assign_channels(layout, {c: (f, a) for c, (f, a, _) in found.items()},
-                                    tgt_cfg.wide_table_template, tgt_cfg.max_columns_per_table,
-                                    tgt_cfg.max_row_bytes)
-            catalog.save_layout(tgt, tgt_cfg.catalog_schema, tgt_cfg.schema, layout)
+            catalog.grow_layout(layout, {c: (f, a) for c, (f, a, _) in found.items()}, tgt_cfg)
+            catalog.record_layout(tgt, tgt_cfg, layout)
             tgt.commit()
             self.layouts[chunk.ship_id] = layout
 
     # -- one chunk -------------------------------------------------------------------------------
     def run_chunk(self, chunk: sources.Chunk) -> dict:
         tgt_cfg = self.config.target
+        if tgt_cfg.is_delta:
+            return self.run_delta_chunk(chunk)
         started_at = dt.datetime.now(dt.timezone.utc)
         staging = sinks.Staging.for_key(tgt_cfg.catalog_schema, *chunk.key)
         for _ in range(MAX_SCHEMA_ROUNDS):
@@ -130,6 +131,67 @@ class Backfill:
                 with db.connection(tgt_cfg.connection, autocommit=True) as tgt:
                     sinks.drop_staging(tgt, staging, layout.parts)
         raise RuntimeError(f"chunk {chunk.label()}: new channels kept appearing while it ran")
+
+    def run_delta_chunk(self, chunk: sources.Chunk) -> dict:
+        """A chunk into Delta tables: the executors pivot, the driver MERGEs each part table (the
+        ship's tables one chunk at a time), then rejects and the ledger row commit together."""
+        from pyspark import StorageLevel
+
+        cfg, tgt_cfg = self.config.source, self.config.target
+        started_at = dt.datetime.now(dt.timezone.utc)
+        target = delta_sink.DeltaTarget(self.spark, tgt_cfg)
+        for _ in range(MAX_SCHEMA_ROUNDS):
+            with self._ship_lock(chunk.ship_id):
+                layout = copy.deepcopy(self.layouts[chunk.ship_id])
+            writer = delta_sink.DeltaChunkWriter(layout, chunk.ship_id, cfg.order_column is not None)
+            t0 = time.monotonic()
+            with db.connection(cfg.connection) as src:
+                frame = sources.read_chunk(self.spark, src, cfg, cfg.connection.jdbc_url(),
+                                           cfg.connection.jdbc_properties(), chunk,
+                                           partitions_for(chunk, self.config.backfill), writer.channels)
+            self.spark.sparkContext.setJobDescription(f"widen backfill {chunk.label()}")
+            # Kept once computed: the stats, each part's MERGE and the rejects all read it.
+            output = frame.mapInArrow(writer, writer.schema).persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                stats = [row.asDict() for row in output.where("narrow_rows IS NOT NULL")
+                         .select(*sinks.STATS_SCHEMA.fieldNames()).collect()]
+                unknown = sorted({c for row in stats if row["unknown_channels"]
+                                  for c in row["unknown_channels"].split("\x1f")})
+                if unknown:
+                    self.add_channels(chunk, unknown)
+                    continue
+                spark_seconds = time.monotonic() - t0
+                t0 = time.monotonic()
+                with self._ship_lock(chunk.ship_id), db.connection(tgt_cfg.connection) as tgt:
+                    with tgt.cursor() as cur:
+                        cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))",
+                                    (chunk.ship_id,))
+                        target.ensure_tables(layout)
+                    tgt.commit()
+                    delta_sink.merge_chunk(target, layout, writer, output)
+                merged = self._record_delta_chunk(chunk, output, stats, started_at)
+                return {**merged, "spark_seconds": spark_seconds, "merge_seconds": time.monotonic() - t0}
+            finally:
+                output.unpersist()
+        raise RuntimeError(f"chunk {chunk.label()}: new channels kept appearing while it ran")
+
+    def _record_delta_chunk(self, chunk, output, stats, started_at) -> dict:
+        tgt_cfg = self.config.target
+        totals = {k: sum(row[k] for row in stats)
+                  for k in ("narrow_rows", "rejected_rows", "duplicate_rows", "wide_rows")}
+        label = chunk_batch_label(chunk)
+        with db.connection(tgt_cfg.connection) as tgt:
+            with tgt.cursor() as cur:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE job = %s AND batch = %s").format(
+                    sql.Identifier(tgt_cfg.catalog_schema, "rejects")), (JOB, label))
+                for rejects in delta_sink.chunk_rejects(output, chunk.ship_id):
+                    stream_sink.write_rejects(cur, tgt_cfg.catalog_schema, rejects, label, job=JOB)
+                catalog.record_chunk(cur, tgt_cfg.catalog_schema, chunk.ship_id, chunk.range_start,
+                                     chunk.range_end, "done", 1, started_at,
+                                     narrow_rows=totals["narrow_rows"], wide_rows=totals["wide_rows"],
+                                     rejected=totals["rejected_rows"], duplicates=totals["duplicate_rows"])
+            tgt.commit()
+        return totals
 
     def _write_staging(self, chunk, staging, layout) -> list[dict]:
         cfg, tgt_cfg = self.config.source, self.config.target

@@ -102,13 +102,12 @@ def update_layouts(conn, config: Config,
                               (ship,))
         layout = catalog.load_layout(conn, tgt.catalog_schema, ship)
         try:
-            catalog.assign_channels(layout, new_channels(stats[ship]), tgt.wide_table_template,
-                                    tgt.max_columns_per_table, tgt.max_row_bytes)
+            catalog.grow_layout(layout, new_channels(stats[ship]), tgt)
         except (catalog.LayoutError, ValueError) as err:
             conn.rollback()
             problems[ship] = str(err)
             continue
-        catalog.save_layout(conn, tgt.catalog_schema, tgt.schema, layout)
+        catalog.record_layout(conn, tgt, layout)
         conn.commit()
         layouts[ship] = layout
     return layouts, problems

@@ -84,8 +84,13 @@ class BucketTask:
         cfg = self.config
         layout = catalog.load_layout(tgt, cfg.target.catalog_schema, ship)
         rejected: dict = {}
-        source, target = reconcile.bucket_aggregates(sc, tc, cfg, layout, ship, self.lo, self.hi,
-                                                     self.width, rejected)
+        if cfg.target.is_delta:
+            # Spark reads the Delta side on the driver (``with_delta_targets``): the source only.
+            source = reconcile.source_buckets(sc, cfg, ship, self.lo, self.hi, self.width, rejected)
+            target = None
+        else:
+            source, target = reconcile.bucket_aggregates(sc, reconcile.PostgresWide(tc, cfg), cfg, layout, ship,
+                                                         self.lo, self.hi, self.width, rejected)
         if self.lo == EARLIEST and self.hi == LATEST:
             # Rows with no created_time belong to no bucket; an index probe counts them.
             sc.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s AND created_time IS NULL").format(
@@ -93,13 +98,39 @@ class BucketTask:
             rejected[None] = sc.fetchone()[0]
         if any(rejected.values()):
             yield (ship, None, sum(rejected.values()), 0, 0, 0, 0, 0)     # the ship has rejected rows
-        for bucket in sorted(set(source) | set(target)):
-            s, t = source.get(bucket, reconcile.Aggregate()), target.get(bucket, reconcile.Aggregate())
-            if s != t:
-                # The fast form counts every duplicate reading: check the bucket exactly.
-                hi = min(bucket + dt.timedelta(seconds=self.width), self.hi)
-                s, t = reconcile.range_aggregates(sc, tc, cfg, layout, ship, max(bucket, self.lo), hi)
-            yield (ship, bucket, s.times, t.times, s.cells, t.cells, s.checksum, t.checksum)
+        if target is None:
+            for bucket, s in sorted(source.items()):
+                yield (ship, bucket, s.times, None, s.cells, None, s.checksum, None)
+            return
+        yield from bucket_rows(sc, reconcile.PostgresWide(tc, cfg), cfg, layout, ship, source, target,
+                               self.lo, self.hi, self.width)
+
+
+def bucket_rows(sc, wide, config: Config, layout, ship: str, source: dict, target: dict, lo, hi,
+                width: float):
+    """(ship, bucket, source/target times, cells, checksums) per bucket of either side; a bucket the
+    fast form finds different is checked again exactly (the fast form counts every duplicate)."""
+    for bucket in sorted(set(source) | set(target)):
+        s, t = source.get(bucket, reconcile.Aggregate()), target.get(bucket, reconcile.Aggregate())
+        if s != t:
+            s, t = reconcile.range_aggregates(sc, wide, config, layout, ship, max(bucket, lo),
+                                              min(bucket + dt.timedelta(seconds=width), hi))
+        yield (ship, bucket, s.times, t.times, s.cells, t.cells, s.checksum, t.checksum)
+
+
+def with_delta_targets(config: Config, spark, rows: list, ship_ids: list[str], lo, hi, width: float) -> list:
+    """Bucket rows with the Delta side filled in: per ship, Spark aggregates its Delta tables."""
+    sources: dict[str, dict] = {}
+    out = [r for r in rows if r[1] is None]
+    for ship, bucket, st, _, sc, _, sh, _ in (r for r in rows if r[1] is not None):
+        sources.setdefault(ship, {})[bucket] = reconcile.Aggregate(st, sc, sh)
+    with _sessions(config, spark) as (tgt, src_cur, wide):
+        for ship in ship_ids:
+            layout = catalog.load_layout(tgt, config.target.catalog_schema, ship)
+            target = wide.groups(layout, ship, lo, hi, "bucket", width)
+            out.extend(bucket_rows(src_cur, wide, config, layout, ship, sources.get(ship, {}), target, lo, hi,
+                                   width))
+    return out
 
 
 def list_ships(config: Config, ships: list[str] | None) -> list[str]:
@@ -122,7 +153,7 @@ def list_ships(config: Config, ships: list[str] | None) -> list[str]:
     return sorted(found)
 
 
-def repair_ship(config: Config, report: ShipReport) -> None:
+def repair_ship(config: Config, report: ShipReport, spark=None) -> None:
     """Re-merge the ship's differing timestamps and ranges from the source, in one transaction."""
     ship, found = report.ship_id, report.drill
     times, ranges = found.times, [(lo, hi) for lo, hi, _, _ in found.ranges]
@@ -144,6 +175,10 @@ def repair_ship(config: Config, report: ShipReport) -> None:
     table = pa.table([pa.array(list(col) if rows else [], type=kind)
                       for col, kind in zip(zip(*rows) if rows else [[]] * 6, types)], names=names)
     tgt_cfg = config.target
+    if tgt_cfg.is_delta:
+        _repair_delta(config, spark, ship, times, ranges, table)
+        report.repaired = True
+        return
     with db.connection(tgt_cfg.connection) as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))", (ship,))
         layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
@@ -154,6 +189,29 @@ def repair_ship(config: Config, report: ShipReport) -> None:
             stream_sink.merge_ship_rows(conn, cur, config, ship, table)
         conn.commit()
     report.repaired = True
+
+
+def _repair_delta(config: Config, spark, ship: str, times: list, ranges: list, rows: pa.Table) -> None:
+    """The Delta form of the repair: the differing rows deleted from every part table, then the
+    source's rows merged back (one Delta commit per table and step, not one transaction: a repair
+    cut short is finished by running it again)."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    from widen.delta_sink import DeltaTarget
+
+    target = DeltaTarget(spark, config.target)
+    when = F.col("created_time")
+    condition = reduce(lambda a, b: a | b, [when.between(F.lit(lo), F.lit(hi)) & (when < F.lit(hi))
+                                            for lo, hi in ranges], when.isin(list(times)) if times else F.lit(False))
+    with db.connection(config.target.connection) as conn:
+        layout = catalog.load_layout(conn, config.target.catalog_schema, ship)
+    for part in layout.parts:
+        if target.exists(layout.tables[part]):
+            target.delete(layout.tables[part], condition)
+    if rows.num_rows:
+        stream_sink.merge_ship_rows_delta(spark, config, ship, rows)
 
 
 @exclusive(JOB)
@@ -172,6 +230,8 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start=None, 
     print(f"[reconcile] {len(ship_ids)} ships, {rc.bucket_hours:g} h buckets", file=out, flush=True)
     rows = (spark.sparkContext.parallelize(ship_ids, max(1, min(len(ship_ids), rc.parallel_ships)))
             .mapPartitions(task).collect()) if ship_ids else []
+    if config.target.is_delta:
+        rows = with_delta_targets(config, spark, rows, ship_ids, lo, hi, width)
     reports = {s: ShipReport(s) for s in ship_ids}
     ships_with_rejects = [r[0] for r in rows if r[1] is None]
     rows = [r for r in rows if r[1] is not None]
@@ -187,14 +247,14 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start=None, 
         no_ship = _rejects_without_ship(src, config) if not ships else {}
     for ship, report in reports.items():
         report.rejects = dict(rejects.get(ship, {}))
-    _drill_down(config, reports, lo, hi, width)
+    _drill_down(config, spark, reports, lo, hi, width)
     if repair:
         for report in reports.values():
             if report.mismatched:
-                repair_ship(config, report)
+                repair_ship(config, report, spark)
                 print(f"[reconcile] {report.ship_id}: repaired {len(report.drill.times)} timestamps and "
                       f"{len(report.drill.ranges)} ranges", file=out, flush=True)
-        _recheck(config, reports, lo, hi, width)
+        _recheck(config, spark, reports, lo, hi, width)
     run_id = dt.datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     _record(config, run_id, rows, reports, width, hi)
     left = {s: len(r.mismatched) for s, r in reports.items() if r.mismatched}
@@ -226,30 +286,31 @@ def _rejects_without_ship(src, config: Config) -> dict:
 
 
 @contextlib.contextmanager
-def _sessions(config: Config):
-    """(target connection, source cursor, target cursor), both prepared for the checksum queries."""
+def _sessions(config: Config, spark):
+    """(target connection, source cursor, wide side), prepared for the checksum queries."""
     with db.connection(config.source.connection, autocommit=True) as src, \
             db.connection(config.target.connection, autocommit=True) as tgt, \
             src.cursor() as sc, tgt.cursor() as tc:
         reconcile.prepare_session(sc)
         reconcile.prepare_session(tc)
-        yield tgt, sc, tc
+        yield tgt, sc, (reconcile.DeltaWide(spark, config) if config.target.is_delta
+                        else reconcile.PostgresWide(tc, config))
 
 
-def _drill_down(config: Config, reports: dict, lo, hi, width: float) -> None:
+def _drill_down(config: Config, spark, reports: dict, lo, hi, width: float) -> None:
     rc = config.reconcile
-    with _sessions(config) as (tgt, sc, tc):
+    with _sessions(config, spark) as (tgt, sc, wide):
         for report in reports.values():
             if not report.mismatched:
                 continue
             layout = catalog.load_layout(tgt, config.target.catalog_schema, report.ship_id)
             found = reconcile.Drill()
             for bucket, _, _ in report.mismatched:
-                reconcile.drill(sc, tc, config, layout, report.ship_id, max(bucket, lo),
+                reconcile.drill(sc, wide, config, layout, report.ship_id, max(bucket, lo),
                                 min(bucket + dt.timedelta(seconds=width), hi), rc.leaf_times, found)
             report.drill = found
             report.found_buckets = len(report.mismatched)
-            diffs = reconcile.cell_differences(sc, tc, config, layout, report.ship_id, found.times)
+            diffs = reconcile.cell_differences(sc, wide, config, layout, report.ship_id, found.times)
             for d in diffs:
                 report.totals[d.kind] += 1
             for range_lo, range_hi, s, t in found.ranges:
@@ -260,15 +321,15 @@ def _drill_down(config: Config, reports: dict, lo, hi, width: float) -> None:
             report.diffs = diffs[: rc.max_reported_cells]
 
 
-def _recheck(config: Config, reports: dict, lo, hi, width: float) -> None:
-    with _sessions(config) as (tgt, sc, tc):
+def _recheck(config: Config, spark, reports: dict, lo, hi, width: float) -> None:
+    with _sessions(config, spark) as (tgt, sc, wide):
         for report in reports.values():
             if not report.repaired:
                 continue
             layout = catalog.load_layout(tgt, config.target.catalog_schema, report.ship_id)
             still = []
             for bucket, _, _ in report.mismatched:
-                s, t = reconcile.range_aggregates(sc, tc, config, layout, report.ship_id, max(bucket, lo),
+                s, t = reconcile.range_aggregates(sc, wide, config, layout, report.ship_id, max(bucket, lo),
                                                   min(bucket + dt.timedelta(seconds=width), hi))
                 if s != t:
                     still.append((bucket, s, t))

@@ -11,7 +11,8 @@ from psycopg2 import sql
 from widen import catalog, db
 from widen.config import Config, ConfigError
 from widen.jobs import EXIT_OK, Result, exclusive
-from widen.session import resolve_connections
+from widen.delta_sink import DeltaTarget
+from widen.session import get_spark, resolve_connections
 
 
 def plan_statements(config: Config, layout: catalog.ShipLayout, start=None, end=None) -> list:
@@ -19,8 +20,9 @@ def plan_statements(config: Config, layout: catalog.ShipLayout, start=None, end=
     cat = tgt.catalog_schema
     ship = layout.ship_id
     statements: list[tuple[sql.Composable, tuple]] = []
+    delta = tgt.is_delta          # Delta tables are dropped or trimmed by ``delta_actions``
     if start is None and end is None:
-        for part in layout.parts:
+        for part in layout.parts if not delta else []:
             statements.append((sql.SQL("DROP TABLE IF EXISTS {}").format(
                 sql.Identifier(tgt.schema, layout.tables[part])), ()))
         for table in ("channel_columns", "wide_tables", "backfill_chunks", "rejects"):
@@ -29,7 +31,7 @@ def plan_statements(config: Config, layout: catalog.ShipLayout, start=None, end=
         return statements
     lo = start or "-infinity"
     hi = end or "infinity"
-    for part in layout.parts:
+    for part in layout.parts if not delta else []:
         statements.append((sql.SQL("DELETE FROM {} WHERE created_time >= %s AND created_time < %s").format(
             sql.Identifier(tgt.schema, layout.tables[part])), (lo, hi)))
     # A chunk that overlaps the range is no longer complete: forget it so backfill redoes it.
@@ -38,6 +40,25 @@ def plan_statements(config: Config, layout: catalog.ShipLayout, start=None, end=
     statements.append((sql.SQL("DELETE FROM {} WHERE ship_id = %s AND created_time >= %s AND "
                                "created_time < %s").format(sql.Identifier(cat, "rejects")), (ship, lo, hi)))
     return statements
+
+
+def delta_actions(target, layout: catalog.ShipLayout, start=None, end=None) -> list[tuple[str, object]]:
+    """(description, action) pairs for a Delta target: drop the ship's tables, or delete its rows
+    in [start, end) from each of them."""
+    from pyspark.sql import functions as F
+
+    if start is None and end is None:
+        return [(f"drop Delta tables {', '.join(target.qualified(t) for t in layout.tables.values())}",
+                 lambda: target.drop(layout))]
+    when = F.col("created_time")
+    condition = F.lit(True)
+    if start is not None:
+        condition = condition & (when >= F.lit(start))
+    if end is not None:
+        condition = condition & (when < F.lit(end))
+    return [(f"delete rows in [{start or '-infinity'}, {end or 'infinity'}) from {target.qualified(t)}",
+             lambda t=t: target.delete(t, condition) if target.exists(t) else None)
+            for t in layout.tables.values()]
 
 
 @exclusive("rollback", reads_narrow_table=False)
@@ -57,6 +78,13 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start=None, 
                     unknown.append(ship)
                     continue
                 affected = 0
+                if tgt_cfg.is_delta:
+                    # Delta first: a rollback cut short after it leaves the catalog, and runs again.
+                    spark = get_spark(config, spark)
+                    for text, action in delta_actions(DeltaTarget(spark, tgt_cfg), layout, start, end):
+                        lines.append(("would " if dry_run else "did: ") + text)
+                        if not dry_run:
+                            action()
                 for statement, params in plan_statements(config, layout, start, end):
                     text = cur.mogrify(statement, params).decode()
                     lines.append(("would run: " if dry_run else "ran: ") + text)

@@ -114,7 +114,8 @@ def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
     results: dict = {}
 
     def sink(frame, batch_id: int) -> None:
-        result = write_batch(config, frame.toArrow(), batch_id, st.query_name)
+        result = write_batch(config, frame.toArrow(), batch_id, st.query_name,
+                             spark if config.target.is_delta else None)
         results[batch_id] = result
         totals["batches"] += 1
         totals["skipped"] += int(result.skipped)
