@@ -145,3 +145,34 @@ def test_backfill_stream_reconcile_into_delta(fresh_fleet, make_config, spark, p
     paths = [f"{root}/{table_dir(t)}" for t in tables_of(pg, "ship new").values()]
     assert rollback.run(config, spark, ships=["ship new"]).exit_code == 0
     assert not any(os.path.exists(p) for p in paths) and tables_of(pg, "ship new") == {}
+
+
+def test_metastore_database_tables(make_config, spark, tmp_path):
+    """target.delta_database: the part tables are metastore tables (lower-case names, md5 when the
+    name is not plain); columns added later; a MERGE and a drop reach them by name."""
+    from widen import catalog, kernels
+    from widen.delta_sink import DeltaTarget, merge_wide
+
+    database = "widen_dlt_db"
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database} LOCATION '{tmp_path / 'warehouse'}'")
+    config = make_config(NAME, target__kind="delta", target__delta_database=database)
+    target = DeltaTarget(spark, config.target)
+    layout = catalog.ShipLayout("Ship.One")
+    catalog.grow_layout(layout, {"a.b": (None, None), "Wind `speed`": (None, None)}, config.target)
+    target.ensure_tables(layout)
+    catalog.grow_layout(layout, {"later": (None, None)}, config.target)
+    target.ensure_tables(layout)
+    name = layout.tables[1]
+    assert target.qualified(name) == f"`{database}`.`{table_dir(name, lower=True)}`"
+    assert table_dir(name, lower=True) != name and table_dir(name, lower=True) == table_dir(name, lower=True).lower()
+    times = pa.array([nasty.T0, nasty.at(15)], pa.timestamp("us", tz="UTC"))
+    columns = {c: pa.array(v, pa.string()) for c, v in
+               {"a.b": ["1", None], "Wind `speed`": [None, "x"], "later": ["l", "m"]}.items()}
+    order = [c.data_channel_id for c in layout.part_channels(1)]
+    merge_wide(target, layout, kernels.Pivoted(times, [columns[c] for c in order], []), greatest=False)
+    rows = spark.read.table(target.qualified(name)).orderBy("created_time").collect()
+    assert [r.asDict() for r in rows] == [
+        {"created_time": nasty.T0.replace(tzinfo=None), "a.b": "1", "Wind `speed`": None, "later": "l"},
+        {"created_time": nasty.at(15).replace(tzinfo=None), "a.b": None, "Wind `speed`": "x", "later": "m"}]
+    target.drop(layout)
+    assert not target.exists(name)

@@ -2,7 +2,8 @@
 
 Each ship's part table is a Delta table of its own: ``<target.delta_root>/<dir>`` (``dir`` is the
 table name when it is a plain file name, else its safe characters + ``_`` + 8 hex digits of its md5),
-or ``<target.delta_database>.<name>`` in the metastore (lower case there; same rule). The tables use
+or ``<target.delta_database>.<name>`` in the metastore (where names are lower-case letters, digits
+and ``_`` only: same rule with that alphabet). The catalog keeps the table's own name. The tables use
 column mapping by name, so every channel's column keeps the catalog's column name whatever its
 characters. Delta column names are unique regardless of case: the layout puts two channels that
 differ only by case in different part tables (``catalog.assign_channels(fold_case=True)``).
@@ -37,6 +38,7 @@ from widen.stream_sink import present_columns
 
 STREAM_APP_ID = "widen-stream:{query}"
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+_METASTORE = re.compile(r"[a-z0-9_]{1,100}")
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 #: the txn session confs are session-wide: one idempotent MERGE at a time in this process
 _TXN_LOCK = threading.Lock()
@@ -53,13 +55,15 @@ def quoted(name: str) -> str:
 
 
 def table_dir(name: str, lower: bool = False) -> str:
-    """The directory (or metastore table) name of a wide table: the name itself when it is plain
-    (and, with ``lower``, already lower case), else its plain characters + md5."""
-    if _PLAIN.fullmatch(name) and (not lower or name == name.lower()):
+    """The directory name of a wide table, or with ``lower`` its metastore table name (which
+    allows only lower-case letters, digits and ``_``): the name itself when it qualifies, else its
+    allowed characters + ``_`` + the first 8 hex digits of its md5."""
+    plain = _METASTORE if lower else _PLAIN
+    if plain.fullmatch(name):
         return name
     digest = hashlib.md5(name.encode()).hexdigest()[:8]
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".-")[:60]
-    return f"{stem.lower() if lower else stem}_{digest}"
+    stem = re.sub(r"[^a-z0-9_]" if lower else r"[^A-Za-z0-9_.-]", "_", name.lower() if lower else name)
+    return f"{stem.lstrip('.-')[:60]}_{digest}"
 
 
 def _is_conflict(err: Exception) -> bool:
