@@ -6,6 +6,8 @@
                 running --sql-parallel at a time
   copy-pandas   one process: COPY the rendered narrow rows out, pandas pivot, COPY the wide rows in
   spark-native  spark.read JDBC (partitioned by created_time) + groupBy().pivot() + write.jdbc
+  widen-delta   (with --delta) the same backfill into Delta tables (target.kind delta) under
+                <home>/lake; checked against widen's PostgreSQL tables by rows and non-NULL cells
 
 Prints narrow rows/s and the ratios, and checks that every competitor's tables equal widen's
 (EXCEPT both ways). Default data: 8 ships x 150 channels x 48 h at 15 s = 13.8M narrow rows;
@@ -93,6 +95,44 @@ def run_widen(cfg, spark) -> float:
     result = backfill.run(cfg, spark)
     assert result.exit_code == 0, result.summary
     return time.monotonic() - began
+
+
+def delta_config(cfg, home: str):
+    import shutil
+    from dataclasses import replace
+
+    root = Path(home) / "lake"
+    shutil.rmtree(root, ignore_errors=True)
+    return replace(cfg, target=replace(cfg.target, kind="delta", delta_root=str(root),
+                                       catalog_schema=CATALOG + "_delta"))
+
+
+def same_in_delta(conn, spark, delta_cfg, ship_layouts) -> bool:
+    """Every Delta table has the rows and non-NULL cells of widen's PostgreSQL table."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    from widen.delta_sink import DeltaTarget, quoted
+
+    target = DeltaTarget(spark, delta_cfg.target)
+    for layout in ship_layouts.values():
+        for part in layout.parts:
+            columns = [c.column_name for c in layout.part_channels(part)]
+            with conn.cursor() as cur:
+                cells = sql.SQL(" + ").join(sql.SQL("({} IS NOT NULL)::int").format(sql.Identifier(c))
+                                            for c in columns) if columns else sql.SQL("0")
+                cur.execute(sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {}").format(
+                    cells, sql.Identifier(SCHEMAS["widen"], layout.tables[part])))
+                expected = tuple(int(v) for v in cur.fetchone())
+            frame = target.read(layout.tables[part])
+            nonnull = reduce(lambda a, b: a + b, [F.col(quoted(c)).isNotNull().cast("long") for c in columns],
+                             F.lit(0).cast("long"))
+            found = frame.agg(F.count(F.lit(1)), F.coalesce(F.sum(nonnull), F.lit(0))).first()
+            if (int(found[0]), int(found[1])) != expected:
+                print(f"widen-delta: {layout.tables[part]}: {tuple(found)} != {expected}", flush=True)
+                return False
+    return True
 
 
 def run_sql_pivot(cfg, ship_layouts, parallel: int) -> float:
@@ -219,6 +259,7 @@ def main() -> int:
     parser.add_argument("--sql-parallel", type=int, default=1, help="ships pivoted at once by sql-pivot")
     parser.add_argument("--reuse-data", action="store_true", help="keep the narrow table of the last run")
     parser.add_argument("--home", default=str(ROOT / ".local" / "bench"))
+    parser.add_argument("--delta", action="store_true", help="also backfill into Delta tables (widen-delta)")
     args = parser.parse_args()
     if args.small:
         args.ships, args.channels, args.hours = 2, 40, 6
@@ -233,7 +274,7 @@ def main() -> int:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries")))
         narrow_rows = cur.fetchone()[0]
         cur.execute("VACUUM ANALYZE " + sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries").as_string(cur))
-    reset(conn, [CATALOG, *SCHEMAS.values()])
+    reset(conn, [CATALOG, CATALOG + "_delta", *SCHEMAS.values()])
     began = time.monotonic()
     spark = get_spark(cfg)
     spark_start = time.monotonic() - began
@@ -252,6 +293,11 @@ def main() -> int:
             timings[name] = run_spark_native(cfg, spark, ship_layouts)
         print(f"{name}: {timings[name]:.1f} s", flush=True)
     equal = {name: same_tables(conn, SCHEMAS[name], ship_layouts) for name in timings if name != "widen"}
+    if args.delta:
+        delta_cfg = delta_config(cfg, args.home)
+        timings["widen-delta"] = run_widen(delta_cfg, spark)
+        print(f"widen-delta: {timings['widen-delta']:.1f} s", flush=True)
+        equal["widen-delta"] = same_in_delta(conn, spark, delta_cfg, ship_layouts)
     print(f"\n{narrow_rows:,} narrow rows, {args.ships} ships x {args.channels} channels x {args.hours:g} h; "
           f"{os.cpu_count()} cores, {platform.machine()}; Spark session start {spark_start:.1f} s (not counted)")
     print(f"{'competitor':<14} {'seconds':>8} {'narrow rows/s':>14} {'widen speed-up':>15} {'same tables':>12}")

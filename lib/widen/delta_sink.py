@@ -110,7 +110,7 @@ class DeltaTarget:
         path = self.path(table_name)
         if path is not None:
             return DeltaTable.isDeltaTable(self.spark, path)
-        return self.spark.catalog.tableExists(table_dir(table_name, lower=True), self.target.delta_database)
+        return self.spark.catalog.tableExists(self.qualified(table_name))
 
     def table(self, table_name: str):
         from delta.tables import DeltaTable

@@ -5,6 +5,10 @@ in SQL), validated, de-duplicated and pivoted per partition, COPYed into UNLOGGE
 merged in one transaction that also records the chunk in ``backfill_chunks``. Chunks already done
 are skipped; a failing chunk is retried with backoff and, if it still fails, reported without
 stopping the others. Several chunks (so several ships) run at once.
+
+With a Delta target (``target.kind: delta``) the executors hand the pivoted rows back instead of
+COPYing them; the driver MERGEs them into the ship's Delta tables, then records the rejects and the
+ledger row in one PostgreSQL transaction (``widen.delta_sink`` says why that is exactly-once).
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Whole ship: drop its wide (part) tables and delete its catalog, ledger and reject rows. With
 ``--start``/``--end``: delete the wide rows in that range and the ledger chunks inside it, so a
 later backfill redoes exactly that range. ``--dry-run`` prints the statements and changes nothing.
+With a Delta target the ship's Delta tables are dropped (or the range deleted from them) first,
+then the catalog rows go in one transaction.
 """
 from __future__ import annotations
 
