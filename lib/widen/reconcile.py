@@ -19,6 +19,11 @@ bucket whose only difference is a duplicate reading is not a mismatch. Mismatche
 down to single timestamps, whose cells are then compared one by one.
 
 Both sessions use UTC and ISO dates, so ``created_time::text`` is the same text on both servers.
+
+With a Delta target the wide side is computed by Spark over the Delta tables (``DeltaWide``) and
+both sides use md5 instead of ``hashtextextended`` (``Hashes``): the first 48 bits of
+md5(channel || US || value) per cell, the first 64 bits of md5(created_time::text || ':' || s) per
+timestamp, with PostgreSQL's timestamp text rebuilt in Spark.
 """
 from __future__ import annotations
 

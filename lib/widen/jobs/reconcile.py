@@ -1,7 +1,8 @@
 """``reconcile``: prove narrow == wide per ship × time bucket; pinpoint and (``--repair``) fix.
 
 1. Spark runs the bucket checksums (``widen.reconcile``) of many ships in parallel, each task
-   querying both databases; only aggregates come back.
+   querying both databases; only aggregates come back. (A Delta target's side is aggregated by
+   Spark on the driver, per ship, and joined to the tasks' source buckets.)
 2. A differing bucket is bisected down to timestamps and their cells are compared one by one:
    missing (in the source, not the wide table), extra (in the wide table only) or different.
 3. ``--repair`` re-merges each ship's differing timestamps and ranges from the source in one
