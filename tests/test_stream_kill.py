@@ -1,6 +1,6 @@
 """SIGKILL the stream process at random points three times while a writer inserts; restart it from
 its checkpoint each time. The end state equals the oracle, every narrow row is counted once and
-stream_batches has no gap and no duplicate batch."""
+stream_batches has no gap and no duplicate batch. For a PostgreSQL and for a Delta target."""
 from __future__ import annotations
 
 import json
@@ -20,24 +20,27 @@ import oracle
 from widen.jobs import stream
 
 NAME = "skill"
-SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
+CAT = f"cat_{NAME}"
 SHIPS = ["ship 1", "ship 2", "ship 3"]
 CHANNELS = ["a", "b", "c", "d", "e"]
 
 
-def batches(cur) -> int:
-    cur.execute("SELECT to_regclass(%s)", (f"{CAT}.stream_batches",))
+def batches(cur, cat: str = CAT) -> int:
+    cur.execute("SELECT to_regclass(%s)", (f"{cat}.stream_batches",))
     if cur.fetchone()[0] is None:
         return 0
-    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(CAT, "stream_batches")))
+    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(cat, "stream_batches")))
     return cur.fetchone()[0]
 
 
-def test_sigkill_three_times_then_resume(fresh_fleet, write_config, make_config, spark, pg, pg_server, tmp_path):
-    fresh_fleet(NAME, ships=0, ingest_id=True).close()
+def kill_three_times_then_resume(name: str, fresh_fleet, write_config, make_config, spark, pg, pg_server,
+                                 tmp_path, pause: float = 0.1, **extra) -> None:
+    src, cat = f"src_{name}", f"cat_{name}"
+    fresh_fleet(name, ships=0, ingest_id=True).close()
     overrides = {"source__order_column": "ingest_id", "stream__checkpoint": str(tmp_path / "cp"),
-                 "stream__query_name": "kill", "stream__start": "earliest", "stream__trigger_seconds": 0.3}
-    config_path = write_config(NAME, **overrides)
+                 "stream__query_name": "kill", "stream__start": "earliest", "stream__trigger_seconds": 0.3,
+                 **extra}
+    config_path = write_config(name, **overrides)
     stop_writing = threading.Event()
 
     def writer() -> None:
@@ -47,9 +50,9 @@ def test_sigkill_three_times_then_resume(fresh_fleet, write_config, make_config,
         try:
             minute = 0
             while not stop_writing.is_set():
-                nasty.insert(conn, SRC, [r for ship in SHIPS for r in nasty.minute(ship, minute, CHANNELS)])
+                nasty.insert(conn, src, [r for ship in SHIPS for r in nasty.minute(ship, minute, CHANNELS)])
                 minute += 1
-                time.sleep(0.1)
+                time.sleep(pause)
         finally:
             conn.close()
 
@@ -61,32 +64,46 @@ def test_sigkill_three_times_then_resume(fresh_fleet, write_config, make_config,
         with pg.cursor() as cur:
             for _ in range(3):
                 proc = jobproc.start("stream", config_path)
-                target = batches(cur) + rng.randint(1, 4)
+                target = batches(cur, cat) + rng.randint(1, 4)
                 deadline = time.monotonic() + 180
-                while batches(cur) < target:
+                while batches(cur, cat) < target:
                     assert proc.poll() is None, f"stream exited ({proc.returncode}) before it was killed"
                     assert time.monotonic() < deadline, "stream made no progress"
                     time.sleep(0.1)
                 time.sleep(rng.uniform(0, 0.8))    # land anywhere in the next batch
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                kills.append(batches(cur))
+                kills.append(batches(cur, cat))
     finally:
         stop_writing.set()
         thread.join()
     assert kills == sorted(kills) and len(kills) == 3
     # Resume from the checkpoint and drain.
-    result = stream.run(make_config(NAME, **overrides), spark, once=True)
+    config = make_config(name, **overrides)
+    result = stream.run(config, spark, once=True)
     assert result.summary["late_rows"] == 0
     with pg.cursor() as cur:
-        oracle.assert_equal_to_oracle(cur, SRC, TGT, CAT, order_column="ingest_id")
+        if config.target.is_delta:
+            oracle.copy_delta_tables(spark, cur, config.target.delta_root, cat, f"wide_{name}")
+        oracle.assert_equal_to_oracle(cur, src, f"wide_{name}", cat, order_column="ingest_id")
         cur.execute(sql.SQL("SELECT batch_id, narrow_rows FROM {} WHERE query_name = 'kill' ORDER BY 1").format(
-            sql.Identifier(CAT, "stream_batches")))
+            sql.Identifier(cat, "stream_batches")))
         ledger = cur.fetchall()
-        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SRC, "tbl_data_timeseries")))
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(src, "tbl_data_timeseries")))
         narrow = cur.fetchone()[0]
     assert [b for b, _ in ledger] == list(range(len(ledger)))      # no gap, no duplicate
     assert sum(n for _, n in ledger) == narrow                      # every row counted once
+
+
+def test_sigkill_three_times_then_resume(fresh_fleet, write_config, make_config, spark, pg, pg_server, tmp_path):
+    kill_three_times_then_resume(NAME, fresh_fleet, write_config, make_config, spark, pg, pg_server, tmp_path)
+
+
+def test_sigkill_into_delta_tables(fresh_fleet, write_config, make_config, spark, pg, pg_server, tmp_path):
+    """The same with a Delta target: a kill may land between two tables' commits or between the
+    Delta commits and the ledger row; the restarted batch must neither lose nor double anything."""
+    kill_three_times_then_resume("skilld", fresh_fleet, write_config, make_config, spark, pg, pg_server, tmp_path,
+                                 pause=0.5, target__kind="delta", target__delta_root=str(tmp_path / "lake"))
 
 
 def test_sigterm_stops_after_the_current_batch(fresh_fleet, write_config, pg, tmp_path):
