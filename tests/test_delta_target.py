@@ -151,10 +151,12 @@ def test_metastore_database_tables(make_config, spark, tmp_path):
     """target.delta_database: the part tables are metastore tables (lower-case names, md5 when the
     name is not plain); columns added later; a MERGE and a drop reach them by name."""
     from widen import catalog, kernels
-    from widen.delta_sink import DeltaTarget, merge_wide
+    from widen.delta_sink import DeltaTarget, merge_wide, quoted
 
     database = "widen_dlt_db"
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database} LOCATION '{tmp_path / 'warehouse'}'")
+    # LOCATION takes no parameter marker: the (pytest tmp) path as an escaped Spark string literal.
+    location = str(tmp_path / "warehouse").replace("\\", "\\\\").replace("'", "\\'")
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {quoted(database)} LOCATION '{location}'")
     config = make_config(NAME, target__kind="delta", target__delta_database=database)
     target = DeltaTarget(spark, config.target)
     layout = catalog.ShipLayout("Ship.One")
