@@ -36,7 +36,6 @@ from widen.config import TargetConfig
 from widen.sinks import STATS_SCHEMA, ChunkWriter
 from widen.stream_sink import present_columns
 
-STREAM_APP_ID = "widen-stream:{query}"
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _METASTORE = re.compile(r"[a-z0-9_]{1,100}")
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
