@@ -163,6 +163,22 @@ def record_layout(conn, target, layout: ShipLayout) -> None:
     save_layout(conn, target.catalog_schema, target.wide_location, layout)
 
 
+def lock_layout(cur, ship_id: str) -> None:
+    """Serialise changes to one ship's layout across processes, until the transaction ends."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))", (ship_id,))
+
+
+def extend_layout(conn, target, ship_id: str, new: dict[str, tuple[str | None, float | None]]) -> ShipLayout:
+    """Under the ship's layout lock (held to the end of the caller's transaction): its recorded
+    layout with the channels of ``new`` placed (``grow_layout``) and recorded."""
+    with conn.cursor() as cur:
+        lock_layout(cur, ship_id)
+    layout = load_layout(conn, target.catalog_schema, ship_id)
+    grow_layout(layout, new, target)
+    record_layout(conn, target, layout)
+    return layout
+
+
 def load_layout(conn, catalog_schema: str, ship_id: str) -> ShipLayout:
     s = sql.Identifier(catalog_schema)
     layout = ShipLayout(ship_id)

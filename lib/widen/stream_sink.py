@@ -151,13 +151,8 @@ def delta_layout(config: Config, state: "_SinkState", ship: str, channels: list[
     layout = state.layouts.get(ship)
     if layout is not None and all(c in layout.channels for c in channels):
         return layout
-    tgt_cfg = config.target
-    with db.connection(tgt_cfg.connection) as conn:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))", (ship,))
-        layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
-        catalog.grow_layout(layout, {c: (None, None) for c in channels if c not in layout.channels}, tgt_cfg)
-        catalog.record_layout(conn, tgt_cfg, layout)
+    with db.connection(config.target.connection) as conn:
+        layout = catalog.extend_layout(conn, config.target, ship, {c: (None, None) for c in channels})
         target.ensure_tables(layout)
         conn.commit()
     state.layouts[ship] = layout
@@ -188,10 +183,7 @@ def _layout(conn, cur, config: Config, state: _SinkState, grown: dict, ship: str
     layout = grown.get(ship) or state.layouts.get(ship)
     if layout is not None and all(c in layout.channels for c in channels):
         return layout
-    cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))", (ship,))
-    layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
-    catalog.grow_layout(layout, {c: (None, None) for c in channels if c not in layout.channels}, tgt_cfg)
-    catalog.record_layout(conn, tgt_cfg, layout)
+    layout = catalog.extend_layout(conn, tgt_cfg, ship, {c: (None, None) for c in channels})
     catalog.ensure_wide_tables(conn, tgt_cfg.schema, layout)
     grown[ship] = layout
     return layout

@@ -98,12 +98,8 @@ class Backfill:
                     if channel not in found or count > found[channel][2]:
                         found[channel] = (fmt, float(avg or 0), count)
         with self._ship_lock(chunk.ship_id), db.connection(tgt_cfg.connection) as tgt:
-            with tgt.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))",
-                            (chunk.ship_id,))
-            layout = catalog.load_layout(tgt, tgt_cfg.catalog_schema, chunk.ship_id)
-            catalog.grow_layout(layout, {c: (f, a) for c, (f, a, _) in found.items()}, tgt_cfg)
-            catalog.record_layout(tgt, tgt_cfg, layout)
+            layout = catalog.extend_layout(tgt, tgt_cfg, chunk.ship_id,
+                                           {c: (f, a) for c, (f, a, _) in found.items()})
             tgt.commit()
             self.layouts[chunk.ship_id] = layout
 
@@ -149,11 +145,7 @@ class Backfill:
                 layout = copy.deepcopy(self.layouts[chunk.ship_id])
             writer = delta_sink.DeltaChunkWriter(layout, chunk.ship_id, cfg.order_column is not None)
             t0 = time.monotonic()
-            with db.connection(cfg.connection) as src:
-                frame = sources.read_chunk(self.spark, src, cfg, cfg.connection.jdbc_url(),
-                                           cfg.connection.jdbc_properties(), chunk,
-                                           partitions_for(chunk, self.config.backfill), writer.channels)
-            self.spark.sparkContext.setJobDescription(f"widen backfill {chunk.label()}")
+            frame = self._read(chunk, writer.channels)
             # Kept once computed: the stats, each part's MERGE and the rejects all read it.
             output = frame.mapInArrow(writer, writer.schema).persist(StorageLevel.MEMORY_AND_DISK)
             try:
@@ -168,8 +160,7 @@ class Backfill:
                 t0 = time.monotonic()
                 with self._ship_lock(chunk.ship_id), db.connection(tgt_cfg.connection) as tgt:
                     with tgt.cursor() as cur:
-                        cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))",
-                                    (chunk.ship_id,))
+                        catalog.lock_layout(cur, chunk.ship_id)
                         target.ensure_tables(layout)
                     tgt.commit()
                     delta_sink.merge_chunk(target, layout, writer, output)
@@ -201,12 +192,18 @@ class Backfill:
         cfg, tgt_cfg = self.config.source, self.config.target
         writer = sinks.ChunkWriter(tgt_cfg.connection.psycopg_params(), staging, layout,
                                    chunk.ship_id, cfg.order_column is not None)
+        return [row.asDict() for row in self._read(chunk, writer.channels).mapInArrow(
+            writer, sinks.STATS_SCHEMA).collect()]
+
+    def _read(self, chunk, channels: list[str]):
+        """The chunk's partitioned source read (per-time arrays, channels numbered by ``channels``)."""
+        cfg = self.config.source
         with db.connection(cfg.connection) as src:
             frame = sources.read_chunk(self.spark, src, cfg, cfg.connection.jdbc_url(),
                                        cfg.connection.jdbc_properties(), chunk,
-                                       partitions_for(chunk, self.config.backfill), writer.channels)
+                                       partitions_for(chunk, self.config.backfill), channels)
         self.spark.sparkContext.setJobDescription(f"widen backfill {chunk.label()}")
-        return [row.asDict() for row in frame.mapInArrow(writer, sinks.STATS_SCHEMA).collect()]
+        return frame
 
     def _merge(self, chunk, staging, layout, stats, started_at) -> dict:
         tgt_cfg = self.config.target

@@ -98,8 +98,7 @@ def update_layouts(conn, config: Config,
     tgt = config.target
     layouts, problems = {}, {}
     for ship in sorted(stats):
-        conn.cursor().execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))",
-                              (ship,))
+        catalog.lock_layout(conn.cursor(), ship)
         layout = catalog.load_layout(conn, tgt.catalog_schema, ship)
         try:
             catalog.grow_layout(layout, new_channels(stats[ship]), tgt)

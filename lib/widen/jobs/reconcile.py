@@ -83,13 +83,13 @@ class BucketTask:
 
     def _ship(self, src, sc, tgt, tc, ship: str):
         cfg = self.config
-        layout = catalog.load_layout(tgt, cfg.target.catalog_schema, ship)
         rejected: dict = {}
         if cfg.target.is_delta:
             # Spark reads the Delta side on the driver (``with_delta_targets``): the source only.
             source = reconcile.source_buckets(sc, cfg, ship, self.lo, self.hi, self.width, rejected)
-            target = None
+            target = layout = None
         else:
+            layout = catalog.load_layout(tgt, cfg.target.catalog_schema, ship)
             source, target = reconcile.bucket_aggregates(sc, reconcile.PostgresWide(tc, cfg), cfg, layout, ship,
                                                          self.lo, self.hi, self.width, rejected)
         if self.lo == EARLIEST and self.hi == LATEST:
@@ -181,7 +181,7 @@ def repair_ship(config: Config, report: ShipReport, spark=None) -> None:
         report.repaired = True
         return
     with db.connection(tgt_cfg.connection) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))", (ship,))
+        catalog.lock_layout(cur, ship)
         layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
         for part in layout.parts:
             cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
@@ -204,8 +204,8 @@ def _repair_delta(config: Config, spark, ship: str, times: list, ranges: list, r
 
     target = DeltaTarget(spark, config.target)
     when = F.col("created_time")
-    condition = reduce(lambda a, b: a | b, [when.between(F.lit(lo), F.lit(hi)) & (when < F.lit(hi))
-                                            for lo, hi in ranges], when.isin(list(times)) if times else F.lit(False))
+    condition = reduce(lambda a, b: a | b, [(when >= F.lit(lo)) & (when < F.lit(hi)) for lo, hi in ranges],
+                       when.isin(list(times)) if times else F.lit(False))
     with db.connection(config.target.connection) as conn:
         layout = catalog.load_layout(conn, config.target.catalog_schema, ship)
     for part in layout.parts:
