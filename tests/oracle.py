@@ -11,7 +11,7 @@ RENDER = sql.SQL(
     "CASE value_format WHEN 'Decimal' THEN double_v::text WHEN 'Integer' THEN long_v::text "
     "WHEN 'String' THEN str_v WHEN 'Boolean' THEN bool_v::text END")
 VALID = sql.SQL(
-    "ship_id IS NOT NULL AND data_channel_id IS NOT NULL AND data_channel_id <> '' "
+    "ship_id IS NOT NULL AND ship_id <> '' AND data_channel_id IS NOT NULL AND data_channel_id <> '' "
     "AND created_time IS NOT NULL AND value_format IN ('Decimal', 'Integer', 'String', 'Boolean')")
 
 
@@ -56,10 +56,12 @@ def differences(cur, src_schema: str, tgt_schema: str, catalog_schema: str, ship
     narrow = narrow if narrow is not None else narrow_rows(src_schema)
     cur.execute("SET jit = off")
     time_filter = sql.SQL("")
-    params: list = []
     if start is not None:
-        time_filter = sql.SQL(" AND created_time >= %s AND created_time < %s")
-        params = [start, end]
+        time_filter = sql.SQL(" AND created_time >= {} AND created_time < {}").format(
+            sql.Literal(start), sql.Literal(end))
+    # Everything is inlined as literals and run without parameters, so psycopg2 never %-formats
+    # the text (a channel named 'pct%s' stays as it is).
+    params = None
     out = {}
     for table, pairs in catalog_mapping(cur, catalog_schema, ship).items():
         cols = sql.SQL(", ").join(sql.Identifier(col) for _, col in pairs)
@@ -71,17 +73,15 @@ def differences(cur, src_schema: str, tgt_schema: str, catalog_schema: str, ship
         pivoted = sql.SQL("SELECT created_time, {p} FROM {t} WHERE ship_id = {s} AND {v}{f} "
                           "GROUP BY created_time").format(
             p=pivot, t=narrow, s=sql.Literal(ship), v=VALID, f=time_filter)
-        cur.execute(sql.SQL("SELECT count(*) FROM ({w} EXCEPT ALL {n}) x").format(w=wide, n=pivoted),
-                    params * 2)
+        cur.execute(sql.SQL("SELECT count(*) FROM ({w} EXCEPT ALL {n}) x").format(w=wide, n=pivoted), params)
         only_wide = cur.fetchone()[0]
-        cur.execute(sql.SQL("SELECT count(*) FROM ({n} EXCEPT ALL {w}) x").format(w=wide, n=pivoted),
-                    params * 2)
+        cur.execute(sql.SQL("SELECT count(*) FROM ({n} EXCEPT ALL {w}) x").format(w=wide, n=pivoted), params)
         out[table] = (only_wide, cur.fetchone()[0])
         if out[table] != (0, 0):            # show a few rows of each side to whoever reads the failure
             for label, query in (("only wide", sql.SQL("({w} EXCEPT ALL {n})")),
                                  ("only oracle", sql.SQL("({n} EXCEPT ALL {w})"))):
                 cur.execute(sql.SQL("SELECT * FROM {} x ORDER BY 1 LIMIT 3").format(
-                    query.format(w=wide, n=pivoted)), params * 2)
+                    query.format(w=wide, n=pivoted)), params)
                 print(f"oracle: {ship} {table} {label}: {cur.fetchall()}")
     return out
 
@@ -123,6 +123,6 @@ def copy_delta_tables(spark, cur, delta_root: str, catalog_schema: str, into_sch
         if rows:
             from psycopg2.extras import execute_values
 
-            execute_values(cur, sql.SQL("INSERT INTO {} VALUES %s").format(
-                sql.Identifier(into_schema, table)).as_string(cur),
-                [tuple(r.values()) for r in rows])
+            # execute_values %-formats its text: a '%' in the table name must be doubled first.
+            insert = "INSERT INTO " + sql.Identifier(into_schema, table).as_string(cur).replace("%", "%%")
+            execute_values(cur, insert + " VALUES %s", [tuple(r.values()) for r in rows])

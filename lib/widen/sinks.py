@@ -14,13 +14,12 @@ import io
 from dataclasses import dataclass
 from typing import Iterator
 
-import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2 import sql
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from widen import kernels
+from widen import db, kernels
 from widen.catalog import ShipLayout
 
 STATS_SCHEMA = StructType([
@@ -126,7 +125,7 @@ class ChunkWriter:
 
     def _write(self, wide: kernels.Pivoted, rejects: pa.Table) -> list[pa.RecordBatch]:
         """COPY the partition's wide rows and rejects into the chunk's staging tables."""
-        conn = psycopg2.connect(**self._conn_params)
+        conn = db.open_session(self._conn_params)
         try:
             with conn.cursor() as cur:
                 times = kernels.timestamp_text(wide.times)

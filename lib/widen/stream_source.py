@@ -88,7 +88,7 @@ class NarrowStreamReader(DataSourceStreamReader):
 
     # -- connections ------------------------------------------------------------------------------
     def _connect(self):
-        import psycopg2
+        from widen import db
 
         opts = self.options
         params = {"host": opts["host"], "port": int(opts["port"]), "dbname": opts["dbname"],
@@ -98,11 +98,7 @@ class NarrowStreamReader(DataSourceStreamReader):
                 params["password"] = fh.read().strip()
         elif opts.get("password_env") and os.environ.get(opts["password_env"]):
             params["password"] = os.environ[opts["password_env"]]
-        conn = psycopg2.connect(**params)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SET TIME ZONE 'UTC'")
-        return conn
+        return db.open_session(params, autocommit=True)
 
     def _table(self):
         from psycopg2 import sql

@@ -1,0 +1,87 @@
+"""One line that names what really went wrong, whatever wrapped it.
+
+Spark wraps a Python worker's exception in pages of text ("An exception was thrown from the Python
+worker:" … traceback … the real line), and a JDBC failure in an AnalysisException whose own message
+("Couldn't connect to the database") hides the driver's cause. ``describe`` digs out the real
+exception's class and message, for summaries, logs and ``backfill_chunks.error``.
+"""
+from __future__ import annotations
+
+import re
+
+_TRACEBACK = "Traceback (most recent call last):"
+_PG_PREFIX = re.compile(r"^(ERROR|FATAL|PANIC):\s+")
+MAX_LENGTH = 500
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split()) if "\n" in text else text.strip()
+    return text if len(text) <= MAX_LENGTH else text[: MAX_LENGTH - 1] + "…"
+
+
+def _python_exception_line(text: str) -> str | None:
+    """The exception line of the last Python traceback in ``text`` (class: message)."""
+    if _TRACEBACK not in text:
+        return None
+    lines = text.rsplit(_TRACEBACK, 1)[1].splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() and not line.startswith((" ", "\t")):
+            # A psycopg2 message may go on (DETAIL, HINT); keep its first line and the HINT.
+            extra = [x.strip() for x in lines[i + 1:i + 4] if x.strip().startswith(("DETAIL:", "HINT:"))]
+            name, _, message = line.partition(": ")
+            return _clip(f"{name.rsplit('.', 1)[-1]}: {message}" + (" " + " ".join(extra) if extra else ""))
+    return None
+
+
+def _java_chain(err: BaseException) -> list[tuple[str, str]]:
+    """(class, message) of the Java exception behind ``err`` and its causes, outermost first."""
+    java = getattr(err, "java_exception", None) or getattr(err, "_origin", None)
+    chain = []
+    try:
+        while java is not None and len(chain) < 20:
+            chain.append((str(java.getClass().getName()), str(java.getMessage() or "")))
+            java = java.getCause()
+    except Exception:  # noqa: BLE001 - the JVM may be gone; describe what we have
+        pass
+    return chain
+
+
+def describe(err: BaseException) -> str:
+    """``Class: message`` of the exception that really failed (one line, at most 500 characters)."""
+    text = str(err)
+    chain = _java_chain(err)
+    for candidate in [text, *(message for _, message in chain)]:
+        line = _python_exception_line(candidate)
+        if line:
+            return line
+    if chain:
+        # The PostgreSQL driver's own exception says most (host, port, SQLSTATE text); else the root.
+        pg = [c for c in chain if c[0].startswith("org.postgresql.")]
+        name, message = (pg or chain)[-1 if not pg else 0]
+        return _clip(f"{name.rsplit('.', 1)[-1]}: {message.strip().splitlines()[0] if message.strip() else ''}")
+    pgerror = getattr(err, "pgerror", None)
+    if pgerror:
+        first = _PG_PREFIX.sub("", pgerror.strip().splitlines()[0])
+        return _clip(f"{type(err).__name__}: {first}")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return _clip(f"{type(err).__name__}: {first}" if first else type(err).__name__)
+
+
+#: SQLSTATE classes of errors that belong to one statement on one table (a ship's data or its
+#: tables: data exceptions, constraint violations, a name or object problem, a program limit such
+#: as a row too big, a lock not available, a statement timeout); anything else (a lost connection,
+#: a full disk, a server shutting down) is the server's or the session's and concerns every ship
+_SHIP_LEVEL_CLASSES = ("22", "23", "42", "54", "55")
+_SHIP_LEVEL_CODES = ("57014",)
+
+
+def is_ship_level(err: BaseException) -> bool:
+    """Whether ``err`` concerns only the ship being written (so the others can go on without it)."""
+    code = getattr(err, "pgcode", None)
+    if code is None:
+        # Not a server error: a psycopg2 error without a code is a lost connection; widen's own
+        # checks (a layout that cannot be made) and Spark's errors on one ship's Delta tables are.
+        import psycopg2
+
+        return not isinstance(err, psycopg2.Error)
+    return code[:2] in _SHIP_LEVEL_CLASSES or code in _SHIP_LEVEL_CODES
