@@ -69,3 +69,32 @@ def test_empty_names_are_refused():
         naming.column_name("")
     with pytest.raises(ValueError):
         naming.table_name("t_{ship_id}", "")
+
+
+def test_table_names_are_unique_across_the_fleet_in_either_order():
+    template = "t_{ship_id}"
+    # S_p2 known when S needs its second part: S's part gets the other name.
+    planned = naming.TableNamer(template, reserved_ships=["S", "S_p2"])
+    assert [planned("S", 1), planned("S_p2", 1)] == ["t_S", "t_S_p2"]
+    assert planned("S", 2) == "t_S_p2_" + md5_8("S\x002\x000")
+    assert planned.notes == {("S", 2): "'t_S_p2' is the table of ship 'S_p2' part 1"}
+    # S_p2 arrives after S's part took the natural name: S_p2 gets the other name, stably.
+    later = naming.TableNamer(template, owners={"t_S": ("S", 1), "t_S_p2": ("S", 2)})
+    first = later("S_p2", 1)
+    assert first == "t_S_p2_" + md5_8("S_p2\x001\x000") and later("S_p2", 1) == first
+    assert naming.TableNamer(template, owners={"t_S_p2": ("S", 2), first: ("S_p2", 1)})("S_p2", 1) == first
+
+
+def test_a_taken_disambiguated_name_moves_on():
+    template = "t_{ship_id}"
+    taken = "t_S_p2_" + md5_8("S_p2\x001\x000")
+    namer = naming.TableNamer(template, owners={"t_S_p2": ("S", 2), taken: ("X", 1)})
+    assert namer("S_p2", 1) == "t_S_p2_" + md5_8("S_p2\x001\x001")
+
+
+def test_delta_names_collide_by_their_storage_key():
+    """In a metastore, names are compared lower-cased and hashed: the namer checks the key."""
+    key = lambda name: naming.delta_dir_name(name, lower=True)  # noqa: E731
+    namer = naming.TableNamer("t_{ship_id}", owners={key("t_abc"): ("abc", 1)}, key=key)
+    assert namer("ABC", 1) == "t_ABC"                      # its key t_abc_<md5> differs: kept
+    assert key("t_ABC") != key("t_abc")

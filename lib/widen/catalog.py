@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
-from widen import naming
+from widen import db, naming
 
 # Row layout overheads used to estimate a wide row's size (PostgreSQL heap tuple).
 TUPLE_HEADER_BYTES = 24
@@ -27,6 +27,9 @@ _DDL = [
         ship_id text NOT NULL, part integer NOT NULL, table_schema text NOT NULL,
         table_name text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (ship_id, part), UNIQUE (table_schema, table_name))""",
+    # Additive: why a table does not have its natural name (a collision resolved by the rule in
+    # naming.TableNamer), NULL when it does.
+    "ALTER TABLE {s}.wide_tables ADD COLUMN IF NOT EXISTS name_note text",
     """CREATE TABLE IF NOT EXISTS {s}.channel_columns (
         ship_id text NOT NULL, data_channel_id text NOT NULL, table_name text NOT NULL,
         column_name text NOT NULL, value_format text, first_seen timestamptz NOT NULL DEFAULT now(),
@@ -44,6 +47,10 @@ _DDL = [
     # newest created_time the batch merged (freshness).
     "ALTER TABLE {s}.stream_batches ADD COLUMN IF NOT EXISTS late_rows bigint",
     "ALTER TABLE {s}.stream_batches ADD COLUMN IF NOT EXISTS newest_created_time timestamptz",
+    """CREATE TABLE IF NOT EXISTS {s}.stream_failures (
+        query_name text NOT NULL, batch_id bigint NOT NULL, ship_id text NOT NULL, narrow_rows bigint,
+        first_created_time timestamptz, last_created_time timestamptz, error text,
+        failed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (query_name, batch_id, ship_id))""",
     """CREATE TABLE IF NOT EXISTS {s}.rejects (
         ship_id text, data_channel_id text, created_time timestamptz, value_format text,
         double_v double precision, long_v bigint, str_v text, bool_v boolean,
@@ -83,6 +90,8 @@ class ShipLayout:
     ship_id: str
     tables: dict[int, str] = field(default_factory=dict)
     channels: dict[str, ChannelColumn] = field(default_factory=dict)
+    #: part -> why its table does not have its natural name (recorded in ``wide_tables.name_note``)
+    notes: dict[int, str] = field(default_factory=dict)
 
     def part_channels(self, part: int) -> list[ChannelColumn]:
         return sorted((c for c in self.channels.values() if c.part == part),
@@ -112,22 +121,29 @@ class LayoutError(ValueError):
 
 
 def assign_channels(layout: ShipLayout, new: dict[str, tuple[str | None, float | None]],
-                    template: str, max_columns: int, max_row_bytes: float,
+                    namer, max_columns: int, max_row_bytes: float,
                     fold_case: bool = False) -> list[ChannelColumn]:
     """Place channels not yet in ``layout`` (channel -> (format, avg bytes)); returns those added.
 
     Existing channels never move. New ones go to the last part while it stays under both
-    ``max_columns`` and ``max_row_bytes``, else to a new part table (``_p2``, ``_p3`` …).
+    ``max_columns`` and ``max_row_bytes``, else to a new part table (``_p2``, ``_p3`` …) named by
+    ``namer(ship_id, part)`` (a ``naming.TableNamer``: unique across the fleet).
     With ``fold_case`` (Delta: column names are unique regardless of case) a channel whose column
     differs from one in the last part only by case goes to a new part, under its own name.
     """
     def key(column: str) -> str:
         return column.lower() if fold_case else column
 
+    def add_table(part: int) -> None:
+        layout.tables[part] = namer(layout.ship_id, part)
+        note = getattr(namer, "notes", {}).get((layout.ship_id, part))
+        if note:
+            layout.notes[part] = note
+
     added: list[ChannelColumn] = []
     used_columns = {(c.part, key(c.column_name)) for c in layout.channels.values()}
     if not layout.tables:
-        layout.tables[1] = naming.table_name(template, layout.ship_id, 1)
+        add_table(1)
     for channel in sorted(c for c in new if c not in layout.channels):
         fmt, avg = new[channel]
         column = naming.column_name(channel)
@@ -143,7 +159,7 @@ def assign_channels(layout: ShipLayout, new: dict[str, tuple[str | None, float |
                 or estimated_row_bytes(members + [candidate]) > max_row_bytes
                 or (part, key(column)) in used_columns):
             part += 1
-            layout.tables[part] = naming.table_name(template, layout.ship_id, part)
+            add_table(part)
         candidate.part = part
         used_columns.add((part, key(column)))
         layout.channels[channel] = candidate
@@ -152,10 +168,64 @@ def assign_channels(layout: ShipLayout, new: dict[str, tuple[str | None, float |
 
 
 def grow_layout(layout: ShipLayout, new: dict[str, tuple[str | None, float | None]],
-                target) -> list[ChannelColumn]:
-    """``assign_channels`` with the limits of the configured target (a ``TargetConfig``)."""
-    return assign_channels(layout, new, target.wide_table_template, target.max_columns_per_table,
-                           target.row_byte_limit, fold_case=target.is_delta)
+                target, namer=None) -> list[ChannelColumn]:
+    """``assign_channels`` with the limits of the configured target (a ``TargetConfig``); new
+    tables named by ``namer`` (default: the natural names, without looking at the fleet)."""
+    return assign_channels(layout, new, namer or naming.TableNamer(target.wide_table_template),
+                           target.max_columns_per_table, target.row_byte_limit, fold_case=target.is_delta)
+
+
+def storage_key(target):
+    """How the target tells two table names apart: PostgreSQL by the name itself, Delta by the
+    directory (or metastore name) the name maps to."""
+    if not target.is_delta:
+        return lambda name: name
+    if target.delta_root:
+        return naming.delta_dir_name
+    return lambda name: naming.delta_dir_name(name, lower=True)
+
+
+def lock_table_names(cur, session: bool = False) -> None:
+    """Serialise the choice of new table names across processes (to the transaction's end, or
+    with ``session`` until ``unlock_table_names``)."""
+    cur.execute(f"SELECT {'pg_advisory_lock' if session else 'pg_advisory_xact_lock'}"
+                "(hashtext('widen.table_names'))")
+
+
+def unlock_table_names(cur) -> None:
+    cur.execute("SELECT pg_advisory_unlock(hashtext('widen.table_names'))")
+
+
+def fleet_namer(conn, target, reserved_ships=()) -> naming.TableNamer:
+    """A ``TableNamer`` that knows every table the catalog has given out (call it holding
+    ``lock_table_names``)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id, part, table_name FROM {}").format(
+            sql.Identifier(target.catalog_schema, "wide_tables")))
+        rows = cur.fetchall()
+    key = storage_key(target)
+    return naming.TableNamer(target.wide_table_template, {key(t): (s, p) for s, p, t in rows},
+                             reserved_ships, key)
+
+
+class LazyFleetNamer:
+    """A ``fleet_namer`` made on first use, under the transaction-level names lock: a layout that
+    needs no new table costs nothing."""
+
+    def __init__(self, conn, target):
+        self.conn, self.target = conn, target
+        self._namer: naming.TableNamer | None = None
+
+    @property
+    def notes(self) -> dict:
+        return self._namer.notes if self._namer else {}
+
+    def __call__(self, ship_id: str, part: int) -> str:
+        if self._namer is None:
+            with self.conn.cursor() as cur:
+                lock_table_names(cur)
+            self._namer = fleet_namer(self.conn, self.target)
+        return self._namer(ship_id, part)
 
 
 def record_layout(conn, target, layout: ShipLayout) -> None:
@@ -174,7 +244,7 @@ def extend_layout(conn, target, ship_id: str, new: dict[str, tuple[str | None, f
     with conn.cursor() as cur:
         lock_layout(cur, ship_id)
     layout = load_layout(conn, target.catalog_schema, ship_id)
-    grow_layout(layout, new, target)
+    grow_layout(layout, new, target, LazyFleetNamer(conn, target))
     record_layout(conn, target, layout)
     return layout
 
@@ -201,18 +271,16 @@ def save_layout(conn, catalog_schema: str, target_schema: str, layout: ShipLayou
     s = sql.Identifier(catalog_schema)
     with conn.cursor() as cur:
         for part, table in layout.tables.items():
-            cur.execute(sql.SQL("INSERT INTO {s}.wide_tables (ship_id, part, table_schema, table_name) "
-                                "VALUES (%s, %s, %s, %s) ON CONFLICT (ship_id, part) DO NOTHING")
-                        .format(s=s), (layout.ship_id, part, target_schema, table))
+            cur.execute(sql.SQL("INSERT INTO {s}.wide_tables (ship_id, part, table_schema, table_name, "
+                                "name_note) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (ship_id, part) DO NOTHING")
+                        .format(s=s), (layout.ship_id, part, target_schema, table, layout.notes.get(part)))
         rows = [(layout.ship_id, c.data_channel_id, layout.tables[c.part], c.column_name,
                  c.value_format, c.avg_bytes) for c in layout.channels.values()]
         if rows:
-            from psycopg2.extras import execute_values
-
-            execute_values(cur, sql.SQL(
+            db.execute_values(cur, sql.SQL(
                 "INSERT INTO {s}.channel_columns (ship_id, data_channel_id, table_name, column_name, "
                 "value_format, avg_bytes) VALUES %s ON CONFLICT (ship_id, data_channel_id) DO NOTHING")
-                .format(s=s).as_string(cur), rows)
+                .format(s=s), rows)
 
 
 def ensure_wide_tables(conn, target_schema: str, layout: ShipLayout) -> int:

@@ -23,21 +23,17 @@ while the backfill fills the history).
 """
 from __future__ import annotations
 
-import hashlib
-import re
 import threading
 import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from widen import catalog, kernels
+from widen import catalog, kernels, naming
 from widen.config import TargetConfig
 from widen.sinks import STATS_SCHEMA, ChunkWriter
 from widen.stream_sink import present_columns
 
-_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
-_METASTORE = re.compile(r"[a-z0-9_]{1,100}")
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 #: the txn session confs are session-wide: one idempotent MERGE at a time in this process
 _TXN_LOCK = threading.Lock()
@@ -54,15 +50,9 @@ def quoted(name: str) -> str:
 
 
 def table_dir(name: str, lower: bool = False) -> str:
-    """The directory name of a wide table, or with ``lower`` its metastore table name (which
-    allows only lower-case letters, digits and ``_``): the name itself when it qualifies, else its
-    allowed characters + ``_`` + the first 8 hex digits of its md5."""
-    plain = _METASTORE if lower else _PLAIN
-    if plain.fullmatch(name):
-        return name
-    digest = hashlib.md5(name.encode()).hexdigest()[:8]
-    stem = re.sub(r"[^a-z0-9_]" if lower else r"[^A-Za-z0-9_.-]", "_", name.lower() if lower else name)
-    return f"{stem.lstrip('.-')[:60]}_{digest}"
+    """The directory (or with ``lower`` the metastore table name) of a wide table
+    (``naming.delta_dir_name``)."""
+    return naming.delta_dir_name(name, lower)
 
 
 def _is_conflict(err: Exception) -> bool:

@@ -7,6 +7,8 @@ character boundary) and suffixed with ``_`` and the first 8 hex digits of its md
 from __future__ import annotations
 
 import hashlib
+import re
+from typing import Callable
 
 MAX_IDENTIFIER_BYTES = 63
 PREFIX_BYTES = 54
@@ -57,3 +59,66 @@ def column_names(channels: list[str]) -> dict[str, str]:
         owner[column] = channel
         mapping[channel] = column
     return mapping
+
+
+def _md5_8(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest()[:8]
+
+
+_PLAIN_DIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+_METASTORE_NAME = re.compile(r"[a-z0-9_]{1,100}")
+
+
+def delta_dir_name(name: str, lower: bool = False) -> str:
+    """The directory of a Delta wide table under its root, or with ``lower`` its metastore table
+    name (which allows only lower-case letters, digits and ``_``): the name itself when it
+    qualifies, else its allowed characters + ``_`` + the first 8 hex digits of its md5."""
+    plain = _METASTORE_NAME if lower else _PLAIN_DIR
+    if plain.fullmatch(name):
+        return name
+    stem = re.sub(r"[^a-z0-9_]" if lower else r"[^A-Za-z0-9_.-]", "_", name.lower() if lower else name)
+    return f"{stem.lstrip('.-')[:60]}_{_md5_8(name)}"
+
+
+class TableNamer:
+    """Names each (ship, part) table so that no two are the same across the fleet.
+
+    The rule (DESIGN.md, "Identifiers"): a table gets its natural name (``table_name``) unless
+    that name, compared by ``key`` (the storage name: the table name itself in PostgreSQL, the
+    directory or metastore name in Delta), already belongs to another (ship, part), or is the
+    natural main-table name of another ship in ``reserved_ships``. Then it gets the natural name's
+    first 54 bytes + ``_`` + 8 hex digits of md5(ship_id, part, attempt), the first attempt that
+    is free. A main table therefore keeps its natural name whenever it can, and ship ``S``'s part
+    ``S_p2`` never takes ship ``S_p2``'s table. ``notes`` says why a name was changed.
+    """
+
+    def __init__(self, template: str, owners: dict[str, tuple[str, int]] | None = None,
+                 reserved_ships=(), key: Callable[[str], str] = lambda name: name):
+        self.template = template
+        self.key = key
+        self.owners: dict[str, tuple[str, int]] = dict(owners or {})
+        self.reserved = {}
+        for ship in reserved_ships:
+            try:
+                self.reserved.setdefault(key(table_name(template, ship, 1)), ship)
+            except ValueError:
+                continue
+        self.notes: dict[tuple[str, int], str] = {}
+
+    def __call__(self, ship_id: str, part: int) -> str:
+        natural = table_name(self.template, ship_id, part)
+        candidate, attempt = natural, 0
+        while True:
+            key = self.key(candidate)
+            owner = self.owners.get(key)
+            holder = self.reserved.get(key)
+            if owner in (None, (ship_id, part)) and holder in (None, ship_id):
+                break
+            if candidate == natural:
+                other = f"ship {owner[0]!r} part {owner[1]}" if owner else f"ship {holder!r}"
+                self.notes[(ship_id, part)] = f"{natural!r} is the table of {other}"
+            salt = "\x00".join((ship_id, str(part), str(attempt)))
+            candidate = f"{_utf8_prefix(natural, PREFIX_BYTES)}_{_md5_8(salt)}"
+            attempt += 1
+        self.owners[key] = (ship_id, part)
+        return candidate

@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
+import psycopg2
 from psycopg2 import sql
 
-from widen import catalog, db, render
+from widen import catalog, db, errors, render
 from widen.config import Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.session import resolve_connections
@@ -92,23 +93,35 @@ def update_layouts(conn, config: Config,
                    stats: dict[str, dict]) -> tuple[dict[str, catalog.ShipLayout], dict[str, str]]:
     """Load each ship's layout, place its new channels, save (commits per ship).
 
-    Returns the layouts and, per ship that cannot be laid out, why: one impossible ship does not
-    stop the others.
+    New tables are named under the fleet-wide names lock, held for the whole call, so every name
+    is unique across the fleet (``naming.TableNamer``); the natural main-table names of all ships
+    in ``stats`` are reserved for them. Returns the layouts and, per ship that cannot be laid out,
+    why: one impossible ship does not stop the others.
     """
     tgt = config.target
     layouts, problems = {}, {}
-    for ship in sorted(stats):
-        catalog.lock_layout(conn.cursor(), ship)
-        layout = catalog.load_layout(conn, tgt.catalog_schema, ship)
-        try:
-            catalog.grow_layout(layout, new_channels(stats[ship]), tgt)
-        except (catalog.LayoutError, ValueError) as err:
-            conn.rollback()
-            problems[ship] = str(err)
-            continue
-        catalog.record_layout(conn, tgt, layout)
+    with conn.cursor() as cur:
+        catalog.lock_table_names(cur, session=True)
+    try:
+        namer = catalog.fleet_namer(conn, tgt, reserved_ships=sorted(stats))
         conn.commit()
-        layouts[ship] = layout
+        for ship in sorted(stats):
+            try:
+                with conn.cursor() as cur:
+                    catalog.lock_layout(cur, ship)
+                layout = catalog.load_layout(conn, tgt.catalog_schema, ship)
+                catalog.grow_layout(layout, new_channels(stats[ship]), tgt, namer)
+                catalog.record_layout(conn, tgt, layout)
+                conn.commit()
+            except (catalog.LayoutError, ValueError, psycopg2.Error) as err:
+                conn.rollback()
+                problems[ship] = errors.describe(err)
+                continue
+            layouts[ship] = layout
+    finally:
+        with conn.cursor() as cur:
+            catalog.unlock_table_names(cur)
+        conn.commit()
     return layouts, problems
 
 
