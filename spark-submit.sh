@@ -6,48 +6,74 @@
 # shipped as a zip (--py-files), the config with --files, the JDBC/Delta jars with --jars
 # (WIDEN_PACKAGES=1: --packages from Maven Central instead). Extra spark-submit options:
 # SPARK_SUBMIT_OPTS_EXTRA="--conf k=v ...".
-set -euo pipefail
+#
+# Output: progress, messages and Spark's own lines on stderr; the one-line JSON summary alone on
+# stdout, last. (spark-submit merges the Python driver's stderr into its stdout, so the driver
+# writes the summary to a file this script prints at the end.) Exit code: the job's (0, 1, 2).
+set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-if [ $# -lt 1 ]; then
-  echo "usage: $0 <plan|backfill|rollback|stream|reconcile|demo|generate> [--master URL] [--config FILE] [args]" >&2
+jobs="plan, backfill, rollback, stream, reconcile, demo, generate"
+
+json_escape() {
+  local s=$1
+  s=${s//\\/\\\\}; s=${s//\"/\\\"}; s=${s//$'\n'/\\n}; s=${s//$'\t'/\\t}; s=${s//$'\r'/\\r}
+  printf '%s' "$s"
+}
+
+# Bad input: one line on stderr, the JSON summary on stdout, exit 2.
+bad_input() {
+  echo "spark-submit.sh: $2" >&2
+  printf '{"job": "%s", "status": "bad_input", "error": "%s"}\n' "$(json_escape "$1")" "$(json_escape "$2")"
   exit 2
+}
+
+if [ $# -lt 1 ]; then
+  bad_input "?" "usage: $0 <$jobs> [--master URL] [--deploy-mode client|cluster] [--config FILE] [job args]"
 fi
 job=$1; shift
-if [ ! -f "$here/jobs/$job.py" ]; then
-  echo "spark-submit.sh: unknown job '$job' (plan, backfill, rollback, stream, reconcile, demo, generate)" >&2
-  exit 2
-fi
+case "$job" in
+  plan|backfill|rollback|stream|reconcile|demo|generate) ;;
+  *) bad_input "?" "unknown job '$job' (one of: $jobs)" ;;
+esac
 master=${SPARK_MASTER:-local[*]}
 deploy_mode=client
 config=conf/local.yaml
 args=()
+needs_value() {   # $1 flag, $2 number of arguments left including the flag
+  [ "$2" -ge 2 ] || bad_input "$job" "$1 needs a value"
+}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --master) master=$2; shift 2 ;;
+    --master) needs_value "$1" $#; master=$2; shift 2 ;;
     --master=*) master=${1#--master=}; shift ;;
-    --deploy-mode) deploy_mode=$2; shift 2 ;;
+    --deploy-mode) needs_value "$1" $#; deploy_mode=$2; shift 2 ;;
     --deploy-mode=*) deploy_mode=${1#--deploy-mode=}; shift ;;
-    --config) config=$2; args+=("$1" "$2"); shift 2 ;;
-    --config=*) config=${1#--config=}; args+=("$1"); shift ;;
+    --config) needs_value "$1" $#; config=$2; shift 2 ;;
+    --config=*) config=${1#--config=}; shift ;;
     *) args+=("$1"); shift ;;
   esac
 done
+[ -n "$master" ] || bad_input "$job" "--master needs a value"
+case "$deploy_mode" in client|cluster) ;; *) bad_input "$job" "--deploy-mode must be client or cluster, got '$deploy_mode'" ;; esac
+# A relative --config means relative to where the user stands; the default is the repository's.
+if [ "$config" = conf/local.yaml ] && [ ! -f "$config" ]; then
+  config="$here/conf/local.yaml"
+fi
+case "$config" in /*) ;; *) config="$PWD/$config" ;; esac
+[ -f "$config" ] || bad_input "$job" "config file $config does not exist"
 if [ "$deploy_mode" = cluster ] && [ "${master#spark://}" != "$master" ]; then
   # Spark itself refuses this ("Cluster deploy mode is currently not supported for python
   # applications on standalone clusters"); say so before starting anything.
-  echo "spark-submit.sh: Spark does not run Python applications in cluster deploy mode on a standalone" \
-       "master; use client mode (the default: the driver runs here, executors on the cluster)," \
-       "or cluster mode on YARN or Kubernetes" >&2
-  exit 2
+  bad_input "$job" "Spark does not run Python applications in cluster deploy mode on a standalone master; use client mode (the default: the driver runs here, executors on the cluster), or cluster mode on YARN or Kubernetes"
 fi
 venv=${WIDEN_VENV:-$here/.venv}
 submit=${SPARK_SUBMIT:-$venv/bin/spark-submit}
-[ -x "$submit" ] || { echo "spark-submit.sh: $submit not found: run 'make setup'" >&2; exit 2; }
+[ -x "$submit" ] || bad_input "$job" "$submit not found: run 'make setup'"
 if [ -n "${WIDEN_PACKAGES:-}" ]; then
-  jar_opts=(--packages "org.postgresql:postgresql:42.7.8,io.delta:delta-spark_4.2_2.13:4.4.0")
+  jar_opts=(--packages "org.postgresql:postgresql:42.7.8,io.delta:delta-spark_4.2_2.13:4.4.0,com.kohlschutter.junixsocket:junixsocket-common:2.10.1,com.kohlschutter.junixsocket:junixsocket-native-common:2.10.1")
 else
   jars=$(ls "$here"/jars/*.jar 2>/dev/null | paste -sd, -)
-  [ -n "$jars" ] || { echo "spark-submit.sh: no jars in $here/jars: run 'make setup'" >&2; exit 2; }
+  [ -n "$jars" ] || bad_input "$job" "no jars in $here/jars: run 'make setup'"
   jar_opts=(--jars "$jars")
 fi
 mkdir -p "$here/build"
@@ -59,18 +85,42 @@ with zipfile.ZipFile(root / "build" / "widen.zip", "w", zipfile.ZIP_DEFLATED) as
     for path in sorted((root / "lib" / "widen").rglob("*.py")):
         zf.write(path, path.relative_to(root / "lib"))
 PY
+[ $? -eq 0 ] || { echo "spark-submit.sh: could not build $here/build/widen.zip" >&2; exit 1; }
 export TZ=UTC
 export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$venv/bin/python}
 export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$venv/bin/python}
 export WIDEN_SUBMITTED=1
+if [ "${master#local}" != "$master" ]; then
+  # The Spark UI (and the driver) listen on SPARK_LOCAL_IP, else on every interface.
+  export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}
+fi
+# In cluster deploy mode the driver runs elsewhere and finds the config --files shipped by its name.
+job_config=$config
+[ "$deploy_mode" = cluster ] && job_config=$(basename "$config")
+summary=$(mktemp "${TMPDIR:-/tmp}/widen-summary.XXXXXX")
+trap 'rm -f "$summary"' EXIT
+export WIDEN_SUMMARY_FILE=$summary
 cd "$here"
-file_opts=()
-if [ -f "$config" ]; then file_opts=(--files "$config"); fi
 # shellcheck disable=SC2086
-exec "$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" "${file_opts[@]}" \
+"$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" --files "$config" \
   --py-files "$here/build/widen.zip" ${SPARK_SUBMIT_OPTS_EXTRA:-} \
   --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$here/conf/log4j2.properties" \
   --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
   --conf spark.sql.session.timeZone=UTC \
   --conf spark.ui.showConsoleProgress=false \
-  "$here/jobs/$job.py" "${args[@]}"
+  "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
+child=$!
+# SIGTERM/SIGINT go on to spark-submit (the stream stops after its current batch).
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+while :; do
+  wait "$child"; code=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+if [ -s "$summary" ]; then
+  cat "$summary"
+else
+  printf '{"job": "%s", "status": "error", "error": "spark-submit exited with code %s before the job wrote its summary (see stderr)"}\n' \
+    "$(json_escape "$job")" "$code"
+  [ "$code" -ne 0 ] || code=1
+fi
+exit "$code"

@@ -268,7 +268,7 @@ def main() -> int:
     conn = connect(cfg)
     if not args.reuse_data:
         made = generate.generate_fleet(cfg.source.connection, SRC_SCHEMA, ships=args.ships,
-                                       channels=args.channels, hours=args.hours, replace=True)
+                                       channels=args.channels, hours=args.hours, replace=True, replace_any_table=True)
         print(f"generated {made['rows']:,} narrow rows in {made['seconds']} s", flush=True)
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries")))

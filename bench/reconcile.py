@@ -82,7 +82,7 @@ def main() -> int:
                 cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         conn.close()
         made = generate.generate_fleet(config.source.connection, SRC, ships=args.ships, channels=args.channels,
-                                       hours=args.hours, replace=True)
+                                       hours=args.hours, replace=True, replace_any_table=True)
         print(f"[bench] generated {made['rows']:,} narrow rows in {made['seconds']} s", flush=True)
         done = backfill.run(config, spark)
         print(f"[bench] backfill {done.summary['seconds']} s", flush=True)

@@ -1,7 +1,9 @@
 """The README's way to run a job: ./spark-submit.sh (spark-submit, the library as a zip, the jars)."""
+import ipaddress
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import oracle
@@ -9,21 +11,64 @@ import oracle
 NAME = "submit"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 ROOT = Path(__file__).resolve().parents[1]
+WRAPPER = str(ROOT / "spark-submit.sh")
 
 
-def test_backfill_through_the_wrapper(fresh_fleet, write_config, pg):
+def _address(hex_address: str) -> ipaddress._BaseAddress:
+    """An address as /proc/net/tcp{,6} writes it: 32-bit words in host (little-endian) order."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words)
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def listening(ports: range) -> set:
+    """Local addresses of TCP sockets listening on ``ports``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, port = local.rsplit(":", 1)
+                if state == "0A" and int(port, 16) in ports:
+                    found.add(_address(address))
+    return found
+
+
+def test_backfill_through_the_wrapper(fresh_fleet, write_config, pg, tmp_path):
     fresh_fleet(NAME, ships=2, channels=5, hours=2, seed=8).close()
     config_path = write_config(NAME)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_MASTER")}
-    run = subprocess.run([str(ROOT / "spark-submit.sh"), "backfill", "--config", str(config_path)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_MASTER", "SPARK_LOCAL_IP")}
+    # A relative --config means relative to where the user stands, not to the repository.
+    proc = subprocess.Popen([WRAPPER, "backfill", "--config", config_path.name], cwd=config_path.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ui_addresses: set[str] = set()
+    deadline = time.monotonic() + 600
+    while proc.poll() is None:
+        assert time.monotonic() < deadline
+        ui_addresses |= listening(range(4040, 4100))
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    [line] = out.strip().splitlines()                     # the JSON summary, alone on stdout
+    summary = json.loads(line)
     assert (summary["job"], summary["status"], summary["chunks_done"]) == ("backfill", "ok", 4)
-    # spark-submit merges the Python driver's stderr into its stdout
-    assert "[backfill] chunks 4/4" in run.stdout + run.stderr
+    assert "[backfill] chunks 4/4" in err                 # progress on stderr
+    # The Spark UI ran, on the loopback only.
+    assert ui_addresses and all(a.is_loopback for a in ui_addresses), ui_addresses
     with pg.cursor() as cur:
         oracle.assert_equal_to_oracle(cur, SRC, TGT, CAT)
-    bad = subprocess.run([str(ROOT / "spark-submit.sh"), "explode"], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown job" in bad.stderr
+
+
+def test_wrapper_usage_errors_are_bad_input(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cases = [(["explode"], "unknown job 'explode'"), (["plan", "--config"], "--config needs a value"),
+             (["plan", "--master"], "--master needs a value"), (["plan", "--deploy-mode", "sideways"], "client or cluster"),
+             (["plan", "--config", "nowhere.yaml"], f"config file {tmp_path}/nowhere.yaml does not exist")]
+    for argv, message in cases:
+        run = subprocess.run([WRAPPER, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2, (argv, run.stderr)
+        [line] = run.stdout.strip().splitlines()
+        summary = json.loads(line)
+        assert summary["status"] == "bad_input" and message in summary["error"], (argv, summary)
+        assert message in run.stderr

@@ -7,7 +7,6 @@ counted in stream_batches, the log and the Prometheus metrics (HTTP and textfile
 """
 from __future__ import annotations
 
-import io
 import re
 import socket
 import threading
@@ -50,7 +49,7 @@ def insert_returning_ids(conn, data: list[tuple]) -> list[int]:
         return ids
 
 
-def test_live_stream_with_late_rows(fresh_fleet, make_config, spark, pg, pg_server, tmp_path):
+def test_live_stream_with_late_rows(fresh_fleet, make_config, spark, pg, pg_server, tmp_path, caplog):
     fresh_fleet(NAME, ships=0, ingest_id=True).close()
     config = make_config(NAME, source__order_column="ingest_id")
     port = free_port()
@@ -58,8 +57,8 @@ def test_live_stream_with_late_rows(fresh_fleet, make_config, spark, pg, pg_serv
         config.stream, query_name="live", checkpoint=str(tmp_path / "cp"), start="earliest",
         trigger_seconds=0.2, watermark_seconds=120, metrics_port=port,
         metrics_textfile=str(tmp_path / "widen.prom")))
-    log = io.StringIO()
-    run = stream.start(config, spark, out=log)
+    caplog.set_level("INFO", logger="widen")
+    run = stream.start(config, spark)
 
     def writer(minutes: range) -> None:
         conn = psycopg2.connect(host=pg_server["host"], port=pg_server["port"], user=pg_server["user"],
@@ -121,7 +120,7 @@ def test_live_stream_with_late_rows(fresh_fleet, make_config, spark, pg, pg_serv
     assert [b[0] for b in batches] == list(range(len(batches)))        # no gap, no duplicate
     assert sum(b[1] for b in batches) == len(beyond) == summary["late_rows"]
     assert summary["narrow_rows"] == sum(b[2] for b in batches)
-    assert "rows were older than the watermark" in log.getvalue()
+    assert "rows were older than the watermark" in caplog.text
     textfile = (tmp_path / "widen.prom").read_text()
     for text in (scraped, textfile):
         assert metric(text, "widen_stream_late_rows_total") == len(beyond)

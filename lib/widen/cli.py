@@ -1,28 +1,37 @@
 """Command line: ``<job> --config conf/<env>.yaml [--ships A,B] [--start T] [--end T] …``.
 
 Exit codes: 0 success, 1 the job ran and found a problem (or another run of the same job holds
-the ship: status "busy"), 2 bad input or config. The one-line JSON summary is always the last line
-on stdout.
+the ship: status "busy"; or an unexpected error, whose real cause is named), 2 bad input or config
+(one line naming the key or argument and what is wrong, never a traceback). Progress, messages and
+reports go to stderr; the one-line JSON summary goes alone to stdout, last (or, under
+``spark-submit.sh``, which merges the driver's stderr into its stdout, to the file
+``WIDEN_SUMMARY_FILE`` that the wrapper prints to stdout at the end).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import logging
+import os
 import sys
+import traceback
 
-from widen.config import ConfigError, load
+from widen import errors, log, secrets
+from widen.config import BadInput, load
 from widen.jobs import EXIT_BAD_INPUT, EXIT_PROBLEM, Result
 from widen.locks import JobBusy
 
 JOBS = ("plan", "backfill", "rollback", "stream", "reconcile", "demo", "generate")
+EXIT_INTERRUPTED = 130
+logger = logging.getLogger(__name__)
 
 
 def parse_time(text: str) -> dt.datetime:
     try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO timestamp: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an ISO timestamp: {text!r} (e.g. 2026-01-01T00:00:00Z)") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
@@ -33,9 +42,31 @@ def parse_ships(text: str) -> list[str]:
     return ships
 
 
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of hours, got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # exit 2 with the JSON line, like every other bad input
-        raise ConfigError(message)
+        raise BadInput(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,51 +84,102 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reconcile: re-merge what differs from the source, then check again")
     parser.add_argument("--no-duplicates", action="store_true",
                         help="plan: skip the duplicate-key count (a full GROUP BY)")
+    parser.add_argument("--verbose", action="store_true", help="debug lines, tracebacks and Spark's own logs")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="stderr lines as text (default) or one JSON object a line")
     # generate / demo
-    parser.add_argument("--fleet-ships", type=int, default=4)
-    parser.add_argument("--channels", type=int, default=50)
-    parser.add_argument("--hours", type=float, default=6.0)
+    parser.add_argument("--fleet-ships", type=_count(0), default=4)
+    parser.add_argument("--channels", type=_count(1), default=50)
+    parser.add_argument("--hours", type=_hours, default=6.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--replace", action="store_true",
-                        help="generate: empty the narrow table first (it refuses to mix otherwise)")
+                        help="generate: empty the narrow table first (only a table generate made)")
+    parser.add_argument("--replace-any-table", action="store_true",
+                        help="generate: empty the narrow table even if generate did not make it (dangerous)")
     return parser
+
+
+def read_ships(args) -> list[str] | None:
+    ships = list(args.ships or [])
+    if args.ships_file:
+        try:
+            with open(args.ships_file, encoding="utf-8") as fh:
+                ships += [line.rstrip("\r\n") for line in fh if line.rstrip("\r\n")]
+        except OSError as err:
+            raise BadInput(f"--ships-file: cannot read {args.ships_file!r} ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise BadInput(f"--ships-file: {args.ships_file!r} is not UTF-8 text") from None
+        if not ships:
+            raise BadInput(f"--ships-file: {args.ships_file!r} names no ship")
+    return ships or None
+
+
+def check_range(start: dt.datetime | None, end: dt.datetime | None) -> None:
+    if start is not None and end is not None and start >= end:
+        raise BadInput(f"--start {start.isoformat()} is not before --end {end.isoformat()}: the range is empty")
 
 
 def run_job(args, config) -> Result:
     from importlib import import_module
 
     module = import_module(f"widen.jobs.{args.job}")
-    ships = list(args.ships or [])
-    if args.ships_file:
-        with open(args.ships_file, encoding="utf-8") as fh:
-            ships += [line.rstrip("\n") for line in fh if line.rstrip("\n")]
-    return module.run(config, ships=ships or None, start=args.start, end=args.end,
+    check_range(args.start, args.end)
+    return module.run(config, ships=read_ships(args), start=args.start, end=args.end,
                       dry_run=args.dry_run, once=args.once, repair=args.repair, duplicates=not args.no_duplicates,
                       fleet_ships=args.fleet_ships, channels=args.channels, hours=args.hours,
-                      seed=args.seed, replace=args.replace)
+                      seed=args.seed, replace=args.replace or args.replace_any_table,
+                      replace_any_table=args.replace_any_table)
+
+
+def _emit(line: str) -> None:
+    """The JSON summary: alone on stdout, or into the wrapper's summary file."""
+    line = secrets.scrub(line)
+    target = os.environ.get("WIDEN_SUMMARY_FILE")
+    if target:
+        with open(target, "w", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        return
+    print(line, flush=True)
+
+
+def _fail(job: str, status: str, message: str, code: int, hint: str = "") -> int:
+    message = secrets.scrub(message)
+    print(f"widen: {message}{hint}", file=sys.stderr, flush=True)
+    _emit(json.dumps({"job": job, "status": status, "error": message}))
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    job = argv[0] if argv and argv[0] in JOBS else "?"
+    verbose = "--verbose" in argv
+    log.setup(verbose, "json" if "--log-format=json" in argv or
+              any(a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:])) else "text")
     try:
         args = build_parser().parse_args(argv)
-        config = load(args.config)
+        config = load(os.path.abspath(args.config))
         result = run_job(args, config)
     except JobBusy as err:
         # A scheduler's overlapping run: say so and stop; the running one is left alone.
-        print(f"widen: {err}", file=sys.stderr)
-        print(json.dumps({"job": (argv or sys.argv[1:] or ["?"])[0], "status": "busy", "error": str(err)}))
-        return EXIT_PROBLEM
-    except (ConfigError, FileNotFoundError, ConnectionError) as err:
-        message = str(err)
-        print(f"widen: {message}", file=sys.stderr)
-        print(json.dumps({"job": (argv or sys.argv[1:] or ["?"])[0], "status": "bad_input",
-                          "error": message}))
-        return EXIT_BAD_INPUT
+        return _fail(job, "busy", str(err), EXIT_PROBLEM)
+    except BadInput as err:
+        return _fail(job, "bad_input", str(err), EXIT_BAD_INPUT)
+    except ConnectionError as err:
+        return _fail(job, "bad_input", str(err), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        return _fail(job, "interrupted", "interrupted (SIGINT); finished work is kept, a rerun goes on from it",
+                     EXIT_INTERRUPTED)
+    except Exception as err:  # noqa: BLE001 - every failure ends with the summary line
+        if verbose:
+            print(secrets.scrub(traceback.format_exc()), file=sys.stderr)
+        return _fail(job, "error", errors.describe(err), EXIT_PROBLEM,
+                     "" if verbose else " (--verbose shows the traceback)")
     if result.report:
-        print(result.report)
-    print(result.json_line())
+        print(secrets.scrub(result.report), file=sys.stderr, flush=True)
+    _emit(result.json_line())
     return result.exit_code
 
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -1,40 +1,89 @@
 """Typed configuration loaded from YAML.
 
-``${NAME}`` and ``${NAME:-default}`` are replaced from the environment before parsing. Every error
-names the key that is wrong. Passwords are never stored here: a connection names the environment
-variable or the file that holds its password, and ``password()`` reads it when a connection opens.
+The YAML text is parsed first; then ``${NAME}`` and ``${NAME:-default}`` are replaced from the
+environment inside the parsed string values, so a value from the environment can never change the
+file's structure or show up in a parse error. Every key of every section is checked (type, range,
+finite numbers, known names) and every error names the key. Passwords are never stored here: a
+connection names the environment variable or the file that holds its password; ``password()``
+reads it when a connection opens, and every value that came from one is registered with
+``widen.secrets`` so no message, log line or summary can show it.
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import math
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from widen import secrets
 
-class ConfigError(ValueError):
+
+class BadInput(ValueError):
+    """Input the user must fix (exit code 2): a config value, an argument, a name that does not exist."""
+
+
+class ConfigError(BadInput):
     """The configuration is invalid; the message names the key."""
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+#: libpq's sslmode values
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
-def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+def interpolate(text: str, env: dict[str, str] | None = None, key: str | None = None,
+                secret_names: frozenset[str] = frozenset()) -> str:
+    """``text`` with ``${NAME}`` / ``${NAME:-default}`` replaced from ``env`` (the environment).
+
+    A variable in ``secret_names`` holds a password: it may only be read through ``password_env``,
+    never put into a setting (where a message about the setting could show it, or part of it).
+    """
     env = os.environ if env is None else env
 
     def substitute(match: re.Match) -> str:
         name, has_default, default = match.group(1), match.group(2), match.group(3)
+        if name in secret_names:
+            where = f"{key}: " if key else ""
+            raise ConfigError(f"{where}${{{name}}} holds a password; a password is only read through "
+                              "password_env or password_file, never put into another setting")
         value = env.get(name)
         if value is None or (value == "" and has_default):
             if has_default:
                 return default or ""
-            raise ConfigError(f"environment variable {name} is not set and has no default")
+            where = f"{key}: " if key else ""
+            raise ConfigError(f"{where}environment variable {name} is not set and has no default")
         return value
 
     return _ENV_REF.sub(substitute, text)
+
+
+def _interpolate_tree(value: Any, env: dict[str, str], path: str, secret_names: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate_tree(v, env, f"{path}.{k}" if path else str(k), secret_names)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate_tree(v, env, f"{path}[{i}]", secret_names) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        return interpolate(value, env, path, secret_names)
+    return value
+
+
+def _password_variables(raw: dict, env: dict[str, str]) -> frozenset[str]:
+    """PGPASSWORD and every variable a connection names as its ``password_env``."""
+    names = {"PGPASSWORD"}
+    for side in ("source", "target"):
+        section = raw.get(side)
+        if isinstance(section, dict) and isinstance(section.get("password_env"), str):
+            names.add(interpolate(section["password_env"], env, f"{side}.password_env").strip())
+    return frozenset(n for n in names if n)
 
 
 @dataclass(frozen=True)
@@ -46,12 +95,22 @@ class Connection:
     password_env: str | None = "PGPASSWORD"
     password_file: str | None = None
     sslmode: str | None = None
+    #: the config key this connection came from (``source``/``target``), for error messages
+    key: str = "connection"
 
     def password(self) -> str | None:
         if self.password_file:
-            return Path(self.password_file).read_text().strip() or None
+            try:
+                secret = Path(self.password_file).read_text(encoding="utf-8").strip()
+            except OSError as err:
+                raise ConfigError(f"{self.key}.password_file: cannot read {self.password_file!r} "
+                                  f"({err.strerror or type(err).__name__})") from None
+            secrets.remember(secret)
+            return secret or None
         if self.password_env:
-            return os.environ.get(self.password_env) or None
+            secret = os.environ.get(self.password_env) or None
+            secrets.remember(secret)
+            return secret
         return None
 
     def psycopg_params(self) -> dict:
@@ -65,10 +124,15 @@ class Connection:
         return params
 
     def jdbc_url(self) -> str:
-        return f"jdbc:postgresql://{self.host}:{self.port}/{self.database}"
+        from widen import jdbc
+
+        return jdbc.url(self)
 
     def jdbc_properties(self) -> dict:
-        props = {"user": self.user, "driver": "org.postgresql.Driver", "ApplicationName": "widen"}
+        from widen import jdbc
+
+        props = {"user": self.user, "driver": "org.postgresql.Driver", "ApplicationName": "widen",
+                 **jdbc.socket_properties(self)}
         secret = self.password()
         if secret:
             props["password"] = secret
@@ -81,16 +145,20 @@ class Connection:
         return f"{self.user}@{self.host}:{self.port}/{self.database}"
 
 
+def _meta(**kwargs) -> dict:
+    return kwargs
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     connection: Connection
     schema: str = "tenant"
     table: str = "tbl_data_timeseries"
     order_column: str | None = None
-    fetch_size: int = 50000
+    fetch_size: int = field(default=50000, metadata=_meta(minimum=1))
     #: ``postgres`` (the narrow table over JDBC/psycopg2) or ``delta`` (a Delta table of narrow
     #: rows, streaming only: ``readStream`` on ``delta_path`` or the catalog table ``delta_table``)
-    kind: str = "postgres"
+    kind: str = field(default="postgres", metadata=_meta(choices=("postgres", "delta")))
     delta_path: str | None = None
     delta_table: str | None = None
 
@@ -101,12 +169,12 @@ class TargetConfig:
     schema: str = "tenant"
     catalog_schema: str = "widen"
     wide_table_template: str = "tbl_data_timeseries_{ship_id}"
-    max_columns_per_table: int = 1500
-    max_row_bytes: int = 6000
+    max_columns_per_table: int = field(default=1500, metadata=_meta(minimum=1, maximum=1599))
+    max_row_bytes: int = field(default=6000, metadata=_meta(minimum=1))
     #: ``postgres`` (wide tables in ``schema`` of the target database) or ``delta`` (one Delta table
     #: per ship and part under ``delta_root``, or in the metastore database ``delta_database``); the
     #: catalog and ledgers stay in the target database's ``catalog_schema`` either way
-    kind: str = "postgres"
+    kind: str = field(default="postgres", metadata=_meta(choices=("postgres", "delta")))
     delta_root: str | None = None
     delta_database: str | None = None
 
@@ -129,54 +197,54 @@ class TargetConfig:
 
 @dataclass(frozen=True)
 class BackfillConfig:
-    chunk_hours: float = 24.0
-    partitions_per_chunk: int = 4
+    chunk_hours: float = field(default=24.0, metadata=_meta(above=0))
+    partitions_per_chunk: int = field(default=4, metadata=_meta(minimum=1))
     #: a chunk bigger than this many narrow rows per partition is read with more partitions, so
     #: a worker's memory stays bounded whatever the ship's size
-    max_rows_per_partition: int = 500_000
-    parallel_chunks: int = 2
-    max_attempts: int = 3
-    retry_backoff_seconds: float = 2.0
-    progress_seconds: float = 10.0
+    max_rows_per_partition: int = field(default=500_000, metadata=_meta(minimum=1))
+    parallel_chunks: int = field(default=2, metadata=_meta(minimum=1))
+    max_attempts: int = field(default=3, metadata=_meta(minimum=1))
+    retry_backoff_seconds: float = field(default=2.0, metadata=_meta(minimum=0))
+    progress_seconds: float = field(default=10.0, metadata=_meta(above=0))
 
 
 @dataclass(frozen=True)
 class StreamConfig:
     query_name: str = "widen-stream"
     checkpoint: str | None = None          # default: <home>/checkpoints/<query_name>
-    trigger_seconds: float = 5.0
-    buckets: int = 2
-    settle_seconds: float = 2.0
-    overlap_seconds: float = 60.0
+    trigger_seconds: float = field(default=5.0, metadata=_meta(minimum=0))
+    buckets: int = field(default=2, metadata=_meta(minimum=1))
+    settle_seconds: float = field(default=2.0, metadata=_meta(minimum=0))
+    overlap_seconds: float = field(default=60.0, metadata=_meta(minimum=0))
     #: where a new query starts: ``latest`` (the live tail; the backfill covers what came before),
     #: ``earliest``, an ISO timestamp (created_time mode) or an id (order_column mode)
     start: str = "latest"
     #: rows whose created_time is more than this behind the newest seen are dropped as late,
     #: counted in ``stream_batches.late_rows`` and left for reconcile; also bounds de-dup state
-    watermark_seconds: float = 600.0
+    watermark_seconds: float = field(default=600.0, metadata=_meta(above=0))
     #: partitions of the de-dup state (and the stream's shuffle); fixed when the checkpoint is new
-    state_partitions: int = 2
+    state_partitions: int = field(default=2, metadata=_meta(minimum=1))
     #: Prometheus metrics: an HTTP port (0 = none) and/or a textfile for node_exporter
-    metrics_port: int = 0
+    metrics_port: int = field(default=0, metadata=_meta(minimum=0, maximum=65535))
     metrics_host: str = "127.0.0.1"
     metrics_textfile: str | None = None
 
 
 @dataclass(frozen=True)
 class ReconcileConfig:
-    bucket_hours: float = 1.0
+    bucket_hours: float = field(default=1.0, metadata=_meta(above=0))
     #: a differing range of at most this many timestamps is compared timestamp by timestamp
-    leaf_times: int = 256
-    max_reported_cells: int = 50
+    leaf_times: int = field(default=256, metadata=_meta(minimum=1))
+    max_reported_cells: int = field(default=50, metadata=_meta(minimum=1))
     #: Spark tasks running ships' bucket queries at once
-    parallel_ships: int = 4
+    parallel_ships: int = field(default=4, metadata=_meta(minimum=1))
 
 
 @dataclass(frozen=True)
 class SparkConfig:
     master: str = "local[*]"
-    app_name: str = "widen"
     conf: dict = field(default_factory=dict)
+    app_name: str = field(default="widen", metadata=_meta(internal=True))
 
 
 @dataclass(frozen=True)
@@ -204,159 +272,195 @@ class Config:
                        target=replace(self.target, connection=target))
 
 
+# --- validation ---------------------------------------------------------------------------------
+
+def _kind_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", bool: "true/false", type(None): "nothing"}.get(
+        type(value), type(value).__name__)
+
+
+def _value(key: str, value: Any, kind: Any, meta: dict) -> Any:
+    """``value`` checked and converted to ``kind`` (int, float, str, bool, dict, or X | None)."""
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    if optional:
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+        if value is None or value == "":
+            return None
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {_kind_name(value)}")
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) or v is None:
+                raise ConfigError(f"{key}.{k}: expected a single value, got {_kind_name(v)}")
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {_kind_name(value)}")
+    if kind is str:
+        text = str(value)
+        if not text:
+            raise ConfigError(f"{key}: must not be empty")
+        if "choices" in meta and text not in meta["choices"]:
+            raise ConfigError(f"{key}: expected one of {', '.join(meta['choices'])}, got {text!r}")
+        return text
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            number = float(value) if kind is float else _integer(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {'a whole number' if kind is int else 'a number'}, "
+                              f"got {secrets.scrub(repr(value))}") from None
+        if kind is float and not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        if "above" in meta and not number > meta["above"]:
+            raise ConfigError(f"{key}: must be greater than {meta['above']}, got {value!r}")
+        if "minimum" in meta and number < meta["minimum"]:
+            raise ConfigError(f"{key}: must be at least {meta['minimum']}, got {value!r}")
+        if "maximum" in meta and number > meta["maximum"]:
+            raise ConfigError(f"{key}: must be at most {meta['maximum']}, got {value!r}")
+        return number
+    raise TypeError(kind)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return int(str(value).strip())
+
+
+def _build(cls, raw: dict, prefix: str, **given):
+    """An instance of the dataclass ``cls`` from the mapping ``raw`` (keys checked, values typed)."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name not in given
+             and not f.metadata.get("internal")}
+    values = dict(given)
+    for name, value in raw.items():
+        if name not in known:
+            continue
+        f = known[name]
+        if value is None:
+            continue
+        values[name] = _value(f"{prefix}.{name}", value, hints[name], dict(f.metadata))
+    return cls(**values)
+
+
 def _section(raw: dict, key: str) -> dict:
-    value = raw.get(key) or {}
+    value = raw.get(key)
+    if value is None:
+        return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        raise ConfigError(f"{key}: expected a mapping, got {_kind_name(value)}")
     return value
 
 
-def _typed(section: dict, key: str, prefix: str, kind: type, default: Any, positive: bool = False):
-    value = section.get(key, default)
-    if value is None or value == "":
-        return default
-    try:
-        value = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{prefix}.{key}: expected {kind.__name__}, got {value!r}") from None
-    if positive and value <= 0:
-        raise ConfigError(f"{prefix}.{key}: must be greater than 0, got {value!r}")
-    return value
+def _check_keys(section: dict, prefix: str, allowed: set[str], hint: dict[str, str] | None = None) -> None:
+    extra = sorted(str(k) for k in set(section) - allowed)
+    if extra:
+        notes = [f"{k} ({hint[k]})" if hint and k in hint else k for k in extra]
+        raise ConfigError(f"{prefix}: unknown key(s) {', '.join(notes)}; known: {', '.join(sorted(allowed))}")
 
 
-def _connection(section: dict, prefix: str) -> Connection:
-    known = {"host", "port", "database", "user", "password_env", "password_file", "sslmode"}
+_CONNECTION_KEYS = {"host", "port", "database", "user", "password_env", "password_file", "sslmode"}
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")} - {"connection"}
+
+
+def _connection(section: dict, prefix: str, env: dict[str, str]) -> Connection:
     if "password" in section:
         raise ConfigError(f"{prefix}.password: passwords are not read from the config file; "
                           f"use {prefix}.password_env or {prefix}.password_file")
-    extra = set(section) - known - {"schema", "table", "order_column", "fetch_size", "kind", "delta_path",
-                                    "delta_table", "catalog_schema", "wide_table_template",
-                                    "max_columns_per_table", "max_row_bytes", "delta_root", "delta_database"}
-    if extra:
-        raise ConfigError(f"{prefix}: unknown key(s) {', '.join(sorted(extra))}")
-    return Connection(
-        host=str(section.get("host") or "") or None,
-        port=_typed(section, "port", prefix, int, 5432, positive=True),
-        database=str(section.get("database") or "widen"),
-        user=str(section.get("user") or "postgres"),
-        password_env=section.get("password_env", "PGPASSWORD") or None,
-        password_file=section.get("password_file") or None,
-        sslmode=section.get("sslmode") or None,
-    )
+
+    def get(name: str, kind, default, **meta):
+        value = section.get(name)
+        return default if value is None or value == "" else _value(f"{prefix}.{name}", value, kind, meta)
+
+    conn = Connection(
+        host=get("host", str, None), port=get("port", int, 5432, minimum=1, maximum=65535),
+        database=get("database", str, "widen"), user=get("user", str, "postgres"),
+        password_env=get("password_env", str, None) if "password_env" in section else "PGPASSWORD",
+        password_file=get("password_file", str, None), sslmode=get("sslmode", str, None, choices=SSL_MODES),
+        key=prefix)
+    if conn.password_env:
+        secrets.remember(env.get(conn.password_env))
+    return conn
 
 
-def parse(raw: dict) -> Config:
+def _check_start(stream: StreamConfig, source: SourceConfig) -> None:
+    start = stream.start.strip().lower()
+    if start in ("latest", "earliest"):
+        return
+    if source.kind == "delta" or source.order_column:
+        if re.fullmatch(r"-?\d+", start):
+            return
+        if source.kind != "delta":
+            raise ConfigError(f"stream.start: expected latest, earliest or an id of {source.order_column} "
+                              f"(source.order_column), got {stream.start!r}")
+    try:
+        dt.datetime.fromisoformat(stream.start.strip().replace("Z", "+00:00"))
+    except ValueError:
+        versions = " or a table version" if source.kind == "delta" else ""
+        raise ConfigError(f"stream.start: expected latest, earliest{versions} or an ISO timestamp "
+                          f"(e.g. 2026-11-23T04:20:00Z), got {stream.start!r}") from None
+
+
+def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
     if not isinstance(raw, dict):
-        raise ConfigError("config: expected a mapping at the top level")
-    known = {"source", "target", "backfill", "stream", "reconcile", "spark", "embedded", "home", "jars_dir"}
-    extra = set(raw) - known
-    if extra:
-        raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(extra))}")
+        raise ConfigError(f"config: expected a mapping at the top level, got {_kind_name(raw)}")
+    env = dict(os.environ) if env is None else env
+    secret_names = _password_variables(raw, env)
+    for name in secret_names:
+        secrets.remember(env.get(name))
+    raw = _interpolate_tree(raw, env, "", secret_names)
+    top = {"source", "target", "backfill", "stream", "reconcile", "spark", "embedded", "home", "jars_dir"}
+    _check_keys(raw, "config", top)
     src, tgt = _section(raw, "source"), _section(raw, "target")
-    source = SourceConfig(
-        connection=_connection(src, "source"),
-        schema=str(src.get("schema") or "tenant"),
-        table=str(src.get("table") or "tbl_data_timeseries"),
-        order_column=src.get("order_column") or None,
-        fetch_size=_typed(src, "fetch_size", "source", int, 50000, positive=True),
-        kind=str(src.get("kind") or "postgres"),
-        delta_path=src.get("delta_path") or None,
-        delta_table=src.get("delta_table") or None,
-    )
-    if source.kind not in ("postgres", "delta"):
-        raise ConfigError(f"source.kind: expected postgres or delta, got {source.kind!r}")
+    _check_keys(src, "source", _CONNECTION_KEYS | _fields(SourceConfig) | {"password"},
+                {k: "a target key" for k in _fields(TargetConfig)})
+    _check_keys(tgt, "target", _CONNECTION_KEYS | _fields(TargetConfig) | {"password"},
+                {k: "a source key" for k in _fields(SourceConfig)})
+    source = _build(SourceConfig, src, "source", connection=_connection(src, "source", env))
     if source.kind == "delta" and not (source.delta_path or source.delta_table):
         raise ConfigError("source.kind is delta: set source.delta_path or source.delta_table")
-    template = str(tgt.get("wide_table_template") or "tbl_data_timeseries_{ship_id}")
-    if "{ship_id}" not in template:
+    target = _build(TargetConfig, tgt, "target", connection=_connection(tgt, "target", env))
+    if "{ship_id}" not in target.wide_table_template:
         raise ConfigError("target.wide_table_template: must contain {ship_id}")
-    max_columns = _typed(tgt, "max_columns_per_table", "target", int, 1500, positive=True)
-    if max_columns > 1599:
-        raise ConfigError("target.max_columns_per_table: PostgreSQL allows 1,600 columns "
-                          f"including created_time; got {max_columns}")
-    target = TargetConfig(
-        connection=_connection(tgt, "target"),
-        schema=str(tgt.get("schema") or "tenant"),
-        catalog_schema=str(tgt.get("catalog_schema") or "widen"),
-        wide_table_template=template,
-        max_columns_per_table=max_columns,
-        max_row_bytes=_typed(tgt, "max_row_bytes", "target", int, 6000, positive=True),
-        kind=str(tgt.get("kind") or "postgres"),
-        delta_root=tgt.get("delta_root") or None,
-        delta_database=tgt.get("delta_database") or None,
-    )
-    if target.kind not in ("postgres", "delta"):
-        raise ConfigError(f"target.kind: expected postgres or delta, got {target.kind!r}")
     if target.is_delta and bool(target.delta_root) == bool(target.delta_database):
         raise ConfigError("target.kind is delta: set exactly one of target.delta_root (a path or URI under "
                           "which each wide table is a Delta table) or target.delta_database (a metastore "
                           "database)")
-    bf = _section(raw, "backfill")
-    extra = set(bf) - set(BackfillConfig.__dataclass_fields__)
-    if extra:
-        raise ConfigError(f"backfill: unknown key(s) {', '.join(sorted(extra))}")
-    backfill = BackfillConfig(
-        chunk_hours=_typed(bf, "chunk_hours", "backfill", float, 24.0, positive=True),
-        partitions_per_chunk=_typed(bf, "partitions_per_chunk", "backfill", int, 4, positive=True),
-        max_rows_per_partition=_typed(bf, "max_rows_per_partition", "backfill", int, 500_000,
-                                      positive=True),
-        parallel_chunks=_typed(bf, "parallel_chunks", "backfill", int, 2, positive=True),
-        max_attempts=_typed(bf, "max_attempts", "backfill", int, 3, positive=True),
-        retry_backoff_seconds=_typed(bf, "retry_backoff_seconds", "backfill", float, 2.0),
-        progress_seconds=_typed(bf, "progress_seconds", "backfill", float, 10.0, positive=True),
-    )
-    st = _section(raw, "stream")
-    extra = set(st) - set(StreamConfig.__dataclass_fields__)
-    if extra:
-        raise ConfigError(f"stream: unknown key(s) {', '.join(sorted(extra))}")
-    stream = StreamConfig(
-        query_name=str(st.get("query_name") or "widen-stream"),
-        checkpoint=st.get("checkpoint") or None,
-        trigger_seconds=_typed(st, "trigger_seconds", "stream", float, 5.0),
-        buckets=_typed(st, "buckets", "stream", int, 2, positive=True),
-        settle_seconds=_typed(st, "settle_seconds", "stream", float, 2.0),
-        overlap_seconds=_typed(st, "overlap_seconds", "stream", float, 60.0),
-        start=str(st.get("start") or "latest"),
-        watermark_seconds=_typed(st, "watermark_seconds", "stream", float, 600.0, positive=True),
-        state_partitions=_typed(st, "state_partitions", "stream", int, 2, positive=True),
-        metrics_port=_typed(st, "metrics_port", "stream", int, 0),
-        metrics_host=str(st.get("metrics_host") or "127.0.0.1"),
-        metrics_textfile=st.get("metrics_textfile") or None,
-    )
+    sections = {}
+    for name, cls in (("backfill", BackfillConfig), ("stream", StreamConfig), ("reconcile", ReconcileConfig),
+                      ("spark", SparkConfig)):
+        section = _section(raw, name)
+        _check_keys(section, name, _fields(cls))
+        sections[name] = _build(cls, section, name)
+    stream: StreamConfig = sections["stream"]
+    _check_start(stream, source)
     if not source.order_column and stream.watermark_seconds < stream.overlap_seconds:
         # The overlap re-reads rows the stream has seen; behind the watermark they would be
         # counted as late instead of being recognised as re-reads.
         raise ConfigError(f"stream.watermark_seconds ({stream.watermark_seconds:g}) must be at least "
                           f"stream.overlap_seconds ({stream.overlap_seconds:g}) without source.order_column")
-    rc = _section(raw, "reconcile")
-    extra = set(rc) - set(ReconcileConfig.__dataclass_fields__)
-    if extra:
-        raise ConfigError(f"reconcile: unknown key(s) {', '.join(sorted(extra))}")
-    reconcile = ReconcileConfig(
-        bucket_hours=_typed(rc, "bucket_hours", "reconcile", float, 1.0, positive=True),
-        leaf_times=_typed(rc, "leaf_times", "reconcile", int, 256, positive=True),
-        max_reported_cells=_typed(rc, "max_reported_cells", "reconcile", int, 50, positive=True),
-        parallel_ships=_typed(rc, "parallel_ships", "reconcile", int, 4, positive=True),
-    )
-    sp = _section(raw, "spark")
-    spark = SparkConfig(master=str(sp.get("master") or "local[*]"),
-                        app_name=str(sp.get("app_name") or "widen"),
-                        conf={str(k): str(v) for k, v in (sp.get("conf") or {}).items()})
-    embedded = str(raw.get("embedded") or "auto")
-    if embedded not in ("auto", "always", "never"):
-        raise ConfigError(f"embedded: expected auto, always or never, got {embedded!r}")
-    return Config(source=source, target=target, backfill=backfill, stream=stream, reconcile=reconcile,
-                  spark=spark,
-                  embedded=embedded,
-                  home=str(raw.get("home") or ".local"), jars_dir=str(raw.get("jars_dir") or "jars"))
+    embedded = _value("embedded", raw.get("embedded") or "auto", str, {"choices": ("auto", "always", "never")})
+    return Config(source=source, target=target, **sections, embedded=embedded,
+                  home=_value("home", raw.get("home") or ".local", str, {}),
+                  jars_dir=_value("jars_dir", raw.get("jars_dir") or "jars", str, {}))
 
 
 def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(interpolate(path.read_text(), env))
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse(raw or {})
+    return parse(raw or {}, env)

@@ -8,6 +8,7 @@ connections at once, so nothing crosses the wire but the channel list.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 import time
 import zlib
@@ -18,6 +19,8 @@ from psycopg2.extras import execute_values
 
 from widen import db
 from widen.config import Connection
+
+log = logging.getLogger(__name__)
 
 NARROW_DDL = """CREATE TABLE IF NOT EXISTS {t} (
     ship_id text, data_channel_id text, created_time timestamptz, value_format text,
@@ -34,8 +37,13 @@ _DETAILS = ["average", "maximum", "minimum", "cylinder.1", "cylinder.2", "turboc
 FORMAT_SHARES = (("Decimal", 0.70), ("Integer", 0.15), ("String", 0.10), ("Boolean", 0.05))
 
 
+#: the COMMENT ON TABLE that marks a narrow table ``generate`` made (and so may empty again)
+MADE_BY_GENERATE = "widen generate: a synthetic fleet (may be replaced by generate --replace)"
+
+
 class FleetExists(ValueError):
-    """The narrow table already has rows and the caller did not ask to replace them."""
+    """The narrow table already has rows and the caller did not ask to replace them (or asked to
+    replace a table that ``generate`` did not make)."""
 
 
 def channel_names(count: int, seed: int = 7) -> list[tuple[str, str]]:
@@ -70,11 +78,26 @@ def ship_ids(count: int) -> list[str]:
     return [f"IMO{9300001 + i * 17}" for i in range(count)]
 
 
-def ensure_narrow_table(conn, schema: str, table: str) -> None:
+def ensure_narrow_table(conn, schema: str, table: str) -> bool:
+    """Create the narrow table (marked as made by generate) unless it exists; True when it did not."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        cur.execute(sql.SQL(NARROW_DDL).format(t=sql.Identifier(schema, table)))
+        cur.execute("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = %s", (schema, table))
+        created = cur.fetchone() is None
+        if created:
+            cur.execute(sql.SQL(NARROW_DDL).format(t=sql.Identifier(schema, table)))
+            cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(sql.Identifier(schema, table)),
+                        (MADE_BY_GENERATE,))
     conn.commit()
+    return created
+
+
+def made_by_generate(cur, schema: str, table: str) -> bool:
+    cur.execute("SELECT obj_description(c.oid, 'pg_class') FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, table))
+    row = cur.fetchone()
+    return bool(row) and row[0] == MADE_BY_GENERATE
 
 
 def _insert_ship(conn_cfg: Connection, schema: str, table: str, ship: str, seed: int,
@@ -112,8 +135,12 @@ def _insert_ship(conn_cfg: Connection, schema: str, table: str, ship: str, seed:
 def generate_fleet(conn_cfg: Connection, schema: str = "tenant", table: str = "tbl_data_timeseries",
                    ships: int = 4, channels: int = 50, start: dt.datetime | None = None,
                    hours: float = 6.0, cadence_seconds: int = 15, seed: int = 7,
-                   replace: bool = False, parallel: int = 2, ship_list: list[str] | None = None) -> dict:
-    """Fill the narrow table; returns {"rows", "ships", "channels", "seconds", "start", "end"}."""
+                   replace: bool = False, parallel: int = 2, ship_list: list[str] | None = None,
+                   replace_any_table: bool = False) -> dict:
+    """Fill the narrow table; returns {"rows", "ships", "channels", "seconds", "start", "end"}.
+
+    ``replace`` empties the table first, but only one that generate made (its table comment says
+    so); ``replace_any_table`` empties whatever table it is (a loud, explicit override)."""
     began = time.monotonic()
     start = start or dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     end = start + dt.timedelta(hours=hours)
@@ -122,7 +149,16 @@ def generate_fleet(conn_cfg: Connection, schema: str = "tenant", table: str = "t
     with db.connection(conn_cfg) as conn:
         ensure_narrow_table(conn, schema, table)
         with conn.cursor() as cur:
+            if replace and not made_by_generate(cur, schema, table) and not replace_any_table:
+                cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(schema, table)))
+                if cur.fetchone()[0]:
+                    raise FleetExists(f"{schema}.{table} was not made by generate; --replace empties only a "
+                                      "table generate made. It may be real telemetry: point source.schema/"
+                                      "source.table elsewhere, or pass --replace-any-table to empty it anyway")
             if replace:
+                if replace_any_table and not made_by_generate(cur, schema, table):
+                    log.warning("emptying %s.%s although generate did not make it (--replace-any-table)",
+                                schema, table)
                 cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table)))
             else:
                 cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(schema, table)))

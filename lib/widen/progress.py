@@ -1,19 +1,18 @@
-"""Progress lines for long jobs: done of total, rate and ETA, printed every few seconds to stderr."""
+"""Progress lines for long jobs: done of total, rate and ETA, logged every few seconds."""
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 
 
 class Progress:
-    def __init__(self, label: str, total_units: int, total_rows: int, every_seconds: float,
-                 stream=None):
+    def __init__(self, label: str, total_units: int, total_rows: int, every_seconds: float):
         self.label = label
+        self.log = logging.getLogger(f"widen.jobs.{label}")
         self.total_units = total_units
         self.total_rows = total_rows
         self.every = every_seconds
-        self.stream = stream or sys.stderr
         self.units = 0
         self.rows = 0
         self.failed = 0
@@ -45,12 +44,12 @@ class Progress:
             eta = f"{left / rate:.0f}s" if rate > 0 and left else ("0s" if not left else "?")
             pct = 100.0 * self.rows / self.total_rows if self.total_rows else 100.0
             failed = f", {self.failed} failed" if self.failed else ""
-            return (f"[{self.label}] chunks {self.units}/{self.total_units}{failed}, rows "
+            return (f"chunks {self.units}/{self.total_units}{failed}, rows "
                     f"{self.rows:,}/{self.total_rows:,} ({pct:.1f}%), {rate:,.0f} rows/s, "
                     f"elapsed {elapsed:.0f}s, ETA {eta}")
 
     def print_line(self) -> None:
-        print(self.line(), file=self.stream, flush=True)
+        self.log.info(self.line())
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):

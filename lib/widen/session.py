@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from widen.config import Config, Connection
+from widen.config import BadInput, Config, Connection
 
 #: settings every widen session needs, whoever builds it (see DESIGN.md "Pitfalls")
 REQUIRED_CONF = {
@@ -54,8 +54,8 @@ def resolve_connections(config: Config) -> Config:
 def jar_paths(config: Config) -> list[str]:
     jars = sorted(glob.glob(os.path.join(config.jars_dir, "*.jar")))
     if not any("postgresql" in os.path.basename(j) for j in jars):
-        raise FileNotFoundError(f"no PostgreSQL JDBC jar in {config.jars_dir!r}: run `make setup` "
-                                "(it fetches the jars once from Maven Central)")
+        raise BadInput(f"jars_dir: no PostgreSQL JDBC jar in {config.jars_dir!r}: run `make setup` "
+                       "(it fetches the jars once from Maven Central)")
     return [os.path.abspath(j) for j in jars]
 
 
@@ -67,6 +67,10 @@ def get_spark(config: Config, spark=None):
         return spark
     os.environ.setdefault("TZ", "UTC")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if config.spark.master.startswith("local") and not os.environ.get("WIDEN_SUBMITTED"):
+        # The Spark UI listens on SPARK_LOCAL_IP, else on every interface: a local run keeps it
+        # (and the driver) on the loopback unless the environment says otherwise.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(config.spark.app_name)

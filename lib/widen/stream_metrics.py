@@ -12,6 +12,7 @@ a textfile for node_exporter's textfile collector (``stream.metrics_textfile``),
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
@@ -20,6 +21,8 @@ from pyspark.sql.streaming import StreamingQueryListener
 
 from widen import db
 from widen.config import Config
+
+log = logging.getLogger(__name__)
 
 
 class StreamMetrics:
@@ -70,13 +73,12 @@ class StreamMetrics:
 class BatchListener(StreamingQueryListener):
     """Reports every micro-batch of one query (by name); other queries in the session are ignored."""
 
-    def __init__(self, config: Config, results: dict, metrics: StreamMetrics, out):
+    def __init__(self, config: Config, results: dict, metrics: StreamMetrics):
         super().__init__()
         self.config = config
         self.query_name = config.stream.query_name
         self.results = results              # batch_id -> BatchResult, filled by the sink
         self.metrics = metrics
-        self.out = out
         self.newest: dt.datetime | None = None
         self.late_rows = 0
         self.terminated = threading.Event()
@@ -102,8 +104,7 @@ class BatchListener(StreamingQueryListener):
         try:
             self._report(progress)
         except Exception as err:            # a listener must never take the query down
-            print(f"[stream] WARNING: could not report batch {progress.batchId}: {err}",
-                  file=self.out, flush=True)
+            log.warning("could not report batch %s: %s", progress.batchId, err)
         with self._reported:
             self.last_reported = max(self.last_reported, progress.batchId)
             self._reported.notify_all()
@@ -131,17 +132,15 @@ class BatchListener(StreamingQueryListener):
         if late:
             self.late_rows += late
             self._record_late(batch_id, late)
-            print(f"[stream] WARNING: batch {batch_id}: {late:,} rows were older than the watermark "
-                  f"({progress.eventTime.get('watermark')}) and were not merged; they are counted in "
-                  "stream_batches.late_rows; run reconcile --repair to bring them in",
-                  file=self.out, flush=True)
+            log.warning("batch %s: %s rows were older than the watermark (%s) and were not merged; they "
+                        "are counted in stream_batches.late_rows; run reconcile --repair to bring them in",
+                        batch_id, f"{late:,}", progress.eventTime.get("watermark"))
         if result is None or (not result.narrow_rows and not result.skipped):
             return                          # the empty batch Spark runs when the watermark moves
         state = "already in the ledger, skipped" if result.skipped else (
             f"{result.narrow_rows:,} narrow -> {result.wide_rows:,} wide rows, {result.ships} ships")
         lag = f"{report['lag_seconds']:.1f} s" if report["lag_seconds"] is not None else "n/a"
-        print(f"[stream] batch {batch_id}: {state}, {report['seconds']:.2f} s, {late:,} late, lag {lag}",
-              file=self.out, flush=True)
+        log.info("batch %s: %s, %.2f s, %s late, lag %s", batch_id, state, report["seconds"], f"{late:,}", lag)
 
     def _record_late(self, batch_id: int, late: int) -> None:
         with db.connection(self.config.target.connection) as conn, conn.cursor() as cur:

@@ -11,14 +11,13 @@ summary.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from psycopg2 import sql
-from psycopg2.extras import execute_values
 
 from widen import catalog, db, render
 from widen.config import Config
@@ -26,6 +25,7 @@ from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
 from widen.jobs import backfill, generate, plan, reconcile, stream
 from widen.session import get_spark, resolve_connections
 
+log = logging.getLogger(__name__)
 DEMO_SOURCE_SCHEMA = "widen_demo"
 DEMO_TARGET_SCHEMA = "widen_demo_wide"
 DEMO_CATALOG_SCHEMA = "widen_demo_catalog"
@@ -63,11 +63,11 @@ def run(config: Config, spark=None, fleet_ships: int = 4, channels: int = 50, ho
     config = replace(config, source=replace(config.source, schema=DEMO_SOURCE_SCHEMA),
                      target=replace(config.target, schema=DEMO_TARGET_SCHEMA,
                                     catalog_schema=DEMO_CATALOG_SCHEMA))
-    say = lambda text: print(f"[demo] {text}", file=sys.stderr, flush=True)  # noqa: E731
+    say = log.info
     conn_text = config.target.connection.describe()
     say(f"PostgreSQL at {conn_text}")
     made = generate.run(config, fleet_ships=fleet_ships, channels=channels, hours=hours, seed=seed,
-                        replace=True)
+                        replace=True, replace_any_table=True)   # the demo's own schema
     say(made.report)
     with db.connection(config.target.connection) as conn, conn.cursor() as cur:
         # A fresh demo each time: forget what an earlier demo migrated.
@@ -80,7 +80,7 @@ def run(config: Config, spark=None, fleet_ships: int = 4, channels: int = 50, ho
             cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(config.target.catalog_schema, table)))
         conn.commit()
     planned = plan.run(config)
-    print(planned.report, file=sys.stderr)
+    log.info("plan:\n%s", planned.report)
     first = backfill.run(config, spark)
     say(f"backfill: {first.summary['chunks_done']} chunks, {first.summary['narrow_rows']:,} narrow rows "
         f"-> {first.summary['wide_rows']:,} wide rows in {first.summary['seconds']} s")
@@ -137,9 +137,9 @@ def live_tail(config: Config, spark, say) -> int:
         readings = [(s, c, t, f, d if f == "Decimal" else None, k if f == "Integer" else None,
                      v if f == "String" else None, b if f == "Boolean" else None)
                     for s, c, t, f, d, k, v, b in readings]
-        execute_values(cur, sql.SQL("INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, "
-                                    "double_v, long_v, str_v, bool_v) VALUES %s").format(
-            sql.Identifier(config.source.schema, config.source.table)).as_string(cur), readings)
+        db.execute_values(cur, sql.SQL("INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, "
+                                       "double_v, long_v, str_v, bool_v) VALUES %s").format(
+            sql.Identifier(config.source.schema, config.source.table)), readings)
         conn.commit()
     time.sleep(config.stream.settle_seconds + 0.5)    # the created_time mode reads settled rows only
     result = stream.run(config, spark, once=True)
