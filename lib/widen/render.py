@@ -16,6 +16,7 @@ VALUE_FORMATS = ("Decimal", "Integer", "String", "Boolean")
 
 #: reject reasons, in the order they are checked
 REASON_NULL_SHIP = "null ship_id"
+REASON_EMPTY_SHIP = "empty ship_id"
 REASON_NULL_CHANNEL = "null data_channel_id"
 REASON_EMPTY_CHANNEL = "empty data_channel_id"
 REASON_NULL_TIME = "null created_time"
@@ -49,11 +50,12 @@ def reject_reason_sql(alias: str | None = None) -> sql.Composable:
     """The reason a row is rejected, NULL for a valid row (same order as the Spark rule)."""
     col = _columns(alias)
     return sql.SQL(
-        "CASE WHEN {ship} IS NULL THEN {r1} WHEN {ch} IS NULL THEN {r2} WHEN {ch} = '' THEN {r3} "
+        "CASE WHEN {ship} IS NULL THEN {r1} WHEN {ship} = '' THEN {r0} WHEN {ch} IS NULL THEN {r2} "
+        "WHEN {ch} = '' THEN {r3} "
         "WHEN {t} IS NULL THEN {r4} WHEN {fmt} IS NULL THEN {r5} "
         "WHEN {fmt} NOT IN ('Decimal', 'Integer', 'String', 'Boolean') THEN {r6} END"
     ).format(ship=col("ship_id"), ch=col("data_channel_id"), t=col("created_time"),
-             fmt=col("value_format"), r1=sql.Literal(REASON_NULL_SHIP),
+             fmt=col("value_format"), r0=sql.Literal(REASON_EMPTY_SHIP), r1=sql.Literal(REASON_NULL_SHIP),
              r2=sql.Literal(REASON_NULL_CHANNEL), r3=sql.Literal(REASON_EMPTY_CHANNEL),
              r4=sql.Literal(REASON_NULL_TIME), r5=sql.Literal(REASON_NULL_FORMAT),
              r6=sql.Literal(REASON_UNKNOWN_FORMAT))

@@ -37,17 +37,67 @@ def source_table(cfg: SourceConfig) -> sql.Composable:
     return sql.Identifier(cfg.schema, cfg.table)
 
 
+#: the narrow table's columns and the PostgreSQL types (base type names) each may have
+NARROW_COLUMNS = {
+    "ship_id": ("text", "varchar", "bpchar", "name"),
+    "data_channel_id": ("text", "varchar", "bpchar", "name"),
+    "created_time": ("timestamptz", "timestamp"),
+    "value_format": ("text", "varchar", "bpchar", "name"),
+    "double_v": ("float8", "float4"),
+    "long_v": ("int8", "int4", "int2"),
+    "str_v": ("text", "varchar", "bpchar", "name"),
+    "bool_v": ("bool",),
+}
+ORDER_COLUMN_TYPES = ("int8", "int4", "int2")
+
+
+def narrow_columns(cur, schema: str, table: str) -> dict[str, str] | None:
+    """column -> base type name of a table or view, or None when there is no such relation."""
+    cur.execute(
+        "SELECT a.attname, CASE WHEN t.typtype = 'd' THEN b.typname ELSE t.typname END "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "LEFT JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type b ON b.oid = t.typbasetype "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+        (schema, table))
+    rows = cur.fetchall()
+    if not rows:
+        return None
+    return {name: kind for name, kind in rows if name is not None}
+
+
 def require_table(cfg: SourceConfig) -> None:
-    """A clear error (exit 2) when the narrow table is not there, before any work starts."""
+    """A clear error (exit 2) before any work when the narrow table is not there, lacks a column
+    or has one of the wrong type."""
     from widen import db
     from widen.config import ConfigError
 
+    where = f"{cfg.schema}.{cfg.table}"
     with db.connection(cfg.connection) as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (cfg.schema, cfg.table))
-        if cur.fetchone()[0] is None:
-            raise ConfigError(f"the narrow table {cfg.schema}.{cfg.table} does not exist on "
-                              f"{cfg.connection.describe()}: check source.schema and source.table "
-                              "(or fill it with the generate job)")
+        columns = narrow_columns(cur, cfg.schema, cfg.table)
+    if columns is None:
+        raise ConfigError(f"the narrow table {where} does not exist on {cfg.connection.describe()}: check "
+                          "source.schema and source.table (or fill it with the generate job)")
+    expected = dict(NARROW_COLUMNS)
+    if cfg.order_column:
+        expected[cfg.order_column] = ORDER_COLUMN_TYPES
+    missing = [name for name in expected if name not in columns]
+    if missing:
+        raise ConfigError(f"the narrow table {where} has no column {', '.join(missing)} "
+                          f"(widen reads {', '.join(expected)})")
+    for name, allowed in expected.items():
+        if columns[name] not in allowed:
+            key = " (source.order_column)" if name == cfg.order_column else ""
+            raise ConfigError(f"the narrow table's column {name}{key} is {columns[name]}; widen needs "
+                              f"{' or '.join(allowed)}")
+
+
+def unknown_ships(conn, cfg: SourceConfig, ships: list[str]) -> list[str]:
+    """The ships of ``ships`` with no row in the narrow table (an index probe each)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT s FROM unnest(%s::text[]) AS s WHERE NOT EXISTS "
+                            "(SELECT 1 FROM {} WHERE ship_id = s)").format(source_table(cfg)), (list(ships),))
+        return [r[0] for r in cur.fetchall()]
 
 
 def chunk_index_warning(conn, cfg: SourceConfig) -> str | None:
@@ -75,7 +125,7 @@ def plan_chunks(conn, cfg: SourceConfig, ship_ids: list[str] | None, start: dt.d
     the same arguments always give the same chunks and the ledger can skip finished ones.
     """
     width = chunk_hours * 3600.0
-    where = [sql.SQL("ship_id IS NOT NULL"), sql.SQL("created_time IS NOT NULL")]
+    where = [sql.SQL("ship_id IS NOT NULL"), sql.SQL("ship_id <> ''"), sql.SQL("created_time IS NOT NULL")]
     params: list = []
     if ship_ids:
         where.append(sql.SQL("ship_id = ANY(%s)"))

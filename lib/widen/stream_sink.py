@@ -11,18 +11,19 @@ replayed one changes nothing.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2 import sql
-from psycopg2.extras import execute_values
 
-from widen import catalog, db, kernels, sinks
+from widen import catalog, db, errors, kernels, sinks
 from widen.config import Config
 
 JOB = "stream"
+log = logging.getLogger(__name__)
 #: wide rows per ship up to which a batch is upserted directly rather than COPYed to staging
 DIRECT_ROWS = 500
 
@@ -37,6 +38,12 @@ class BatchResult:
     rejected_rows: int = 0
     duplicate_rows: int = 0
     newest_created_time: "dt.datetime | None" = None
+    #: ship -> why its rows of this batch were not written (recorded in ``stream_failures``)
+    failed: dict = field(default_factory=dict)
+
+    @property
+    def failed_rows(self) -> int:
+        return sum(f["rows"] for f in self.failed.values())
 
 
 class _SinkState:
@@ -108,11 +115,23 @@ def _write_batch(state: _SinkState, config: Config, table: pa.Table, batch_id: i
             grown: dict[str, catalog.ShipLayout] = {}
             for i, ship in enumerate(sorted(ships)):
                 rows = valid.filter(pc.equal(valid.column("ship_id"), ship))
-                if config.target.is_delta:
-                    txn = (delta_stream_app_id(query_name), batch_id)
-                    wide, duplicates = _merge_ship_delta(spark, config, state, ship, rows, txn)
-                else:
-                    wide, duplicates = _merge_ship(conn, cur, config, state, grown, i, ship, rows)
+                # One ship's failure is rolled back alone and recorded; the others go on.
+                cur.execute("SAVEPOINT widen_ship")
+                try:
+                    if config.target.is_delta:
+                        txn = (delta_stream_app_id(query_name), batch_id)
+                        wide, duplicates = _merge_ship_delta(spark, config, state, ship, rows, txn)
+                    else:
+                        wide, duplicates = _merge_ship(conn, cur, config, state, grown, i, ship, rows)
+                    cur.execute("RELEASE SAVEPOINT widen_ship")
+                except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
+                    if not errors.is_ship_level(err):
+                        raise
+                    cur.execute("ROLLBACK TO SAVEPOINT widen_ship")
+                    grown.pop(ship, None)
+                    state.layouts.pop(ship, None)
+                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, rows, err)
+                    continue
                 result.wide_rows += wide
                 result.duplicate_rows += duplicates
             result.ships = len(ships)
@@ -131,6 +150,23 @@ def _write_batch(state: _SinkState, config: Config, table: pa.Table, batch_id: i
         raise
     state.layouts.update(grown)             # only what committed
     return result
+
+
+def record_ship_failure(cur, catalog_schema: str, query_name: str, batch_id: int, ship: str, rows: pa.Table,
+                        err: BaseException) -> dict:
+    """A ship whose rows of a micro-batch could not be written: why, how many, and the time range
+    ``reconcile --repair --ships <ship> --start <first> --end <last>`` brings them in from."""
+    first = pc.min(rows.column("created_time")).as_py()
+    last = pc.max(rows.column("created_time")).as_py()
+    failure = {"rows": rows.num_rows, "first": first, "last": last, "error": errors.describe(err)}
+    log.warning("batch %s: ship %r not written (%s narrow rows, %s .. %s): %s; the batch goes on without it "
+                "(reconcile --repair brings the rows in)", batch_id, ship, rows.num_rows, first, last,
+                failure["error"])
+    cur.execute(sql.SQL("INSERT INTO {} (query_name, batch_id, ship_id, narrow_rows, first_created_time, "
+                        "last_created_time, error) VALUES (%s, %s, %s, %s, %s, %s, %s)").format(
+        sql.Identifier(catalog_schema, "stream_failures")),
+        (query_name, batch_id, ship, rows.num_rows, first, last, failure["error"]))
+    return failure
 
 
 def merge_ship_rows(conn, cur, config: Config, ship: str, rows: pa.Table) -> tuple[int, int]:
@@ -204,8 +240,8 @@ def _merge_ship(conn, cur, config: Config, state: _SinkState, grown: dict, index
             # A few timestamps: one parameterised upsert beats staging + COPY + merge (measured:
             # 100 ships x 200 channels a batch, 2.6 s -> see BENCHMARKS.md).
             values = list(zip(times.to_pylist(), *(col.to_pylist() for _, col in present)))
-            execute_values(cur, sinks.upsert_statement(target, names, None, greatest).as_string(cur),
-                           values, page_size=len(values))
+            db.execute_values(cur, sinks.upsert_statement(target, names, None, greatest), values,
+                              page_size=len(values))
             continue
         # Named per ship and part and dropped at commit: no DROP round trip per ship.
         staging = sql.Identifier(f"widen_stream_{index}_p{part}")
@@ -247,11 +283,11 @@ def write_rejects(cur, catalog_schema: str, rejects: pa.Table, batch_id: int | s
         return 0
     rows = list(zip(rejects.column("ship_id").to_pylist(), rejects.column("created_time").to_pylist(),
                     rejects.column("reject").to_pylist()))
-    execute_values(cur, sql.SQL(
+    db.execute_values(cur, sql.SQL(
         "INSERT INTO {r} (ship_id, data_channel_id, created_time, reason, value_format, double_v, long_v, "
         "str_v, bool_v, job, batch) SELECT v.ship_id, a[2], v.created_time::timestamptz, a[1], a[3], "
         "a[4]::double precision, a[5]::bigint, a[6], a[7]::boolean, {job}, {batch} "
         "FROM (VALUES %s) AS v(ship_id, created_time, raw) CROSS JOIN LATERAL (SELECT v.raw::text[] AS a) r"
     ).format(r=sql.Identifier(catalog_schema, "rejects"), job=sql.Literal(job),
-             batch=sql.Literal(str(batch_id))).as_string(cur), rows)
+             batch=sql.Literal(str(batch_id))), rows)
     return len(rows)

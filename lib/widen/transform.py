@@ -22,6 +22,7 @@ def reject_reason() -> Column:
     ship, channel = F.col("ship_id"), F.col("data_channel_id")
     time, fmt = F.col("created_time"), F.col("value_format")
     return (F.when(ship.isNull(), F.lit(render.REASON_NULL_SHIP))
+            .when(ship == "", F.lit(render.REASON_EMPTY_SHIP))
             .when(channel.isNull(), F.lit(render.REASON_NULL_CHANNEL))
             .when(channel == "", F.lit(render.REASON_EMPTY_CHANNEL))
             .when(time.isNull(), F.lit(render.REASON_NULL_TIME))

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import logging
 import math
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 from psycopg2 import sql
-from psycopg2.extras import execute_values
 
-from widen import catalog, db, delta_sink, naming, render, sinks, sources, stream_sink
+from widen import catalog, db, delta_sink, errors, render, sinks, sources, stream_sink
 from widen.config import Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.jobs import plan as plan_job
@@ -32,6 +31,7 @@ from widen.progress import Progress
 from widen.session import get_spark, resolve_connections
 
 JOB = "backfill"
+log = logging.getLogger(__name__)
 MAX_SCHEMA_ROUNDS = 3
 
 
@@ -68,16 +68,22 @@ class Backfill:
         for ship in ships:
             if ship in self.problems:
                 continue
-            self.layouts.setdefault(ship, catalog.ShipLayout(ship))
-            if not self.layouts[ship].tables:
-                self.layouts[ship].tables[1] = naming.table_name(tgt_cfg.wide_table_template, ship, 1)
-        for ship in self.layouts:
+            layout = self.layouts.setdefault(ship, catalog.ShipLayout(ship))
+            try:
+                if not layout.tables:           # a ship with no valid channel yet: its main table
+                    catalog.grow_layout(layout, {}, tgt_cfg, catalog.LazyFleetNamer(tgt, tgt_cfg))
+                catalog.record_layout(tgt, tgt_cfg, layout)
+                tgt.commit()
+            except (ValueError, psycopg2.Error) as err:
+                tgt.rollback()
+                self.layouts.pop(ship, None)
+                self.problems[ship] = errors.describe(err)
+                continue
             # Tables made up front keep DDL (and its exclusive locks) out of the chunk transactions.
             # A ship whose tables cannot be made here is not fatal: its chunks retry, then report.
             try:
                 if not tgt_cfg.is_delta:       # Delta tables are made by the chunk, under the ship lock
-                    catalog.ensure_wide_tables(tgt, tgt_cfg.schema, self.layouts[ship])
-                catalog.record_layout(tgt, tgt_cfg, self.layouts[ship])
+                    catalog.ensure_wide_tables(tgt, tgt_cfg.schema, layout)
                 tgt.commit()
             except psycopg2.Error:
                 tgt.rollback()
@@ -234,13 +240,12 @@ class Backfill:
                 progress.add(chunk.narrow_rows)
                 return {"chunk": chunk, "ok": True, **result}
             except Exception as err:  # noqa: BLE001 - every failure is recorded and retried
-                last_error = short_error(err)
+                last_error = errors.describe(err)
                 self._record_failure(chunk, started_at, last_error)
                 if attempt < bf.max_attempts:
                     time.sleep(bf.retry_backoff_seconds * 2 ** (attempt - 1))
         progress.add(0, failed=True)
-        print(f"[backfill] chunk {chunk.label()} failed after {bf.max_attempts} attempts: {last_error}",
-              file=progress.stream, flush=True)
+        log.warning("chunk %s failed after %d attempts: %s", chunk.label(), bf.max_attempts, last_error)
         return {"chunk": chunk, "ok": False, "error": last_error}
 
     def _record_failure(self, chunk, started_at, error: str) -> None:
@@ -255,16 +260,17 @@ class Backfill:
 
     # -- rows that no chunk reads ------------------------------------------------------------------
     def sweep_unplaceable_rejects(self, src, tgt, ships: list[str] | None) -> int:
-        """Rows with a NULL ship_id or created_time fall in no chunk: copy them to the rejects table."""
+        """Rows with a NULL or empty ship_id or a NULL created_time fall in no chunk: copy them to the
+        rejects table."""
         cfg, tgt_cfg = self.config.source, self.config.target
         scope = sql.SQL("")
         params: list = []
         if ships:
-            scope = sql.SQL(" AND (ship_id IS NULL OR ship_id = ANY(%s))")
+            scope = sql.SQL(" AND (ship_id IS NULL OR ship_id = '' OR ship_id = ANY(%s))")
             params.append(list(ships))
         query = sql.SQL(
             "SELECT ship_id, data_channel_id, created_time, value_format, double_v, long_v, str_v, "
-            "bool_v, {reason} FROM {t} WHERE (ship_id IS NULL OR created_time IS NULL){scope}").format(
+            "bool_v, {reason} FROM {t} WHERE (ship_id IS NULL OR ship_id = '' OR created_time IS NULL){scope}").format(
             reason=render.reject_reason_sql(), t=sources.source_table(cfg), scope=scope)
         rejects = sql.Identifier(tgt_cfg.catalog_schema, "rejects")
         insert = sql.SQL(
@@ -274,14 +280,14 @@ class Backfill:
         with tgt.cursor() as out:
             delete = sql.SQL("DELETE FROM {} WHERE job = %s AND batch = 'sweep'").format(rejects)
             if ships:
-                delete = delete + sql.SQL(" AND (ship_id IS NULL OR ship_id = ANY(%s))")
+                delete = delete + sql.SQL(" AND (ship_id IS NULL OR ship_id = '' OR ship_id = ANY(%s))")
             out.execute(delete, [JOB, *params])
             # A server-side cursor: however many such rows there are, memory holds one batch.
             with src.cursor(name="widen_sweep") as cur:
                 cur.itersize = 10_000
                 cur.execute(query, params)
                 while rows := cur.fetchmany(10_000):
-                    execute_values(out, insert.as_string(out), [(*row, JOB, "sweep") for row in rows])
+                    db.execute_values(out, insert, [(*row, JOB, "sweep") for row in rows])
                     swept += len(rows)
         src.rollback()
         tgt.commit()
@@ -295,16 +301,6 @@ def partitions_for(chunk: sources.Chunk, bf) -> int:
 
 def chunk_batch_label(chunk: sources.Chunk) -> str:
     return f"{chunk.ship_id}|{chunk.range_start.isoformat()}|{chunk.range_end.isoformat()}"
-
-
-def short_error(err: Exception) -> str:
-    """The informative line of an error (Spark wraps Python worker errors in pages of trace)."""
-    text = str(err).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "Exception" in line:
-            return line[:500]
-    return (lines[0] if lines else type(err).__name__)[:500]
 
 
 def interleave_by_ship(chunks: list[sources.Chunk]) -> list[sources.Chunk]:
@@ -324,7 +320,7 @@ def interleave_by_ship(chunks: list[sources.Chunk]) -> list[sources.Chunk]:
 
 @exclusive(JOB)
 def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.datetime | None = None,
-        end: dt.datetime | None = None, progress_stream=None, **_ignored) -> Result:
+        end: dt.datetime | None = None, **_ignored) -> Result:
     began = time.monotonic()
     config = resolve_connections(config)
     src_cfg, tgt_cfg, bf = config.source, config.target, config.backfill
@@ -333,7 +329,7 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
         catalog.ensure_catalog(tgt, tgt_cfg.catalog_schema)
         index_warning = sources.chunk_index_warning(src, src_cfg)
         if index_warning:
-            print(f"[backfill] WARNING: {index_warning}", file=progress_stream or sys.stderr, flush=True)
+            log.warning(index_warning)
         chunks = sources.plan_chunks(src, src_cfg, ships, start, end, bf.chunk_hours)
         src.rollback()
         ship_ids = sorted({c.ship_id for c in chunks})
@@ -343,13 +339,12 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
         swept = job.sweep_unplaceable_rejects(src, tgt, ships)
     todo = interleave_by_ship([c for c in chunks if c.key not in done and c.ship_id not in job.problems])
     for ship, why in job.problems.items():
-        print(f"[backfill] ship {ship!r} skipped: {why}", file=progress_stream or sys.stderr, flush=True)
+        log.warning("ship %r skipped: %s", ship, why)
     skipped = sum(1 for c in chunks if c.key in done)
     results = []
     if todo:
         job.spark = get_spark(config, spark)
-        progress = Progress(JOB, len(todo), sum(c.narrow_rows for c in todo), bf.progress_seconds,
-                            progress_stream)
+        progress = Progress(JOB, len(todo), sum(c.narrow_rows for c in todo), bf.progress_seconds)
         with progress, ThreadPoolExecutor(max_workers=bf.parallel_chunks,
                                           thread_name_prefix="widen-chunk") as pool:
             results = list(pool.map(lambda c: job.run_chunk_with_retries(c, progress), todo))

@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import sys
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 from psycopg2 import sql
-from psycopg2.extras import execute_values
 
-from widen import catalog, db, reconcile, render, stream_sink
+from widen import catalog, db, errors, reconcile, render, stream_sink
 from widen.config import Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.jobs.plan import reject_counts
 from widen.session import get_spark, resolve_connections
 
 JOB = "reconcile"
+log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
 EARLIEST = dt.datetime(1, 1, 1, tzinfo=UTC)
 LATEST = dt.datetime(9999, 12, 31, tzinfo=UTC)
@@ -49,12 +49,31 @@ class ShipReport:
     repaired: bool = False
     found_buckets: int = 0                               # mismatching before any repair
     fixed: list = field(default_factory=list)            # buckets a repair made match
+    error: str | None = None                             # the ship could not be checked (or repaired)
+
+
+@dataclass(frozen=True)
+class BucketRow:
+    """What a bucket task found for one ship: a bucket's two aggregates (``target`` None while a
+    Delta target's side is still to be computed on the driver), or that the ship has rejected rows,
+    or that it could not be checked."""
+    ship_id: str
+    bucket: dt.datetime | None = None
+    source: reconcile.Aggregate | None = None
+    target: reconcile.Aggregate | None = None
+    rejected: int = 0
+    error: str | None = None
+
+    @property
+    def matches(self) -> bool:
+        return self.source == self.target
 
 
 class BucketTask:
-    """The per-partition function: ship ids in, one row per (ship, bucket) out.
+    """The per-partition function: ship ids in, ``BucketRow``s out.
 
     Holds both databases' connection parameters (resolved on the driver); its repr never shows them.
+    A ship that fails is reported as such (an ``error`` row) and the task goes on with the next.
     """
 
     def __init__(self, config: Config, src_params: dict, tgt_params: dict, lo, hi, width_seconds: float):
@@ -66,17 +85,19 @@ class BucketTask:
         return "BucketTask()"
 
     def __call__(self, ships):
-        import psycopg2
-
-        src = psycopg2.connect(**self._src)
-        tgt = psycopg2.connect(**self._tgt)
-        src.autocommit = tgt.autocommit = True
+        src = db.open_session(self._src, autocommit=True)
+        tgt = db.open_session(self._tgt, autocommit=True)
         try:
             with src.cursor() as sc, tgt.cursor() as tc:
                 reconcile.prepare_session(sc)
                 reconcile.prepare_session(tc)
                 for ship in ships:
-                    yield from self._ship(src, sc, tgt, tc, ship)
+                    try:
+                        yield from list(self._ship(src, sc, tgt, tc, ship))
+                    except Exception as err:  # noqa: BLE001 - one ship's failure, reported by ship
+                        if not errors.is_ship_level(err):
+                            raise
+                        yield BucketRow(ship, error=errors.describe(err))
         finally:
             src.close()
             tgt.close()
@@ -98,10 +119,10 @@ class BucketTask:
                 sql.Identifier(cfg.source.schema, cfg.source.table)), (ship,))
             rejected[None] = sc.fetchone()[0]
         if any(rejected.values()):
-            yield (ship, None, sum(rejected.values()), 0, 0, 0, 0, 0)     # the ship has rejected rows
+            yield BucketRow(ship, rejected=sum(rejected.values()))
         if target is None:
             for bucket, s in sorted(source.items()):
-                yield (ship, bucket, s.times, None, s.cells, None, s.checksum, None)
+                yield BucketRow(ship, bucket, s)
             return
         yield from bucket_rows(sc, reconcile.PostgresWide(tc, cfg), cfg, layout, ship, source, target,
                                self.lo, self.hi, self.width)
@@ -109,28 +130,37 @@ class BucketTask:
 
 def bucket_rows(sc, wide, config: Config, layout, ship: str, source: dict, target: dict, lo, hi,
                 width: float):
-    """(ship, bucket, source/target times, cells, checksums) per bucket of either side; a bucket the
-    fast form finds different is checked again exactly (the fast form counts every duplicate)."""
+    """A ``BucketRow`` per bucket of either side; a bucket the fast form finds different is checked
+    again exactly (the fast form counts every duplicate)."""
     for bucket in sorted(set(source) | set(target)):
         s, t = source.get(bucket, reconcile.Aggregate()), target.get(bucket, reconcile.Aggregate())
         if s != t:
             s, t = reconcile.range_aggregates(sc, wide, config, layout, ship, max(bucket, lo),
                                               min(bucket + dt.timedelta(seconds=width), hi))
-        yield (ship, bucket, s.times, t.times, s.cells, t.cells, s.checksum, t.checksum)
+        yield BucketRow(ship, bucket, s, t)
 
 
-def with_delta_targets(config: Config, spark, rows: list, ship_ids: list[str], lo, hi, width: float) -> list:
+def with_delta_targets(config: Config, spark, rows: list[BucketRow], ship_ids: list[str], lo, hi,
+                       width: float) -> list[BucketRow]:
     """Bucket rows with the Delta side filled in: per ship, Spark aggregates its Delta tables."""
     sources: dict[str, dict] = {}
-    out = [r for r in rows if r[1] is None]
-    for ship, bucket, st, _, sc, _, sh, _ in (r for r in rows if r[1] is not None):
-        sources.setdefault(ship, {})[bucket] = reconcile.Aggregate(st, sc, sh)
+    out = [r for r in rows if r.bucket is None]
+    for row in (r for r in rows if r.bucket is not None):
+        sources.setdefault(row.ship_id, {})[row.bucket] = row.source
+    failed = {r.ship_id for r in rows if r.error}
     with _sessions(config, spark) as (tgt, src_cur, wide):
         for ship in ship_ids:
-            layout = catalog.load_layout(tgt, config.target.catalog_schema, ship)
-            target = wide.groups(layout, ship, lo, hi, "bucket", width)
-            out.extend(bucket_rows(src_cur, wide, config, layout, ship, sources.get(ship, {}), target, lo, hi,
-                                   width))
+            if ship in failed:
+                continue
+            try:
+                layout = catalog.load_layout(tgt, config.target.catalog_schema, ship)
+                target = wide.groups(layout, ship, lo, hi, "bucket", width)
+                out.extend(list(bucket_rows(src_cur, wide, config, layout, ship, sources.get(ship, {}), target,
+                                            lo, hi, width)))
+            except Exception as err:  # noqa: BLE001 - one ship's failure, reported by ship
+                if not errors.is_ship_level(err):
+                    raise
+                out.append(BucketRow(ship, error=errors.describe(err)))
     return out
 
 
@@ -143,7 +173,7 @@ def list_ships(config: Config, ships: list[str] | None) -> list[str]:
         cur.execute(sql.SQL(
             "WITH RECURSIVE s AS (SELECT min(ship_id) AS id FROM {t} UNION ALL "
             "SELECT (SELECT min(ship_id) FROM {t} WHERE ship_id > s.id) FROM s WHERE s.id IS NOT NULL) "
-            "SELECT id FROM s WHERE id IS NOT NULL").format(t=sql.Identifier(config.source.schema,
+            "SELECT id FROM s WHERE id IS NOT NULL AND id <> ''").format(t=sql.Identifier(config.source.schema,
                                                                               config.source.table)))
         found.update(r[0] for r in cur.fetchall())
     with db.connection(config.target.connection) as conn, conn.cursor() as cur:
@@ -217,30 +247,34 @@ def _repair_delta(config: Config, spark, ship: str, times: list, ranges: list, r
 
 @exclusive(JOB)
 def run(config: Config, spark=None, ships: list[str] | None = None, start=None, end=None,
-        repair: bool = False, progress_stream=None, **_ignored) -> Result:
+        repair: bool = False, **_ignored) -> Result:
     began = time.monotonic()
     config = resolve_connections(config)
     rc = config.reconcile
-    out = progress_stream or sys.stderr
     lo, hi = start or EARLIEST, end or LATEST
     width = rc.bucket_hours * 3600.0
     ship_ids = list_ships(config, ships)
     spark = get_spark(config, spark)
     task = BucketTask(config, config.source.connection.psycopg_params(),
                       config.target.connection.psycopg_params(), lo, hi, width)
-    print(f"[reconcile] {len(ship_ids)} ships, {rc.bucket_hours:g} h buckets", file=out, flush=True)
+    log.info("%d ships, %g h buckets", len(ship_ids), rc.bucket_hours)
     rows = (spark.sparkContext.parallelize(ship_ids, max(1, min(len(ship_ids), rc.parallel_ships)))
             .mapPartitions(task).collect()) if ship_ids else []
     if config.target.is_delta:
         rows = with_delta_targets(config, spark, rows, ship_ids, lo, hi, width)
     reports = {s: ShipReport(s) for s in ship_ids}
-    ships_with_rejects = [r[0] for r in rows if r[1] is None]
-    rows = [r for r in rows if r[1] is not None]
-    for ship, bucket, st, tt, sc, tc, sh, th in rows:
-        report = reports[ship]
+    for row in rows:
+        report = reports[row.ship_id]
+        if row.error:
+            report.error = row.error
+            log.warning("ship %r could not be checked: %s", row.ship_id, row.error)
+    ships_with_rejects = [r.ship_id for r in rows if r.rejected]
+    rows = [r for r in rows if r.bucket is not None and not reports[r.ship_id].error]
+    for row in rows:
+        report = reports[row.ship_id]
         report.buckets += 1
-        if (st, sc, sh) != (tt, tc, th):
-            report.mismatched.append((bucket, reconcile.Aggregate(st, sc, sh), reconcile.Aggregate(tt, tc, th)))
+        if not row.matches:
+            report.mismatched.append((row.bucket, row.source, row.target))
     # Rejected rows by reason: only for ships the bucket pass found some in (a scan), plus the rows
     # of no ship (an index probe).
     with db.connection(config.source.connection) as src:
@@ -251,14 +285,16 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start=None, 
     _drill_down(config, spark, reports, lo, hi, width)
     if repair:
         for report in reports.values():
-            if report.mismatched:
-                repair_ship(config, report, spark)
-                print(f"[reconcile] {report.ship_id}: repaired {len(report.drill.times)} timestamps and "
-                      f"{len(report.drill.ranges)} ranges", file=out, flush=True)
+            if report.mismatched and not report.error:
+                with _ship_errors(report):
+                    repair_ship(config, report, spark)
+                    log.info("%s: repaired %d timestamps and %d ranges", report.ship_id, len(report.drill.times),
+                             len(report.drill.ranges))
         _recheck(config, spark, reports, lo, hi, width)
     run_id = dt.datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     _record(config, run_id, rows, reports, width, hi)
     left = {s: len(r.mismatched) for s, r in reports.items() if r.mismatched}
+    failed = {s: r.error for s, r in reports.items() if r.error}
     text = format_report(reports, rc.max_reported_cells)
     if no_ship:
         text += f"\n(no ship_id): {sum(no_ship.values()):,} rejected rows"
@@ -274,16 +310,28 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start=None, 
         "cells": [{"ship_id": s, "created_time": d.created_time.isoformat(), "data_channel_id": d.data_channel_id,
                    "kind": d.kind, "source": d.source_value, "wide": d.target_value}
                   for s, r in sorted(reports.items()) for d in r.diffs],
-        "seconds": round(time.monotonic() - began, 2)}
-    return Result(JOB, EXIT_PROBLEM if left else EXIT_OK, summary, text)
+        "failed": failed, "seconds": round(time.monotonic() - began, 2)}
+    return Result(JOB, EXIT_PROBLEM if left or failed else EXIT_OK, summary, text)
 
 
 def _rejects_without_ship(src, config: Config) -> dict:
     """Rows with a NULL ship_id, by reason (an index probe; reported apart from every ship)."""
     with src.cursor() as cur:
-        cur.execute(sql.SQL("SELECT {r}, count(*) FROM {t} WHERE ship_id IS NULL GROUP BY 1").format(
+        cur.execute(sql.SQL("SELECT {r}, count(*) FROM {t} WHERE ship_id IS NULL OR ship_id = '' GROUP BY 1").format(
             r=render.reject_reason_sql(), t=sql.Identifier(config.source.schema, config.source.table)))
         return {reason: n for reason, n in cur.fetchall()}
+
+
+@contextlib.contextmanager
+def _ship_errors(report: ShipReport):
+    """Record a ship-level failure on the ship's report (the other ships go on)."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - classified below
+        if not errors.is_ship_level(err):
+            raise
+        report.error = errors.describe(err)
+        log.warning("ship %r: %s", report.ship_id, report.error)
 
 
 @contextlib.contextmanager
@@ -302,30 +350,36 @@ def _drill_down(config: Config, spark, reports: dict, lo, hi, width: float) -> N
     rc = config.reconcile
     with _sessions(config, spark) as (tgt, sc, wide):
         for report in reports.values():
-            if not report.mismatched:
+            if not report.mismatched or report.error:
                 continue
-            layout = catalog.load_layout(tgt, config.target.catalog_schema, report.ship_id)
-            found = reconcile.Drill()
-            for bucket, _, _ in report.mismatched:
-                reconcile.drill(sc, wide, config, layout, report.ship_id, max(bucket, lo),
-                                min(bucket + dt.timedelta(seconds=width), hi), rc.leaf_times, found)
-            report.drill = found
-            report.found_buckets = len(report.mismatched)
-            diffs = reconcile.cell_differences(sc, wide, config, layout, report.ship_id, found.times)
-            for d in diffs:
-                report.totals[d.kind] += 1
-            for range_lo, range_hi, s, t in found.ranges:
-                kind = "missing" if t.times == 0 else "extra"
-                report.totals[kind] += max(s.cells, t.cells)
-                diffs.append(reconcile.CellDiff(range_lo, None, f"{kind} range to {range_hi.isoformat()}: "
-                                                f"{max(s.times, t.times)} timestamps, {max(s.cells, t.cells)} cells"))
-            report.diffs = diffs[: rc.max_reported_cells]
+            with _ship_errors(report):
+                _drill_ship(config, tgt, sc, wide, report, lo, hi, width)
+
+
+def _drill_ship(config: Config, tgt, sc, wide, report: ShipReport, lo, hi, width: float) -> None:
+    rc = config.reconcile
+    layout = catalog.load_layout(tgt, config.target.catalog_schema, report.ship_id)
+    found = reconcile.Drill()
+    for bucket, _, _ in report.mismatched:
+        reconcile.drill(sc, wide, config, layout, report.ship_id, max(bucket, lo),
+                        min(bucket + dt.timedelta(seconds=width), hi), rc.leaf_times, found)
+    report.drill = found
+    report.found_buckets = len(report.mismatched)
+    diffs = reconcile.cell_differences(sc, wide, config, layout, report.ship_id, found.times)
+    for d in diffs:
+        report.totals[d.kind] += 1
+    for range_lo, range_hi, s, t in found.ranges:
+        kind = "missing" if t.times == 0 else "extra"
+        report.totals[kind] += max(s.cells, t.cells)
+        diffs.append(reconcile.CellDiff(range_lo, None, f"{kind} range to {range_hi.isoformat()}: "
+                                        f"{max(s.times, t.times)} timestamps, {max(s.cells, t.cells)} cells"))
+    report.diffs = diffs[: rc.max_reported_cells]
 
 
 def _recheck(config: Config, spark, reports: dict, lo, hi, width: float) -> None:
     with _sessions(config, spark) as (tgt, sc, wide):
         for report in reports.values():
-            if not report.repaired:
+            if not report.repaired or report.error:
                 continue
             layout = catalog.load_layout(tgt, config.target.catalog_schema, report.ship_id)
             still = []
@@ -338,21 +392,23 @@ def _recheck(config: Config, spark, reports: dict, lo, hi, width: float) -> None
             report.mismatched = still
 
 
-def _record(config: Config, run_id: str, rows: list, reports: dict, width: float, hi) -> None:
+def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, width: float, hi) -> None:
     fixed = {(s, b) for s, r in reports.items() for b in r.fixed}
     left = {(s, b) for s, r in reports.items() for b, _, _ in r.mismatched}
     values = []
-    for ship, bucket, st, tt, sc, tc, sh, th in rows:
-        status = "mismatch" if (ship, bucket) in left else "repaired" if (ship, bucket) in fixed else "match"
-        values.append((run_id, ship, bucket, min(bucket + dt.timedelta(seconds=width), hi), st, tt, sc, tc,
-                       sh, th, status))
+    for r in rows:
+        key = (r.ship_id, r.bucket)
+        status = "mismatch" if key in left else "repaired" if key in fixed else "match"
+        values.append((run_id, r.ship_id, r.bucket, min(r.bucket + dt.timedelta(seconds=width), hi),
+                       r.source.times, r.target.times, r.source.cells, r.target.cells, r.source.checksum,
+                       r.target.checksum, status))
     with db.connection(config.target.connection) as conn, conn.cursor() as cur:
         catalog.ensure_catalog(conn, config.target.catalog_schema)
         if values:
-            execute_values(cur, sql.SQL(
+            db.execute_values(cur, sql.SQL(
                 "INSERT INTO {} (run_id, ship_id, bucket_start, bucket_end, source_times, target_times, "
                 "source_cells, target_cells, source_checksum, target_checksum, status) VALUES %s").format(
-                sql.Identifier(config.target.catalog_schema, "reconcile_results")).as_string(cur), values)
+                sql.Identifier(config.target.catalog_schema, "reconcile_results")), values)
         conn.commit()
 
 
@@ -365,6 +421,9 @@ def format_report(reports: dict, cap: int) -> str:
             if rejects else ""
         t = r.totals
         found = f"{t['missing']} cells missing, {t['extra']} extra, {t['different']} different"
+        if r.error:
+            lines.append(f"{ship}: NOT CHECKED: {r.error}")
+            continue
         if not r.found_buckets:
             lines.append(f"{ship}: matches ({r.buckets} buckets){reject_text}")
             continue

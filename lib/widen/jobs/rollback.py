@@ -8,13 +8,17 @@ then the catalog rows go in one transaction.
 """
 from __future__ import annotations
 
+import logging
+
 from psycopg2 import sql
 
-from widen import catalog, db
-from widen.config import Config, ConfigError
-from widen.jobs import EXIT_OK, Result, exclusive
+from widen import catalog, db, errors
+from widen.config import BadInput, Config
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.delta_sink import DeltaTarget
 from widen.session import get_spark, resolve_connections
+
+log = logging.getLogger(__name__)
 
 
 def plan_statements(config: Config, layout: catalog.ShipLayout, start=None, end=None) -> list:
@@ -63,42 +67,52 @@ def delta_actions(target, layout: catalog.ShipLayout, start=None, end=None) -> l
             for t in layout.tables.values()]
 
 
-@exclusive("rollback", reads_narrow_table=False)
+@exclusive("rollback", reads_narrow_table=False, ships_from="catalog")
 def run(config: Config, spark=None, ships: list[str] | None = None, start=None, end=None,
         dry_run: bool = False, **_ignored) -> Result:
+    """Each ship in its own transaction: one that fails is reported (exit 1), the others go on."""
     if not ships:
-        raise ConfigError("rollback needs --ships (it never rolls back every ship by default)")
+        raise BadInput("rollback needs --ships (it never rolls back every ship by default)")
     config = resolve_connections(config)
     tgt_cfg = config.target
-    lines, counts, unknown = [], {}, []
+    lines, counts, failed = [], {}, {}
     with db.connection(tgt_cfg.connection) as conn:
         catalog.ensure_catalog(conn, tgt_cfg.catalog_schema)
-        with conn.cursor() as cur:
-            for ship in ships:
-                layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
-                if not layout.tables:
-                    unknown.append(ship)
-                    continue
-                affected = 0
-                if tgt_cfg.is_delta:
-                    # Delta first: a rollback cut short after it leaves the catalog, and runs again.
-                    spark = get_spark(config, spark)
-                    for text, action in delta_actions(DeltaTarget(spark, tgt_cfg), layout, start, end):
-                        lines.append(("would " if dry_run else "did: ") + text)
-                        if not dry_run:
-                            action()
-                for statement, params in plan_statements(config, layout, start, end):
-                    text = cur.mogrify(statement, params).decode()
-                    lines.append(("would run: " if dry_run else "ran: ") + text)
-                    if not dry_run:
-                        cur.execute(statement, params)
-                        affected += max(cur.rowcount, 0)
-                counts[ship] = affected
+    for ship in ships:
+        try:
+            counts[ship] = _rollback_ship(config, spark, ship, start, end, dry_run, lines)
+        except Exception as err:  # noqa: BLE001 - one ship's failure is reported, the rest go on
+            failed[ship] = errors.describe(err)
+            log.warning("ship %r not rolled back: %s", ship, failed[ship])
+    summary = {"ships": len(counts), "dry_run": dry_run, "range": [start, end] if start or end else None,
+               "rows_affected": counts, "failed": failed}
+    lines += [f"FAILED {ship!r}: {why}" for ship, why in failed.items()]
+    return Result("rollback", EXIT_PROBLEM if failed else EXIT_OK, summary, "\n".join(lines))
+
+
+def _rollback_ship(config: Config, spark, ship: str, start, end, dry_run: bool, lines: list[str]) -> int:
+    tgt_cfg = config.target
+    affected = 0
+    with db.connection(tgt_cfg.connection) as conn, conn.cursor() as cur:
+        catalog.lock_layout(cur, ship)
+        layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
+        if not layout.tables:
+            raise BadInput(f"ship {ship!r} has no wide tables in the catalog: nothing to roll back")
+        if tgt_cfg.is_delta:
+            # Delta first: a rollback cut short after it leaves the catalog, and runs again.
+            spark = get_spark(config, spark)
+            for text, action in delta_actions(DeltaTarget(spark, tgt_cfg), layout, start, end):
+                lines.append(("would " if dry_run else "did: ") + text)
+                if not dry_run:
+                    action()
+        for statement, params in plan_statements(config, layout, start, end):
+            text = cur.mogrify(statement, params).decode()
+            lines.append(("would run: " if dry_run else "ran: ") + text)
+            if not dry_run:
+                cur.execute(statement, params)
+                affected += max(cur.rowcount, 0)
         if dry_run:
             conn.rollback()
         else:
             conn.commit()
-    summary = {"ships": len(counts), "dry_run": dry_run, "unknown_ships": unknown,
-               "range": [start, end] if start or end else None, "rows_affected": counts}
-    lines += [f"ship {s!r} has no wide tables in the catalog: nothing to roll back" for s in unknown]
-    return Result("rollback", EXIT_OK, summary, "\n".join(lines))
+    return affected

@@ -18,23 +18,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
-import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
-from widen import catalog, db
-from widen.config import Config
-from widen.jobs import EXIT_OK, Result, exclusive
+from widen import catalog, db, errors
+from widen.config import BadInput, Config
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.session import get_spark, resolve_connections
 from widen.stream_metrics import BatchListener, StreamMetrics
 from widen.stream_sink import write_batch
 from widen.stream_source import initial_offset, narrow_stream, stream_options
 
 JOB = "stream"
-TOTALS = ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows")
+log = logging.getLogger(__name__)
+TOTALS = ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows", "failed_rows")
 COUNTED = ("batches", "skipped", "late_rows", *TOTALS)
 
 
@@ -52,6 +54,28 @@ def _batch_ids(spark, checkpoint: str, log: str) -> list[int]:
         return []
     names = [status.getPath().getName() for status in fs.listStatus(path)]
     return sorted(int(name) for name in names if name.isdigit())
+
+
+def require_writable_checkpoint(spark, checkpoint: str) -> None:
+    """Bad input (exit 2) when the checkpoint folder cannot be made or written, before anything
+    starts: found by creating it and a file in it (permission bits say nothing to root)."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(checkpoint).scheme
+    try:
+        if scheme in ("", "file"):
+            local = urlparse(checkpoint).path if scheme == "file" else checkpoint
+            os.makedirs(local, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=local, prefix=".widen-probe-"):
+                pass
+            return
+        jvm = spark.sparkContext._jvm
+        path = jvm.org.apache.hadoop.fs.Path(checkpoint)
+        path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).mkdirs(path)
+    except OSError as err:
+        raise BadInput(f"stream.checkpoint: cannot write to {checkpoint!r} ({err.strerror or err})") from None
+    except Exception as err:  # noqa: BLE001 - Hadoop's errors arrive through Py4J
+        raise BadInput(f"stream.checkpoint: cannot write to {checkpoint!r} ({errors.describe(err)})") from None
 
 
 def _has_offsets(spark, checkpoint: str) -> bool:
@@ -93,11 +117,11 @@ class StreamRun:
                 "start_offset": self.start_offset, "freshness_lag_seconds": _last_lag(self.listener)}
 
 
-def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
+def start(config: Config, spark, once: bool = False) -> StreamRun:
     """Start the stream query (connections already resolved); ``run`` waits on it."""
     st = config.stream
-    out = out or sys.stderr
     checkpoint = checkpoint_path(config)
+    require_writable_checkpoint(spark, checkpoint)
     with db.connection(config.target.connection) as conn:
         catalog.ensure_catalog(conn, config.target.catalog_schema)
     options = stream_options(config.source, buckets=st.buckets, settle_seconds=st.settle_seconds,
@@ -107,10 +131,10 @@ def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
         # A new query: take its first offset here so it can be logged for the backfill hand-off.
         start_offset = initial_offset(options)
         options["start_offset"] = json.dumps(start_offset)
-        print(f"[stream] new query {st.query_name!r} starts after {json.dumps(start_offset)} "
-              f"(stream.start = {st.start}); rows before it are the backfill's", file=out, flush=True)
+        log.info("new query %r starts after %s (stream.start = %s); rows before it are the backfill's",
+                 st.query_name, json.dumps(start_offset), st.start)
 
-    totals = {"batches": 0, "skipped": 0, **{key: 0 for key in TOTALS}}
+    totals = {"batches": 0, "skipped": 0, **{key: 0 for key in TOTALS}, "failed_ships": {}}
     results: dict = {}
 
     def sink(frame, batch_id: int) -> None:
@@ -121,9 +145,11 @@ def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
         totals["skipped"] += int(result.skipped)
         for key in TOTALS:
             totals[key] += getattr(result, key)
+        for ship, failure in result.failed.items():
+            totals["failed_ships"].setdefault(ship, []).append({"batch_id": batch_id, **failure})
 
     metrics = StreamMetrics(st.query_name, st.metrics_port, st.metrics_host, st.metrics_textfile)
-    listener = BatchListener(config, results, metrics, out)
+    listener = BatchListener(config, results, metrics)
     spark.streams.addListener(listener)
     try:
         rows = (narrow_stream(spark, config.source, options)
@@ -151,7 +177,7 @@ def start(config: Config, spark, once: bool = False, out=None) -> StreamRun:
 
 
 @exclusive(JOB, what="query", keys=lambda config, options: [config.stream.query_name])
-def run(config: Config, spark=None, once: bool = False, progress_stream=None, **_ignored) -> Result:
+def run(config: Config, spark=None, once: bool = False, **_ignored) -> Result:
     began = time.monotonic()
     config = resolve_connections(config)
     spark = get_spark(config, spark)
@@ -160,14 +186,23 @@ def run(config: Config, spark=None, once: bool = False, progress_stream=None, **
     # replays that batch and stops without reading what came since: run it once more.
     passes = 2 if once and _uncommitted_batch(spark, checkpoint_path(config)) else 1
     for _ in range(passes):
-        stream = start(config, spark, once, progress_stream)
+        stream = start(config, spark, once)
         try:
             _run_until_stopped(stream.query)
         finally:
             summary = stream.finish()
         for key, value in summary.items():
-            totals[key] = totals.get(key, 0) + value if key in COUNTED else value
-    return Result(JOB, EXIT_OK, {**totals, "seconds": round(time.monotonic() - began, 2)})
+            if key == "failed_ships":
+                for ship, failures in value.items():
+                    totals.setdefault(key, {}).setdefault(ship, []).extend(failures)
+            else:
+                totals[key] = totals.get(key, 0) + value if key in COUNTED else value
+    failed = totals.get("failed_ships") or {}
+    report = "\n".join(f"SHIP NOT WRITTEN {ship!r}: {sum(f['rows'] for f in fs)} narrow rows from "
+                       f"{min(f['first'] for f in fs)} to {max(f['last'] for f in fs)}: {fs[-1]['error']} "
+                       "(reconcile --repair brings them in)" for ship, fs in failed.items())
+    return Result(JOB, EXIT_PROBLEM if failed else EXIT_OK,
+                  {**totals, "seconds": round(time.monotonic() - began, 2)}, report)
 
 
 def _run_until_stopped(query) -> None:
