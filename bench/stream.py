@@ -12,6 +12,13 @@ Prints p50/p95/max freshness per rate, p95 per minute (bounded lag = it does not
 batches, and writes bench/results/stream-<rate>.json. Run it on a quiet machine:
 
     .venv/bin/python bench/stream.py [--minutes 5] [--rates 1,10] [--ships 100] [--channels 200]
+
+Backlog mode: a backlog of N million narrow rows (an outage, or ``stream.start: earliest``) drained
+by ``stream --once`` run as its own process, as a scheduler runs it; the RSS of the driver's Python
+process, its JVM and the Python workers is sampled every 0.2 s. Bounded (stream.max_rows_per_batch)
+against unbounded (the old single batch):
+
+    .venv/bin/python bench/stream.py --backlog 1,4 [--max-rows 100000] [--unbounded 1]
 """
 from __future__ import annotations
 
@@ -204,6 +211,92 @@ def run_rate(server, spark, home: Path, rate: int, args) -> dict:
     return result
 
 
+def tree_rss_mb(root_pid: int) -> dict[str, float]:
+    """RSS (MB) of the driver's Python process, its JVM and the other Python processes below it."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(entry.name)
+        children.setdefault(int(fields["PPid"].strip()), []).append(pid)
+        names[pid] = fields["Name"].strip()
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
+    out = {"driver_python": rss.get(root_pid, 0) / 1024, "jvm": 0.0, "workers": 0.0}
+    todo = list(children.get(root_pid, []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        key = "jvm" if names.get(pid) == "java" else "workers"
+        out[key] += rss.get(pid, 0) / 1024
+    return out
+
+
+def run_backlog(server, home: Path, millions: float, max_rows: int) -> dict:
+    """Drain a backlog of ``millions`` narrow rows with stream --once (a process of its own)."""
+    import subprocess
+
+    import yaml
+
+    params = {"host": server.host, "port": server.port, "dbname": server.database, "user": server.user}
+    reset(params)
+    conn_cfg = widen_config.Connection(server.host, server.port, server.database, server.user, password_env=None)
+    ships, channels = 8, 50
+    hours = millions * 1e6 / (ships * channels * 240)
+    conn = psycopg2.connect(**params)
+    conn.autocommit = True
+    with conn.cursor() as cur:     # generate_fleet fills the table; the ingestion id comes after
+        cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SRC)))
+    conn.close()
+    made = generate.generate_fleet(conn_cfg, SRC, ships=ships, channels=channels, hours=hours, seed=5)
+    conn = psycopg2.connect(**params)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        narrow = sql.Identifier(SRC, TABLE)
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN ingest_id bigserial").format(narrow))
+        cur.execute(sql.SQL("CREATE INDEX ON {} (ingest_id)").format(narrow))
+        cur.execute(sql.SQL("VACUUM ANALYZE {}").format(narrow))
+    conn.close()
+    label = f"{millions:g}M-{max_rows or 'unbounded'}"
+    conn_raw = {"host": server.host, "port": server.port, "database": server.database, "user": server.user}
+    raw = {"embedded": "never", "jars_dir": str(ROOT / "jars"), "home": str(home),
+           "source": {**conn_raw, "schema": SRC, "order_column": "ingest_id"},
+           "target": {**conn_raw, "schema": TGT, "catalog_schema": CAT},
+           "stream": {"query_name": f"backlog-{label}", "checkpoint": str(home / f"backlog-{label}"),
+                      "start": "earliest", "max_rows_per_batch": max_rows or 1_000_000_000},
+           "spark": {"master": "local[*]", "conf": {"spark.sql.shuffle.partitions": "2", "spark.driver.memory": "4g"}}}
+    import shutil
+    shutil.rmtree(raw["stream"]["checkpoint"], ignore_errors=True)
+    path = home / f"backlog-{label}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "TZ": "UTC"}
+    began = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "stream.py"), "--config", str(path), "--once"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = {"driver_python": 0.0, "jvm": 0.0, "workers": 0.0}
+    while proc.poll() is None:
+        for key, value in tree_rss_mb(proc.pid).items():
+            peak[key] = max(peak[key], value)
+        time.sleep(0.2)
+    seconds = time.monotonic() - began
+    summary = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    result = {"backlog_rows": made["rows"], "max_rows_per_batch": max_rows or None, "seconds": round(seconds, 1),
+              "rows_per_s": round(made["rows"] / seconds), "batches": summary.get("batches"),
+              "narrow_rows": summary.get("narrow_rows"), "exit": proc.returncode,
+              **{f"peak_{k}_mb": round(v) for k, v in peak.items()}}
+    print(f"[bench] backlog {made['rows']:,} rows, max_rows_per_batch {max_rows or 'unbounded'}: "
+          f"{seconds:.1f} s ({result['rows_per_s']:,} rows/s), {summary.get('batches')} batches; peak RSS: "
+          f"driver Python {peak['driver_python']:.0f} MB, JVM {peak['jvm']:.0f} MB, workers {peak['workers']:.0f} MB",
+          flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="measured minutes per rate (after warm-up)")
@@ -213,10 +306,21 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=200)
     parser.add_argument("--sample", type=int, default=20, help="ships whose wide tables the prober polls")
     parser.add_argument("--home", default=str(ROOT / ".local" / "bench"))
+    parser.add_argument("--backlog", help="backlog mode: millions of narrow rows, e.g. 1,4")
+    parser.add_argument("--max-rows", type=int, default=100_000, help="backlog mode: stream.max_rows_per_batch")
+    parser.add_argument("--unbounded", default="", help="backlog mode: also drain these sizes in one batch, e.g. 1")
     args = parser.parse_args()
     home = Path(args.home)
     home.mkdir(parents=True, exist_ok=True)
     server = embedded.ensure_running(home)
+    if args.backlog:
+        results = [run_backlog(server, home, float(m), args.max_rows) for m in args.backlog.split(",")]
+        results += [run_backlog(server, home, float(m), 0) for m in args.unbounded.split(",") if m]
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "stream-backlog.json").write_text(json.dumps(results, indent=2))
+        print(json.dumps(results))
+        return 0
     config = make_config(server, home, 1)
     spark = get_spark(config)
     spark.sparkContext.setLogLevel("ERROR")

@@ -10,8 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(job: str, config_path: Path, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+def start(job: str, config_path: Path, *args: str, stdout=subprocess.DEVNULL,
+          stderr=subprocess.DEVNULL) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "TZ": "UTC"}
     return subprocess.Popen([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--config", str(config_path), *args],
-                            cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.DEVNULL, text=True,
+                            cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True,
                             start_new_session=True)

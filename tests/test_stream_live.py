@@ -1,9 +1,10 @@
-"""The stream job's query while a writer inserts minute batches: watermark, late rows, metrics.
+"""The stream job's query while a writer inserts minute batches: rows of any age, metrics.
 
 A writer thread inserts minute batches for several ships while the query runs; a new channel and a
-new ship appear mid-stream; late rows arrive inside and beyond the watermark. At the end every wide
-table equals the SQL-pivot oracle with the rows beyond the watermark left out, and those rows are
-counted in stream_batches, the log and the Prometheus metrics (HTTP and textfile).
+new ship appear mid-stream; rows far behind the newest created_time arrive last. In the exact mode
+every row reaches its batch exactly once, however old (no watermark drops it): at the end every wide
+table equals the SQL-pivot oracle, nothing is counted late, and stream_batches, the log and the
+Prometheus metrics (HTTP and textfile) say so.
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_live_stream_with_late_rows(fresh_fleet, make_config, spark, pg, pg_serv
         thread = threading.Thread(target=writer, args=(range(7, 11),))
         thread.start()
         thread.join()
-        run.query.processAllAvailable()           # newest created_time 10:45: watermark 8:45
+        run.query.processAllAvailable()           # newest created_time 10:45
         nasty.insert(pg, SRC, [
             ("ship B", "rpm", nasty.at(9 * 60 + 7), "Integer", None, 77, None, None),       # new timestamp
             ("ship A", "alarm", nasty.at(9 * 60), "Boolean", None, None, None, True)])  # new column cell
@@ -98,16 +99,15 @@ def test_live_stream_with_late_rows(fresh_fleet, make_config, spark, pg, pg_serv
         run.query.stop()
     summary = run.finish()
 
-    late = sql.SQL("ingest_id = ANY({})").format(sql.Literal(beyond))
     with pg.cursor() as cur:
-        oracle.assert_equal_to_oracle(cur, SRC, TGT, CAT, order_column="ingest_id", exclude=late)
-        # The rows inside the watermark did arrive; the ones beyond did not.
+        oracle.assert_equal_to_oracle(cur, SRC, TGT, CAT, order_column="ingest_id")
+        # Rows hours behind the newest created_time arrive like the others (the later id wins).
         cur.execute(sql.SQL('SELECT rpm FROM {} WHERE created_time = %s').format(
             sql.Identifier(TGT, "tbl_data_timeseries_ship B")), (nasty.at(9 * 60 + 7),))
         assert cur.fetchone() == ("77",)
         cur.execute(sql.SQL('SELECT rpm FROM {} WHERE created_time = %s').format(
             sql.Identifier(TGT, "tbl_data_timeseries_ship A")), (nasty.at(180),))
-        assert cur.fetchone() != ("999",)
+        assert cur.fetchone() == ("999",)
         cur.execute(sql.SQL('SELECT mode FROM {} WHERE created_time = %s').format(
             sql.Identifier(TGT, "tbl_data_timeseries_ship B")), (nasty.at(600),))
         assert cur.fetchone() == ("corrected",)
@@ -118,12 +118,12 @@ def test_live_stream_with_late_rows(fresh_fleet, make_config, spark, pg, pg_serv
             sql.Identifier(CAT, "rejects")))
         assert cur.fetchone() == (1,)
     assert [b[0] for b in batches] == list(range(len(batches)))        # no gap, no duplicate
-    assert sum(b[1] for b in batches) == len(beyond) == summary["late_rows"]
+    assert sum(b[1] for b in batches) == 0 == summary["late_rows"] and len(beyond) == 2
     assert summary["narrow_rows"] == sum(b[2] for b in batches)
-    assert "rows were older than the watermark" in caplog.text
+    assert "rows were older than the watermark" not in caplog.text
     textfile = (tmp_path / "widen.prom").read_text()
     for text in (scraped, textfile):
-        assert metric(text, "widen_stream_late_rows_total") == len(beyond)
+        assert metric(text, "widen_stream_late_rows_total") == 0
     assert metric(textfile, "widen_stream_narrow_rows_total") == summary["narrow_rows"]
     assert metric(textfile, "widen_stream_batches_total") == len(batches)
     assert metric(textfile, "widen_stream_freshness_lag_seconds") > 0

@@ -51,6 +51,14 @@ _DDL = [
         query_name text NOT NULL, batch_id bigint NOT NULL, ship_id text NOT NULL, narrow_rows bigint,
         first_created_time timestamptz, last_created_time timestamptz, error text,
         failed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (query_name, batch_id, ship_id))""",
+    # A ship an operator rolled back: every writer skips it until `resume` (DESIGN: lifecycle).
+    """CREATE TABLE IF NOT EXISTS {s}.ship_states (
+        ship_id text PRIMARY KEY, state text NOT NULL, since timestamptz NOT NULL DEFAULT now(), detail text)""",
+    # The first offset of each stream query, recorded before it is logged: a restart before the
+    # first batch commits reuses it, so the hand-off point cannot move.
+    """CREATE TABLE IF NOT EXISTS {s}.stream_starts (
+        query_name text NOT NULL, checkpoint text NOT NULL, start_offset text NOT NULL,
+        recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (query_name, checkpoint))""",
     """CREATE TABLE IF NOT EXISTS {s}.rejects (
         ship_id text, data_channel_id text, created_time timestamptz, value_format text,
         double_v double precision, long_v bigint, str_v text, bool_v boolean,
@@ -231,6 +239,54 @@ class LazyFleetNamer:
 def record_layout(conn, target, layout: ShipLayout) -> None:
     """``save_layout`` for the configured target (a ``TargetConfig``)."""
     save_layout(conn, target.catalog_schema, target.wide_location, layout)
+
+
+ROLLED_BACK = "rolled_back"
+
+
+def lock_ship_for_write(cur, catalog_schema: str, ship_id: str) -> bool:
+    """Take the ship's write lock (shared: writers do not exclude each other) to the end of the
+    transaction; False when the ship is rolled back, so the writer must leave it alone."""
+    cur.execute("SELECT pg_advisory_xact_lock_shared(hashtext('widen.ship'), hashtext(%s))", (ship_id,))
+    cur.execute(sql.SQL("SELECT state FROM {} WHERE ship_id = %s").format(
+        sql.Identifier(catalog_schema, "ship_states")), (ship_id,))
+    row = cur.fetchone()
+    return not (row and row[0] == ROLLED_BACK)
+
+
+def lock_ship_exclusive(cur, ship_id: str) -> None:
+    """Wait until no writer is inside a transaction on the ship, and keep new ones out until this
+    transaction ends (rollback)."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.ship'), hashtext(%s))", (ship_id,))
+
+
+def set_ship_state(cur, catalog_schema: str, ship_id: str, state: str | None, detail: str | None = None) -> None:
+    """Record the ship's state (None: forget it, the ship is back to normal)."""
+    table = sql.Identifier(catalog_schema, "ship_states")
+    if state is None:
+        cur.execute(sql.SQL("DELETE FROM {} WHERE ship_id = %s").format(table), (ship_id,))
+        return
+    cur.execute(sql.SQL("INSERT INTO {} (ship_id, state, detail) VALUES (%s, %s, %s) ON CONFLICT (ship_id) "
+                        "DO UPDATE SET state = EXCLUDED.state, since = now(), detail = EXCLUDED.detail").format(table),
+                (ship_id, state, detail))
+
+
+def ships_in_state(conn, catalog_schema: str, state: str) -> set[str]:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id FROM {} WHERE state = %s").format(
+            sql.Identifier(catalog_schema, "ship_states")), (state,))
+        return {r[0] for r in cur.fetchall()}
+
+
+def ensure_tables_ddl(conn, target, layout: "ShipLayout", what: str, max_wait: float | None = None) -> int:
+    """``ensure_wide_tables`` as DDL of its own (``db.run_ddl``: short lock timeout, retried),
+    under the ship's write lock; returns the statements run (0 for a rolled-back ship)."""
+    def ddl(cur) -> int:
+        if not lock_ship_for_write(cur, target.catalog_schema, layout.ship_id):
+            return 0
+        return ensure_wide_tables(conn, target.schema, layout)
+
+    return db.run_ddl(conn, target, ddl, [(target.schema, t) for t in layout.tables.values()], what, max_wait)
 
 
 def lock_layout(cur, ship_id: str) -> None:

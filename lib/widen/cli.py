@@ -22,7 +22,7 @@ from widen.config import BadInput, load
 from widen.jobs import EXIT_BAD_INPUT, EXIT_PROBLEM, Result
 from widen.locks import JobBusy
 
-JOBS = ("plan", "backfill", "rollback", "stream", "reconcile", "demo", "generate")
+JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "demo", "generate")
 EXIT_INTERRUPTED = 130
 logger = logging.getLogger(__name__)
 

@@ -97,6 +97,18 @@ class Connection:
     sslmode: str | None = None
     #: the config key this connection came from (``source``/``target``), for error messages
     key: str = "connection"
+    #: seconds to wait for the server to accept a session (libpq connect_timeout, JDBC connectTimeout)
+    connect_timeout_seconds: float = 10.0
+    #: JDBC reads: seconds a read may wait for the next rows before the socket is given up (0: never)
+    socket_timeout_seconds: float = 600.0
+    #: set by the job that opens it (``backfill.statement_timeout_seconds`` …), not by this section
+    statement_timeout_seconds: float = 0.0
+
+    def session_options(self) -> str:
+        """Server settings every session of this connection starts with (libpq/JDBC ``options``)."""
+        if self.statement_timeout_seconds > 0:
+            return f"-c statement_timeout={round(self.statement_timeout_seconds * 1000)}"
+        return ""
 
     def password(self) -> str | None:
         if self.password_file:
@@ -121,6 +133,9 @@ class Connection:
             params["password"] = secret
         if self.sslmode:
             params["sslmode"] = self.sslmode
+        params["connect_timeout"] = max(1, round(self.connect_timeout_seconds))
+        if self.session_options():
+            params["options"] = self.session_options()
         return params
 
     def jdbc_url(self) -> str:
@@ -132,12 +147,17 @@ class Connection:
         from widen import jdbc
 
         props = {"user": self.user, "driver": "org.postgresql.Driver", "ApplicationName": "widen",
+                 "connectTimeout": str(max(1, round(self.connect_timeout_seconds))),
+                 "loginTimeout": str(max(1, round(self.connect_timeout_seconds))),
+                 "socketTimeout": str(round(self.socket_timeout_seconds)), "tcpKeepAlive": "true",
                  **jdbc.socket_properties(self)}
         secret = self.password()
         if secret:
             props["password"] = secret
         if self.sslmode:
             props["sslmode"] = self.sslmode
+        if self.session_options():
+            props["options"] = self.session_options()
         return props
 
     def describe(self) -> str:
@@ -177,6 +197,11 @@ class TargetConfig:
     kind: str = field(default="postgres", metadata=_meta(choices=("postgres", "delta")))
     delta_root: str | None = None
     delta_database: str | None = None
+    #: DDL on a table readers use (ADD COLUMN, CREATE, DROP) waits at most this long for its lock
+    #: per try, so no reader ever queues behind widen for longer
+    lock_timeout_seconds: float = field(default=2.0, metadata=_meta(above=0))
+    #: ... and is retried with backoff for at most this long before the job reports who holds it
+    ddl_max_wait_seconds: float = field(default=120.0, metadata=_meta(minimum=0))
 
     @property
     def is_delta(self) -> bool:
@@ -206,6 +231,10 @@ class BackfillConfig:
     max_attempts: int = field(default=3, metadata=_meta(minimum=1))
     retry_backoff_seconds: float = field(default=2.0, metadata=_meta(minimum=0))
     progress_seconds: float = field(default=10.0, metadata=_meta(above=0))
+    #: after this many connection failures in a row the backfill stops scheduling chunks (exit 1)
+    max_connection_failures: int = field(default=3, metadata=_meta(minimum=1))
+    #: server-side limit for one statement of the backfill (0: none)
+    statement_timeout_seconds: float = field(default=3600.0, metadata=_meta(minimum=0))
 
 
 @dataclass(frozen=True)
@@ -228,6 +257,15 @@ class StreamConfig:
     metrics_port: int = field(default=0, metadata=_meta(minimum=0, maximum=65535))
     metrics_host: str = "127.0.0.1"
     metrics_textfile: str | None = None
+    #: admission control: a micro-batch reads at most about this many narrow rows, so a backlog
+    #: drains in bounded batches (one created_time holding more rows is read whole)
+    max_rows_per_batch: int = field(default=100_000, metadata=_meta(minimum=1))
+    #: a failed micro-batch is retried (the query restarted from its checkpoint) this many times,
+    #: with backoff, before the stream exits 1
+    max_batch_attempts: int = field(default=5, metadata=_meta(minimum=1))
+    retry_backoff_seconds: float = field(default=5.0, metadata=_meta(minimum=0))
+    #: server-side limit for one statement of the stream (0: none)
+    statement_timeout_seconds: float = field(default=600.0, metadata=_meta(minimum=0))
 
 
 @dataclass(frozen=True)
@@ -238,6 +276,10 @@ class ReconcileConfig:
     max_reported_cells: int = field(default=50, metadata=_meta(minimum=1))
     #: Spark tasks running ships' bucket queries at once
     parallel_ships: int = field(default=4, metadata=_meta(minimum=1))
+    #: --repair reads the source in pieces of at most this many narrow rows (one transaction each)
+    repair_rows_per_piece: int = field(default=200_000, metadata=_meta(minimum=1))
+    #: server-side limit for one statement of reconcile (0: none)
+    statement_timeout_seconds: float = field(default=3600.0, metadata=_meta(minimum=0))
 
 
 @dataclass(frozen=True)
@@ -270,6 +312,13 @@ class Config:
     def with_connections(self, source: Connection, target: Connection) -> "Config":
         return replace(self, source=replace(self.source, connection=source),
                        target=replace(self.target, connection=target))
+
+    def for_job(self, job: str) -> "Config":
+        """This config with the job's ``statement_timeout_seconds`` on both connections."""
+        section = getattr(self, job, None)
+        seconds = getattr(section, "statement_timeout_seconds", 0.0)
+        return self.with_connections(replace(self.source.connection, statement_timeout_seconds=seconds),
+                                     replace(self.target.connection, statement_timeout_seconds=seconds))
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -362,7 +411,8 @@ def _check_keys(section: dict, prefix: str, allowed: set[str], hint: dict[str, s
         raise ConfigError(f"{prefix}: unknown key(s) {', '.join(notes)}; known: {', '.join(sorted(allowed))}")
 
 
-_CONNECTION_KEYS = {"host", "port", "database", "user", "password_env", "password_file", "sslmode"}
+_CONNECTION_KEYS = {"host", "port", "database", "user", "password_env", "password_file", "sslmode",
+                    "connect_timeout_seconds", "socket_timeout_seconds"}
 
 
 def _fields(cls) -> set[str]:
@@ -383,7 +433,8 @@ def _connection(section: dict, prefix: str, env: dict[str, str]) -> Connection:
         database=get("database", str, "widen"), user=get("user", str, "postgres"),
         password_env=get("password_env", str, None) if "password_env" in section else "PGPASSWORD",
         password_file=get("password_file", str, None), sslmode=get("sslmode", str, None, choices=SSL_MODES),
-        key=prefix)
+        key=prefix, connect_timeout_seconds=get("connect_timeout_seconds", float, 10.0, above=0),
+        socket_timeout_seconds=get("socket_timeout_seconds", float, 600.0, minimum=0))
     if conn.password_env:
         secrets.remember(env.get(conn.password_env))
     return conn

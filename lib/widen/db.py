@@ -11,7 +11,9 @@ task, comes from ``open_session`` and uses it; ``execute_values`` is the same fo
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+import logging
+import time
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg2
 import psycopg2.extensions
@@ -22,6 +24,7 @@ from widen.config import Connection
 
 #: seconds to wait for a server to accept a connection (libpq's connect_timeout)
 CONNECT_TIMEOUT = 10
+log = logging.getLogger(__name__)
 
 
 def render(query: sql.Composable, context, for_parameters: bool) -> str:
@@ -94,3 +97,84 @@ def connection(conn_cfg: Connection, autocommit: bool = False) -> Iterator[Any]:
         yield conn
     finally:
         conn.close()
+
+
+# --- DDL on tables readers use ---------------------------------------------------------------------
+
+class LockWaitTimeout(RuntimeError):
+    """DDL could not get its lock within ``target.ddl_max_wait_seconds`` (each try bounded by
+    ``target.lock_timeout_seconds``); the message names who holds the table."""
+    pgcode = "55P03"           # lock_not_available: it concerns the tables at hand, not the server
+
+
+def lock_holders(conn, tables: Sequence[tuple[str, str]]) -> str:
+    """Who holds a lock on any of ``tables`` ((schema, name) pairs): pid, application, state, since."""
+    if not tables:
+        return "another session"
+    schemas, names = [t[0] for t in tables], [t[1] for t in tables]
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT DISTINCT ON (a.pid) a.pid, a.application_name, a.state, a.xact_start, n.nspname, c.relname "
+            "FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.granted AND l.pid <> pg_backend_pid() "
+            "AND (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY a.pid",
+            (schemas, names))
+        rows = cur.fetchall()
+    conn.rollback()
+    if not rows:
+        return "another session (gone by now)"
+    return "; ".join(
+        f"{sql.Identifier(schema, rel).as_string(conn)} by PostgreSQL pid {pid} ({app or 'no application_name'}, "
+        f"{state or 'unknown state'}" + (f", transaction open since {since:%Y-%m-%d %H:%M:%S %Z}" if since else "") + ")"
+        for pid, app, state, since, schema, rel in rows[:3])
+
+
+def run_ddl(conn, target, action: Callable[[Any], Any], tables, what: str, max_wait: float | None = None,
+            holders: Callable[[], str] | None = None) -> Any:
+    """``action(cursor)`` in a transaction of its own with ``lock_timeout`` = the target's
+    ``lock_timeout_seconds``, committed; a lock it cannot get in time is tried again with backoff
+    for up to ``ddl_max_wait_seconds``. A reader never waits behind it for longer than one try,
+    and the job never waits forever: it gives up with the session that holds ``tables`` ((schema,
+    name) pairs, or a function returning them; ``holders`` adds who else holds what it waits for).
+    ``max_wait`` overrides ``ddl_max_wait_seconds``."""
+    max_wait = target.ddl_max_wait_seconds if max_wait is None else max_wait
+    deadline = time.monotonic() + max_wait
+    delay, tries = 0.05, 0
+    while True:
+        tries += 1
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SET LOCAL lock_timeout = {max(1, round(target.lock_timeout_seconds * 1000))}")
+                result = action(cur)
+            conn.commit()
+            return result
+        except psycopg2.errors.LockNotAvailable:
+            conn.rollback()
+            if time.monotonic() + delay > deadline:
+                held = lock_holders(conn, tables() if callable(tables) else tables)
+                if holders is not None:
+                    held = f"{held}; {holders()}"
+                raise LockWaitTimeout(f"{what}: gave up after {tries} tries in {max_wait:g} s waiting for a lock "
+                                      f"held on {held}") from None
+            if tries == 1:
+                log.info("%s waits for a lock (each try at most %g s; readers are not held up)", what,
+                         target.lock_timeout_seconds)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def advisory_holders(conn, namespace: str, key: str, what: str) -> str:
+    """Who holds the advisory lock (hashtext(namespace), hashtext(key)) in any mode."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT ON (a.pid) a.pid, a.application_name, a.state, a.xact_start FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.pid <> pg_backend_pid() AND l.classid = (hashtext(%s))::oid "
+                    "AND l.objid = (hashtext(%s))::oid ORDER BY a.pid", (namespace, key))
+        rows = cur.fetchall()
+    conn.rollback()
+    if not rows:
+        return f"no one holds {what} now"
+    return f"{what} is held by " + "; ".join(
+        f"PostgreSQL pid {pid} ({app or 'no application_name'}, {state or 'unknown state'}"
+        + (f", transaction open since {since:%Y-%m-%d %H:%M:%S %Z}" if since else "") + ")"
+        for pid, app, state, since in rows[:3])

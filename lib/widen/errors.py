@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import psycopg2
+
 _TRACEBACK = "Traceback (most recent call last):"
 _PG_PREFIX = re.compile(r"^(ERROR|FATAL|PANIC):\s+")
 MAX_LENGTH = 500
@@ -81,7 +83,25 @@ def is_ship_level(err: BaseException) -> bool:
     if code is None:
         # Not a server error: a psycopg2 error without a code is a lost connection; widen's own
         # checks (a layout that cannot be made) and Spark's errors on one ship's Delta tables are.
-        import psycopg2
-
-        return not isinstance(err, psycopg2.Error)
+        return not isinstance(err, (psycopg2.Error, ConnectionError)) and not is_connection_failure(err)
     return code[:2] in _SHIP_LEVEL_CLASSES or code in _SHIP_LEVEL_CODES
+
+
+_CONNECTION_TEXT = re.compile(
+    r"connection (to \S+ )?refused|could not connect|connection attempt failed|server closed the connection|"
+    r"terminating connection|connection reset|broken pipe|an i/o error occurred|eofexception|"
+    r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)|"
+    r"no connection to the server|timeout expired|sockettimeoutexception|connection has been closed", re.I)
+
+
+def is_connection_failure(err: BaseException) -> bool:
+    """Whether ``err`` says a server could not be reached or went away (rather than refusing a
+    statement): what the backfill's circuit breaker counts."""
+    if isinstance(err, ConnectionError):
+        return True
+    code = getattr(err, "pgcode", None)
+    if code:
+        return code.startswith("08") or code in ("57P01", "57P02", "57P03")
+    if isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return True
+    return bool(_CONNECTION_TEXT.search(describe(err)))

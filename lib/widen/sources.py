@@ -222,3 +222,66 @@ def read_chunk(spark: SparkSession, conn, cfg: SourceConfig, jdbc_url: str, jdbc
     frames = [spark.read.jdbc(jdbc_url, chunk_query(conn, cfg, chunk.ship_id, lo, hi, channels), properties=props)
               for lo, hi in sub_ranges(chunk.range_start, chunk.range_end, partitions)]
     return functools.reduce(DataFrame.union, frames)
+
+
+#: the columns of narrow rows as the stream and repair hand them on (``stream_source.SCHEMA``)
+ROW_NAMES = ["ship_id", "data_channel_id", "created_time", "value", "reject", "order_key"]
+
+
+def _row_types():
+    import pyarrow as pa
+
+    return [pa.string(), pa.string(), pa.timestamp("us", tz="UTC"), pa.string(), pa.string(), pa.int64()]
+
+
+def range_pieces(conn, cfg: SourceConfig, ship_id: str, lo: dt.datetime, hi: dt.datetime,
+                 rows_per_piece: int) -> list[tuple[dt.datetime, dt.datetime]]:
+    """[lo, hi) cut at created_time boundaries so that each piece holds about ``rows_per_piece``
+    of the ship's narrow rows (index probes; a single instant with more rows stays whole)."""
+    bounds = [lo]
+    with conn.cursor() as cur:
+        while True:
+            cur.execute(sql.SQL("SELECT created_time FROM {} WHERE ship_id = %s AND created_time >= %s AND "
+                                "created_time < %s ORDER BY created_time OFFSET %s LIMIT 1").format(
+                source_table(cfg)), (ship_id, bounds[-1], hi, rows_per_piece))
+            row = cur.fetchone()
+            if row is None:
+                break
+            cut = row[0]
+            if cut <= bounds[-1]:
+                cur.execute(sql.SQL("SELECT min(created_time) FROM {} WHERE ship_id = %s AND created_time > %s "
+                                    "AND created_time < %s").format(source_table(cfg)), (ship_id, bounds[-1], hi))
+                cut = cur.fetchone()[0]
+                if cut is None:
+                    break
+            bounds.append(cut)
+    conn.rollback()
+    return list(zip(bounds, bounds[1:] + [hi]))
+
+
+def ship_rows(conn, cfg: SourceConfig, ship_id: str, times: list[dt.datetime],
+              ranges: list[tuple[dt.datetime, dt.datetime]]):
+    """The ship's valid narrow rows at ``times`` and in ``ranges`` ([lo, hi)), values rendered in
+    SQL, as an Arrow table of ``ROW_NAMES`` (read with a server-side cursor)."""
+    import pyarrow as pa
+
+    where = sql.SQL("(created_time = ANY(%(times)s) OR {})").format(
+        sql.SQL(" OR ").join([sql.SQL("(created_time >= {} AND created_time < {})").format(
+            sql.Placeholder(f"lo{i}"), sql.Placeholder(f"hi{i}")) for i in range(len(ranges))] or [sql.SQL("false")]))
+    params = {"ship": ship_id, "times": list(times), **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
+              **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
+    order = sql.Identifier(cfg.order_column) if cfg.order_column else sql.SQL("NULL::bigint")
+    query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, NULL::text, {o} FROM {t} "
+                    "WHERE ship_id = %(ship)s AND {valid} AND {w}").format(
+        v=render.rendered_value(), o=order, t=source_table(cfg), valid=render.valid_row_predicate(), w=where)
+    types = _row_types()
+    batches = []
+    with conn.cursor(name="widen_ship_rows") as cur:
+        cur.itersize = 20_000
+        cur.execute(query, params)
+        while rows := cur.fetchmany(20_000):
+            batches.append(pa.RecordBatch.from_arrays(
+                [pa.array(col, type=kind) for col, kind in zip(zip(*rows), types)], names=ROW_NAMES))
+    conn.rollback()
+    schema = pa.schema(list(zip(ROW_NAMES, types)))
+    return pa.Table.from_batches(batches, schema)

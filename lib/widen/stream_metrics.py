@@ -31,7 +31,9 @@ class StreamMetrics:
     COUNTERS = {"batches": "micro-batches written", "narrow_rows": "narrow rows read",
                 "wide_rows": "wide rows merged", "late_rows": "rows dropped behind the watermark",
                 "rejected_rows": "rows sent to the rejects table",
-                "duplicate_rows": "duplicate readings resolved"}
+                "duplicate_rows": "duplicate readings resolved",
+                "skipped_rows": "rows of rolled-back ships left alone",
+                "failed_rows": "rows of ships that could not be written (stream_failures)"}
 
     def __init__(self, query_name: str, port: int = 0, host: str = "127.0.0.1",
                  textfile: str | None = None):
@@ -125,7 +127,8 @@ class BatchListener(StreamingQueryListener):
                   "late_rows": late, "lag_seconds": (now - self.newest).total_seconds() if self.newest else None,
                   **({"narrow_rows": result.narrow_rows, "wide_rows": result.wide_rows,
                       "ships": result.ships, "rejected_rows": result.rejected_rows,
-                      "duplicate_rows": result.duplicate_rows, "skipped": result.skipped}
+                      "duplicate_rows": result.duplicate_rows, "skipped": result.skipped,
+                      "skipped_rows": result.skipped_rows, "failed_rows": result.failed_rows}
                      if result is not None else {})}
         self.reports.append(report)
         self.metrics.observe(report)

@@ -40,6 +40,12 @@ class BatchResult:
     newest_created_time: "dt.datetime | None" = None
     #: ship -> why its rows of this batch were not written (recorded in ``stream_failures``)
     failed: dict = field(default_factory=dict)
+    #: rolled-back ship -> narrow rows of this batch left alone
+    skipped_ships: dict = field(default_factory=dict)
+
+    @property
+    def skipped_rows(self) -> int:
+        return sum(self.skipped_ships.values())
 
     @property
     def failed_rows(self) -> int:
@@ -71,6 +77,11 @@ class _SinkState:
 _STATES: dict[tuple, _SinkState] = {}
 
 
+def fresh_state() -> _SinkState:
+    """A sink state of its own (no cached layouts) for a one-off write such as a repair."""
+    return _SinkState()
+
+
 def _state(config: Config) -> _SinkState:
     key = (config.target.connection.describe(), config.target.catalog_schema, config.target.schema)
     return _STATES.setdefault(key, _SinkState())
@@ -94,47 +105,78 @@ def write_batch(config: Config, table: pa.Table, batch_id: int, query_name: str,
         return _write_batch(state, config, table, batch_id, query_name, spark)
 
 
+def _in_ledger(conn, catalog_schema: str, query_name: str, batch_id: int, commit: bool = True) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT 1 FROM {} WHERE query_name = %s AND batch_id = %s").format(
+            sql.Identifier(catalog_schema, "stream_batches")), (query_name, batch_id))
+        found = cur.fetchone() is not None
+    if commit:
+        conn.rollback()
+    return found
+
+
 def _write_batch(state: _SinkState, config: Config, table: pa.Table, batch_id: int,
                  query_name: str, spark=None) -> BatchResult:
     cat = config.target.catalog_schema
     conn = state.connection(config)
+    if _in_ledger(conn, cat, query_name, batch_id):
+        return BatchResult(batch_id, skipped=True)          # a replay: checked again under the lock below
+    is_reject = pc.is_valid(table.column("reject"))
+    valid = table.filter(pc.invert(is_reject))
+    by_ship = {ship: valid.filter(pc.equal(valid.column("ship_id"), ship))
+               for ship in sorted(pc.unique(valid.column("ship_id")).to_pylist())}
+    # Tables and columns first, each ship in a short DDL transaction of its own, so no reader ever
+    # waits behind the batch's transaction; a ship whose DDL fails is recorded below.
+    layouts: dict[str, catalog.ShipLayout | None] = {}
+    failures: dict[str, BaseException] = {}
+    for ship, rows in by_ship.items():
+        try:
+            layouts[ship] = prepare_ship(conn, spark, config, state, ship, batch_channels(rows))
+        except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
+            if not errors.is_ship_level(err):
+                raise
+            conn.rollback()
+            failures[ship] = err
     try:
         with conn.cursor() as cur:
             # One writer per query at a time; the ledger check below then decides.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.stream'), hashtext(%s))", (query_name,))
-            cur.execute(sql.SQL("SELECT 1 FROM {} WHERE query_name = %s AND batch_id = %s").format(
-                sql.Identifier(cat, "stream_batches")), (query_name, batch_id))
-            if cur.fetchone():
+            if _in_ledger(conn, cat, query_name, batch_id, commit=False):
                 conn.rollback()
                 return BatchResult(batch_id, skipped=True)
-            is_reject = pc.is_valid(table.column("reject"))
             rejected = write_rejects(cur, cat, table.filter(is_reject), batch_id)
-            valid = table.filter(pc.invert(is_reject))
             result = BatchResult(batch_id, False, narrow_rows=table.num_rows, rejected_rows=rejected)
-            ships = pc.unique(valid.column("ship_id")).to_pylist()
-            grown: dict[str, catalog.ShipLayout] = {}
-            for i, ship in enumerate(sorted(ships)):
-                rows = valid.filter(pc.equal(valid.column("ship_id"), ship))
+            for i, (ship, rows) in enumerate(by_ship.items()):
+                if ship in failures:
+                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, rows,
+                                                              failures[ship])
+                    continue
                 # One ship's failure is rolled back alone and recorded; the others go on.
                 cur.execute("SAVEPOINT widen_ship")
                 try:
+                    if layouts[ship] is None or not catalog.lock_ship_for_write(cur, cat, ship):
+                        cur.execute("RELEASE SAVEPOINT widen_ship")
+                        state.layouts.pop(ship, None)
+                        result.skipped_ships[ship] = rows.num_rows
+                        log.info("batch %s: ship %r is rolled back: %s narrow rows skipped (resume it to "
+                                 "migrate it again)", batch_id, ship, rows.num_rows)
+                        continue
                     if config.target.is_delta:
                         txn = (delta_stream_app_id(query_name), batch_id)
-                        wide, duplicates = _merge_ship_delta(spark, config, state, ship, rows, txn)
+                        wide, duplicates = _merge_ship_delta(spark, config, layouts[ship], rows, txn)
                     else:
-                        wide, duplicates = _merge_ship(conn, cur, config, state, grown, i, ship, rows)
+                        wide, duplicates = merge_ship_rows(conn, cur, config, layouts[ship], rows, i)
                     cur.execute("RELEASE SAVEPOINT widen_ship")
                 except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
                     if not errors.is_ship_level(err):
                         raise
                     cur.execute("ROLLBACK TO SAVEPOINT widen_ship")
-                    grown.pop(ship, None)
                     state.layouts.pop(ship, None)
                     result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, rows, err)
                     continue
                 result.wide_rows += wide
                 result.duplicate_rows += duplicates
-            result.ships = len(ships)
+            result.ships = len(by_ship)
             if valid.num_rows:
                 newest = pc.max(valid.column("created_time")).as_py()
                 result.newest_created_time = newest if newest.tzinfo else newest.replace(tzinfo=dt.timezone.utc)
@@ -148,7 +190,6 @@ def _write_batch(state: _SinkState, config: Config, table: pa.Table, batch_id: i
         if not conn.closed:
             conn.rollback()
         raise
-    state.layouts.update(grown)             # only what committed
     return result
 
 
@@ -169,66 +210,63 @@ def record_ship_failure(cur, catalog_schema: str, query_name: str, batch_id: int
     return failure
 
 
-def merge_ship_rows(conn, cur, config: Config, ship: str, rows: pa.Table) -> tuple[int, int]:
-    """Merge one ship's narrow rows (``SCHEMA`` columns, valid only) inside the caller's transaction:
-    layout grown as needed, duplicates resolved, pivoted, written column-wise. (Reconcile's repair.)"""
-    return _merge_ship(conn, cur, config, _SinkState(), {}, 0, ship, rows)
+def prepare_ship(conn, spark, config: Config, state: _SinkState, ship: str,
+                 channels: list[str]) -> catalog.ShipLayout | None:
+    """The ship's layout with a column for every channel in ``channels``: catalog rows, tables and
+    columns made in a DDL transaction of its own (``db.run_ddl``) when needed. None when the ship
+    is rolled back (nothing is made for it)."""
+    layout = state.layouts.get(ship)
+    if layout is not None and all(c in layout.channels for c in channels):
+        return layout
+    tgt_cfg = config.target
+
+    def ddl(cur) -> catalog.ShipLayout | None:
+        if not catalog.lock_ship_for_write(cur, tgt_cfg.catalog_schema, ship):
+            return None
+        grown = catalog.extend_layout(conn, tgt_cfg, ship, {c: (None, None) for c in channels})
+        if tgt_cfg.is_delta:
+            from widen import delta_sink
+
+            delta_sink.DeltaTarget(spark, tgt_cfg).ensure_tables(grown)
+        else:
+            catalog.ensure_wide_tables(conn, tgt_cfg.schema, grown)
+        return grown
+
+    def tables():
+        known = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship).tables.values()
+        return [(tgt_cfg.schema, t) for t in known]
+
+    layout = db.run_ddl(conn, tgt_cfg, ddl, tables, f"ship {ship!r}: tables and columns")
+    if layout is not None:
+        state.layouts[ship] = layout
+    return layout
 
 
 def delta_stream_app_id(query_name: str) -> str:
     return f"widen-stream:{query_name}"
 
 
-def delta_layout(config: Config, state: "_SinkState", ship: str, channels: list[str], target) -> catalog.ShipLayout:
-    """The ship's layout with every channel of the batch, its Delta tables and columns made.
-
-    The catalog rows commit at once (in their own transaction, under the layout lock): a layout
-    only grows, and a column recorded before its first value is harmless."""
-    layout = state.layouts.get(ship)
-    if layout is not None and all(c in layout.channels for c in channels):
-        return layout
-    with db.connection(config.target.connection) as conn:
-        layout = catalog.extend_layout(conn, config.target, ship, {c: (None, None) for c in channels})
-        target.ensure_tables(layout)
-        conn.commit()
-    state.layouts[ship] = layout
-    return layout
-
-
-def merge_ship_rows_delta(spark, config: Config, ship: str, rows: pa.Table) -> tuple[int, int]:
-    """``merge_ship_rows`` into Delta tables (each part its own commit). (Reconcile's repair.)"""
-    return _merge_ship_delta(spark, config, _SinkState(), ship, rows, None)
-
-
-def _merge_ship_delta(spark, config: Config, state: "_SinkState", ship: str, rows: pa.Table,
+def _merge_ship_delta(spark, config: Config, layout: catalog.ShipLayout, rows: pa.Table,
                       txn: tuple[str, int] | None) -> tuple[int, int]:
     from widen import delta_sink
 
     target = delta_sink.DeltaTarget(spark, config.target)
-    layout = delta_layout(config, state, ship, batch_channels(rows), target)
     wide, duplicates = pivot_rows(rows, layout, config.source.order_column is not None)
     delta_sink.merge_wide(target, layout, wide, greatest=config.source.order_column is None, txn=txn)
     return wide.num_rows, duplicates
 
 
-def _layout(conn, cur, config: Config, state: _SinkState, grown: dict, ship: str,
-            channels: list[str]) -> catalog.ShipLayout:
-    """The ship's layout with a column for every channel of the batch (tables and columns added
-    in the batch's transaction when needed)."""
-    tgt_cfg = config.target
-    layout = grown.get(ship) or state.layouts.get(ship)
-    if layout is not None and all(c in layout.channels for c in channels):
-        return layout
-    layout = catalog.extend_layout(conn, tgt_cfg, ship, {c: (None, None) for c in channels})
-    catalog.ensure_wide_tables(conn, tgt_cfg.schema, layout)
-    grown[ship] = layout
-    return layout
+def merge_ship_rows_delta(spark, config: Config, layout: catalog.ShipLayout, rows: pa.Table) -> tuple[int, int]:
+    """One ship's valid narrow rows merged into its Delta tables (each part its own commit). (Repair.)"""
+    return _merge_ship_delta(spark, config, layout, rows, None)
 
 
-def _merge_ship(conn, cur, config: Config, state: _SinkState, grown: dict, index: int, ship: str,
-                rows: pa.Table) -> tuple[int, int]:
+def merge_ship_rows(conn, cur, config: Config, layout: catalog.ShipLayout, rows: pa.Table,
+                    index: int = 0) -> tuple[int, int]:
+    """Merge one ship's valid narrow rows (``SCHEMA`` columns) into its tables inside the caller's
+    transaction: duplicates resolved, pivoted, written column-wise. Every channel of ``rows`` must
+    have its column already (``prepare_ship``); no DDL runs here."""
     tgt_cfg = config.target
-    layout = _layout(conn, cur, config, state, grown, ship, batch_channels(rows))
     wide, duplicates = pivot_rows(rows, layout, config.source.order_column is not None)
     times = kernels.timestamp_text(wide.times)
     greatest = config.source.order_column is None   # the greatest value wins, also across batches

@@ -11,9 +11,11 @@ Two offset modes:
   one): a transaction that took a lower id but commits later is read by the next micro-batch
   through that list, so a row whose transaction stays open is never skipped. Each pending
   transaction carries the offset id below which it has none (it was not running when that offset
-  was taken), so reads stay index range scans. Such a row may be read twice; the stream's
-  de-duplication and the idempotent merge absorb it. (Not covered: the microseconds between an
-  INSERT's nextval and its transaction taking an xid; reconcile would find such a row.)
+  was taken), so reads stay index range scans. A batch leaves out the rows of transactions still in
+  flight at its end offset, so every row is read by exactly one batch (no re-reads, no
+  de-duplication, no watermark: a backlog in any order drains whole). (Not covered: the
+  microseconds between an INSERT's nextval and its transaction taking an xid; reconcile would find
+  such a row.)
 - created_time only: each micro-batch reads up to the newest row older than ``now - settle_seconds``
   and re-reads ``overlap_seconds`` before its start; the idempotent merge makes the overlap
   harmless. A row later than the overlap is left for reconciliation. (Needs an index on
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
 from widen.config import SourceConfig
 
@@ -75,7 +78,10 @@ class NarrowStreamSource(DataSource):
         return NarrowStreamReader(dict(self.options))
 
 
-class NarrowStreamReader(DataSourceStreamReader):
+class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Offsets, admission control (``max_rows_per_batch``: a backlog drains in bounded batches) and
+    Trigger.AvailableNow (``--once``: everything there at the start, in such batches, then stop)."""
+
     def __init__(self, options: dict[str, str]):
         # Spark lower-cases option keys.
         self.options = options
@@ -85,6 +91,9 @@ class NarrowStreamReader(DataSourceStreamReader):
         self.overlap = float(options.get("overlap_seconds", "60"))
         self.start = options.get("start") or "earliest"
         self.start_wait = float(options.get("start_wait_seconds", "60"))
+        self.max_rows = int(options.get("max_rows_per_batch", "0")) or None
+        #: with Trigger.AvailableNow: the offset no batch goes beyond (set when the query starts)
+        self.target: dict | None = None
 
     # -- connections ------------------------------------------------------------------------------
     def _connect(self):
@@ -179,24 +188,84 @@ class NarrowStreamReader(DataSourceStreamReader):
         finally:
             conn.close()
 
-    def latestOffset(self, start: dict, limit=None) -> dict:
+    def getDefaultReadLimit(self) -> ReadLimit:
+        return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        """Everything committed now is what this run reads (in bounded batches); nothing newer."""
         from psycopg2 import sql
 
         conn = self._connect()
         try:
             with conn.cursor() as cur:
                 if self.order_column:
-                    return self._latest_id(cur, start)
+                    cur.execute(sql.SQL("SELECT max({}) FROM {}").format(
+                        sql.Identifier(self.order_column), self._table()))
+                    self.target = {"id": cur.fetchone()[0]}
+                else:
+                    cur.execute("SELECT now() - make_interval(secs => %s)", (self.settle,))
+                    self.target = {"t": cur.fetchone()[0].isoformat()}
+        finally:
+            conn.close()
+
+    def latestOffset(self, start: dict, limit: ReadLimit | None = None) -> dict:
+        """Where the next micro-batch ends: everything visible and settled, capped by the
+        AvailableNow target, and by ``ReadMaxRows``: an index probe finds the offset about that
+        many rows on (a backlog of hours becomes many bounded batches, never one huge one)."""
+        from psycopg2 import sql
+
+        max_rows = getattr(limit, "max_rows", None)
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                if self.order_column:
+                    latest = self._latest_id(cur, start)
+                    bound = latest["id"]
+                    if self.target is not None and self.target["id"] is not None:
+                        bound = min(bound, max(self.target["id"], start["id"]))
+                    if max_rows and bound > start["id"]:
+                        cur.execute(sql.SQL("SELECT max(o) FROM (SELECT {o} AS o FROM {t} WHERE {o} > %s AND {o} <= %s "
+                                            "ORDER BY {o} LIMIT %s) first_rows").format(
+                            o=sql.Identifier(self.order_column), t=self._table()), (start["id"], bound, max_rows))
+                        bound = cur.fetchone()[0] or bound
+                    if bound == latest["id"]:
+                        return latest
+                    # Transactions in flight now may still add rows at or below the bound: they stay
+                    # pending (read when they commit), as with an unbounded offset.
+                    offset = {"id": int(bound), "pending": latest["pending"]}
+                    return start if offset == start else offset
                 # Advance only to the newest settled row, so an idle table gives no new batch.
+                cap = sql.SQL(" AND created_time <= %s") if self.target else sql.SQL("")
                 cur.execute(sql.SQL("SELECT max(created_time) FROM {} WHERE created_time >= %s AND "
-                                    "created_time <= now() - make_interval(secs => %s)").format(
-                    self._table()), (start["t"], self.settle))
+                                    "created_time <= now() - make_interval(secs => %s){}").format(
+                    self._table(), cap), (start["t"], self.settle, *([self.target["t"]] if self.target else [])))
                 newest = cur.fetchone()[0]
                 if newest is None:
                     return start
-                return {"t": (newest + dt.timedelta(microseconds=1)).isoformat()}
+                end = newest + dt.timedelta(microseconds=1)
+                if max_rows:
+                    end = self._time_bound(cur, start, end, max_rows)
+                return {"t": end.isoformat()}
         finally:
             conn.close()
+
+    def _time_bound(self, cur, start: dict, end: dt.datetime, max_rows: int) -> dt.datetime:
+        """The created_time before which about ``max_rows`` rows lie (exclusive): the time of the
+        row that many on, or the next instant when one instant alone holds more."""
+        from psycopg2 import sql
+
+        cur.execute(sql.SQL("SELECT created_time FROM {} WHERE created_time >= %s AND created_time < %s "
+                            "ORDER BY created_time OFFSET %s LIMIT 1").format(self._table()),
+                    (start["t"], end, max_rows))
+        row = cur.fetchone()
+        if row is None:
+            return end
+        cut = row[0]
+        if cut <= dt.datetime.fromisoformat(start["t"]):
+            cur.execute(sql.SQL("SELECT min(created_time) FROM {} WHERE created_time > %s AND created_time < %s")
+                        .format(self._table()), (start["t"], end))
+            cut = cur.fetchone()[0] or end
+        return cut
 
     def _latest_id(self, cur, start: dict) -> dict:
         """The greatest visible id and, from the same snapshot, the transactions still in flight.
@@ -240,14 +309,17 @@ class NarrowStreamReader(DataSourceStreamReader):
         bucket = sql.SQL("(hashtext(coalesce(ship_id, '')) & 2147483647) %% %s = %s")
         if self.order_column:
             order = sql.Identifier(self.order_column)
-            # New ids, plus rows of transactions that were in flight at the start offset; the
-            # lowest floor bounds the range, so the scan stays on the order column's index.
+            # Each row is read by exactly one batch: the first whose end offset no longer has the
+            # row's transaction in flight. So: new ids, plus rows of transactions in flight at the
+            # start offset, minus rows of transactions still in flight at the end offset (the next
+            # batch reads those). The lowest floor bounds the range, so the scan stays on the order
+            # column's index. No re-read, so the stream needs no de-duplication (and no watermark).
             pending = partition.start["pending"]
             lowest = min([partition.start["id"], *(floor for _, floor in pending)])
             where = sql.SQL("{o} > %s AND {o} <= %s AND ({o} > %s OR xmin::text::bigint = ANY(%s)) "
-                            "AND ").format(o=order) + bucket
+                            "AND NOT (xmin::text::bigint = ANY(%s)) AND ").format(o=order) + bucket
             params = [lowest, partition.end["id"], partition.start["id"], [x for x, _ in pending],
-                      partition.buckets, partition.bucket]
+                      [x for x, _ in partition.end["pending"]], partition.buckets, partition.bucket]
             order_key = order
         else:
             lo = dt.datetime.fromisoformat(partition.start["t"]) - dt.timedelta(seconds=self.overlap)

@@ -41,7 +41,8 @@ def catalog_ships(conn, catalog_schema: str) -> set[str]:
 
 def check_selection(config, options: dict, ships_from: str) -> None:
     """Bad input (exit 2) for an empty or reversed range and for ships that do not exist: in the
-    narrow table or the catalog (``ships_from="narrow"``) or in the catalog only (``"catalog"``)."""
+    narrow table or the catalog (``ships_from="narrow"``) or in the catalog only (``"catalog"``;
+    None: the job checks its ships itself)."""
     from widen import db, sources
     from widen.config import BadInput
 
@@ -49,7 +50,7 @@ def check_selection(config, options: dict, ships_from: str) -> None:
     if start is not None and end is not None and start >= end:
         raise BadInput(f"--start {start.isoformat()} is not before --end {end.isoformat()}: the range is empty")
     ships = options.get("ships")
-    if not ships:
+    if not ships or ships_from is None:
         return
     if ships_from == "narrow" and config.source.kind == "postgres":
         with db.connection(config.source.connection) as conn:
@@ -84,7 +85,7 @@ def exclusive(job: str, what: str = "ship", keys=lambda config, options: options
             from widen.locks import job_lock
             from widen.session import resolve_connections
 
-            config = resolve_connections(config)
+            config = resolve_connections(config).for_job(job)
             if reads_narrow_table and config.source.kind == "postgres":
                 from widen.sources import require_table
 

@@ -44,6 +44,7 @@ class Backfill:
         self.problems: dict[str, str] = {}
         self._ship_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self.breaker = Breaker(config.backfill.max_connection_failures)
 
     # -- layouts ---------------------------------------------------------------------------------
     def _ship_lock(self, ship: str) -> threading.Lock:
@@ -79,13 +80,12 @@ class Backfill:
                 self.layouts.pop(ship, None)
                 self.problems[ship] = errors.describe(err)
                 continue
-            # Tables made up front keep DDL (and its exclusive locks) out of the chunk transactions.
+            # Tables made up front, one try each (a chunk waits longer when a reader holds a table).
             # A ship whose tables cannot be made here is not fatal: its chunks retry, then report.
             try:
                 if not tgt_cfg.is_delta:       # Delta tables are made by the chunk, under the ship lock
-                    catalog.ensure_wide_tables(tgt, tgt_cfg.schema, layout)
-                tgt.commit()
-            except psycopg2.Error:
+                    catalog.ensure_tables_ddl(tgt, tgt_cfg, layout, f"ship {ship!r}: tables", max_wait=0)
+            except (psycopg2.Error, db.LockWaitTimeout):
                 tgt.rollback()
 
     def add_channels(self, chunk: sources.Chunk, channels: list[str]) -> None:
@@ -164,34 +164,36 @@ class Backfill:
                     continue
                 spark_seconds = time.monotonic() - t0
                 t0 = time.monotonic()
+                # One PostgreSQL transaction holds the ship's write lock (a rollback waits for it)
+                # while the Delta tables are made and merged, then records rejects and the chunk.
                 with self._ship_lock(chunk.ship_id), db.connection(tgt_cfg.connection) as tgt:
                     with tgt.cursor() as cur:
+                        if not catalog.lock_ship_for_write(cur, tgt_cfg.catalog_schema, chunk.ship_id):
+                            return {"narrow_rows": 0, "rejected_rows": 0, "duplicate_rows": 0, "wide_rows": 0,
+                                    "rolled_back": True, "spark_seconds": spark_seconds, "merge_seconds": 0.0}
                         catalog.lock_layout(cur, chunk.ship_id)
                         target.ensure_tables(layout)
+                        delta_sink.merge_chunk(target, layout, writer, output)
+                        merged = self._record_delta_chunk(cur, chunk, output, stats, started_at)
                     tgt.commit()
-                    delta_sink.merge_chunk(target, layout, writer, output)
-                merged = self._record_delta_chunk(chunk, output, stats, started_at)
                 return {**merged, "spark_seconds": spark_seconds, "merge_seconds": time.monotonic() - t0}
             finally:
                 output.unpersist()
         raise RuntimeError(f"chunk {chunk.label()}: new channels kept appearing while it ran")
 
-    def _record_delta_chunk(self, chunk, output, stats, started_at) -> dict:
+    def _record_delta_chunk(self, cur, chunk, output, stats, started_at) -> dict:
         tgt_cfg = self.config.target
         totals = {k: sum(row[k] for row in stats)
                   for k in ("narrow_rows", "rejected_rows", "duplicate_rows", "wide_rows")}
         label = chunk_batch_label(chunk)
-        with db.connection(tgt_cfg.connection) as tgt:
-            with tgt.cursor() as cur:
-                cur.execute(sql.SQL("DELETE FROM {} WHERE job = %s AND batch = %s").format(
-                    sql.Identifier(tgt_cfg.catalog_schema, "rejects")), (JOB, label))
-                for rejects in delta_sink.chunk_rejects(output, chunk.ship_id):
-                    stream_sink.write_rejects(cur, tgt_cfg.catalog_schema, rejects, label, job=JOB)
-                catalog.record_chunk(cur, tgt_cfg.catalog_schema, chunk.ship_id, chunk.range_start,
-                                     chunk.range_end, "done", 1, started_at,
-                                     narrow_rows=totals["narrow_rows"], wide_rows=totals["wide_rows"],
-                                     rejected=totals["rejected_rows"], duplicates=totals["duplicate_rows"])
-            tgt.commit()
+        cur.execute(sql.SQL("DELETE FROM {} WHERE job = %s AND batch = %s").format(
+            sql.Identifier(tgt_cfg.catalog_schema, "rejects")), (JOB, label))
+        for rejects in delta_sink.chunk_rejects(output, chunk.ship_id):
+            stream_sink.write_rejects(cur, tgt_cfg.catalog_schema, rejects, label, job=JOB)
+        catalog.record_chunk(cur, tgt_cfg.catalog_schema, chunk.ship_id, chunk.range_start,
+                             chunk.range_end, "done", 1, started_at,
+                             narrow_rows=totals["narrow_rows"], wide_rows=totals["wide_rows"],
+                             rejected=totals["rejected_rows"], duplicates=totals["duplicate_rows"])
         return totals
 
     def _write_staging(self, chunk, staging, layout) -> list[dict]:
@@ -216,8 +218,13 @@ class Backfill:
         totals = {k: sum(row[k] for row in stats)
                   for k in ("narrow_rows", "rejected_rows", "duplicate_rows")}
         with db.connection(tgt_cfg.connection) as tgt:
+            # New tables and columns in a short DDL transaction of their own: readers never queue
+            # behind the merge, and wait at most target.lock_timeout_seconds behind the DDL.
+            catalog.ensure_tables_ddl(tgt, tgt_cfg, layout, f"chunk {chunk.label()}")
             with tgt.cursor() as cur:
-                catalog.ensure_wide_tables(tgt, tgt_cfg.schema, layout)
+                if not catalog.lock_ship_for_write(cur, tgt_cfg.catalog_schema, chunk.ship_id):
+                    tgt.rollback()
+                    return {**totals, "wide_rows": 0, "rolled_back": True}
                 wide_rows = sinks.merge_parts(cur, tgt.server_version, tgt_cfg.schema, staging, layout)
                 sinks.replace_rejects(cur, tgt_cfg.catalog_schema, staging, JOB, chunk_batch_label(chunk))
                 catalog.record_chunk(cur, tgt_cfg.catalog_schema, chunk.ship_id, chunk.range_start,
@@ -234,19 +241,25 @@ class Backfill:
         bf = self.config.backfill
         last_error = None
         for attempt in range(1, bf.max_attempts + 1):
+            if self.breaker.tripped:
+                # The servers stopped answering: no new attempt; the rerun does this chunk.
+                return {"chunk": chunk, "ok": False, "not_started": attempt == 1, "error": self.breaker.reason}
             started_at = dt.datetime.now(dt.timezone.utc)
             try:
                 result = self.run_chunk(chunk)
+                self.breaker.success()
                 progress.add(chunk.narrow_rows)
                 return {"chunk": chunk, "ok": True, **result}
             except Exception as err:  # noqa: BLE001 - every failure is recorded and retried
                 last_error = errors.describe(err)
+                if self.breaker.failure(err):
+                    return {"chunk": chunk, "ok": False, "not_started": False, "error": last_error}
                 self._record_failure(chunk, started_at, last_error)
                 if attempt < bf.max_attempts:
                     time.sleep(bf.retry_backoff_seconds * 2 ** (attempt - 1))
         progress.add(0, failed=True)
         log.warning("chunk %s failed after %d attempts: %s", chunk.label(), bf.max_attempts, last_error)
-        return {"chunk": chunk, "ok": False, "error": last_error}
+        return {"chunk": chunk, "ok": False, "not_started": False, "error": last_error}
 
     def _record_failure(self, chunk, started_at, error: str) -> None:
         tgt_cfg = self.config.target
@@ -278,6 +291,9 @@ class Backfill:
             "str_v, bool_v, reason, job, batch) VALUES %s").format(rejects)
         swept = 0
         with tgt.cursor() as out:
+            # Two backfills (of different ships) sweep the same rows: one after the other, each
+            # replacing what the other wrote, never both inserting.
+            out.execute("SELECT pg_advisory_xact_lock(hashtext('widen.reject_sweep'))")
             delete = sql.SQL("DELETE FROM {} WHERE job = %s AND batch = 'sweep'").format(rejects)
             if ships:
                 delete = delete + sql.SQL(" AND (ship_id IS NULL OR ship_id = '' OR ship_id = ANY(%s))")
@@ -292,6 +308,38 @@ class Backfill:
         src.rollback()
         tgt.commit()
         return swept
+
+
+class Breaker:
+    """Counts connection failures in a row across the chunk workers; once ``limit`` is reached
+    the backfill stops scheduling chunks (an outage would otherwise cost every chunk its retries)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_a_row = 0
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def tripped(self) -> bool:
+        return self.reason is not None
+
+    def success(self) -> None:
+        with self._lock:
+            self.in_a_row = 0
+
+    def failure(self, err: BaseException) -> bool:
+        """Count ``err``; True when the breaker is (now) open."""
+        with self._lock:
+            if not errors.is_connection_failure(err):
+                self.in_a_row = 0
+                return self.tripped
+            self.in_a_row += 1
+            if self.in_a_row >= self.limit and self.reason is None:
+                self.reason = (f"{self.in_a_row} connection failures in a row, the last: {errors.describe(err)}")
+                log.error("stopping: %s; no further chunk is started. Run the backfill again when the server is "
+                          "back: finished chunks are kept and skipped.", self.reason)
+            return self.tripped
 
 
 def partitions_for(chunk: sources.Chunk, bf) -> int:
@@ -332,6 +380,10 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
             log.warning(index_warning)
         chunks = sources.plan_chunks(src, src_cfg, ships, start, end, bf.chunk_hours)
         src.rollback()
+        rolled_back = catalog.ships_in_state(tgt, tgt_cfg.catalog_schema, catalog.ROLLED_BACK)
+        tgt.rollback()
+        skipped_ships = sorted({c.ship_id for c in chunks} & rolled_back)
+        chunks = [c for c in chunks if c.ship_id not in rolled_back]
         ship_ids = sorted({c.ship_id for c in chunks})
         job.prepare_layouts(src, tgt, ship_ids)
         done = catalog.done_chunks(tgt, tgt_cfg.catalog_schema, ship_ids)
@@ -340,6 +392,8 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
     todo = interleave_by_ship([c for c in chunks if c.key not in done and c.ship_id not in job.problems])
     for ship, why in job.problems.items():
         log.warning("ship %r skipped: %s", ship, why)
+    for ship in skipped_ships:
+        log.warning("ship %r skipped: it is rolled back (resume --ships to migrate it again)", ship)
     skipped = sum(1 for c in chunks if c.key in done)
     results = []
     if todo:
@@ -348,8 +402,10 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
         with progress, ThreadPoolExecutor(max_workers=bf.parallel_chunks,
                                           thread_name_prefix="widen-chunk") as pool:
             results = list(pool.map(lambda c: job.run_chunk_with_retries(c, progress), todo))
-    ok = [r for r in results if r["ok"]]
-    failed = [r for r in results if not r["ok"]]
+    ok = [r for r in results if r["ok"] and not r.get("rolled_back")]
+    failed = [r for r in results if not r["ok"] and not r["not_started"]]
+    not_started = [r for r in results if not r["ok"] and r["not_started"]]
+    skipped_ships += sorted({r["chunk"].ship_id for r in results if r.get("rolled_back")})
     seconds = time.monotonic() - began
     narrow = sum(r["narrow_rows"] for r in ok)
     summary = {
@@ -362,8 +418,14 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start: dt.da
         "chunk_seconds": {"read_pivot_copy": round(sum(r["spark_seconds"] for r in ok), 2),
                           "merge": round(sum(r["merge_seconds"] for r in ok), 2)},
         "failed": [{"chunk": r["chunk"].label(), "error": r["error"]} for r in failed],
-        "ships_not_laid_out": job.problems,
+        "ships_not_laid_out": job.problems, "ships_rolled_back": sorted(set(skipped_ships)),
+        "chunks_not_started": len(not_started), "stopped": job.breaker.reason,
     }
-    report = "\n".join([f"FAILED {r['chunk'].label()}: {r['error']}" for r in failed] +
-                       [f"SHIP NOT MIGRATED {ship}: {why}" for ship, why in job.problems.items()])
-    return Result(JOB, EXIT_PROBLEM if failed or job.problems else EXIT_OK, summary, report)
+    lines = [f"FAILED {r['chunk'].label()}: {r['error']}" for r in failed]
+    lines += [f"SHIP NOT MIGRATED {ship}: {why}" for ship, why in job.problems.items()]
+    if job.breaker.tripped:
+        lines.append(f"STOPPED: {job.breaker.reason}; {len(ok)} chunks done, {len(failed)} failed, "
+                     f"{len(not_started)} not started. Run the backfill again when the server answers: "
+                     "finished chunks are kept and skipped.")
+    return Result(JOB, EXIT_PROBLEM if failed or not_started or job.problems else EXIT_OK, summary,
+                  "\n".join(lines))

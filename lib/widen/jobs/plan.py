@@ -137,7 +137,10 @@ def run(config: Config, spark=None, ships: list[str] | None = None, duplicates: 
         dups = duplicate_counts(src, config, ships) if duplicates else {}
         index_warning = chunk_index_warning(src, config.source)
         src.rollback()
-        layouts, ship_problems = update_layouts(tgt, config, stats)
+        rolled_back = sorted(set(stats) & catalog.ships_in_state(tgt, config.target.catalog_schema,
+                                                                  catalog.ROLLED_BACK))
+        tgt.rollback()
+        layouts, ship_problems = update_layouts(tgt, config, {s: v for s, v in stats.items() if s not in rolled_back})
         problems = list(ship_problems.values())
     rows = []
     for ship in sorted(stats):
@@ -171,6 +174,7 @@ def run(config: Config, spark=None, ships: list[str] | None = None, duplicates: 
         "seconds": round(time.monotonic() - started, 2), "plan": rows,
         "rejects_without_ship": orphan_rejects,
         "warnings": [index_warning] if index_warning else [],
+        "ships_rolled_back": rolled_back,
     }
     report = format_report(rows, problems) + (f"\nWARNING: {index_warning}" if index_warning else "")
     return Result("plan", EXIT_PROBLEM if problems else EXIT_OK, summary, report)

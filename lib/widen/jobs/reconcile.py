@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from psycopg2 import sql
 
-from widen import catalog, db, errors, reconcile, render, stream_sink
+from widen import catalog, db, errors, reconcile, render, sources, stream_sink
 from widen.config import Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
 from widen.jobs.plan import reject_counts
@@ -184,46 +184,65 @@ def list_ships(config: Config, ships: list[str] | None) -> list[str]:
     return sorted(found)
 
 
+def repair_pieces(config: Config, ship: str, found: reconcile.Drill) -> list[tuple[list, list]]:
+    """The repair's work as (timestamps, ranges) pieces of at most about
+    ``reconcile.repair_rows_per_piece`` narrow rows each: differing timestamps in groups, whole
+    missing/extra ranges cut at created_time boundaries."""
+    budget = config.reconcile.repair_rows_per_piece
+    with db.connection(config.target.connection) as conn:
+        per_time = max(1, len(catalog.load_layout(conn, config.target.catalog_schema, ship).channels))
+    group = max(1, budget // per_time)
+    times = sorted(found.times)
+    pieces: list[tuple[list, list]] = [(times[i:i + group], []) for i in range(0, len(times), group)]
+    with db.connection(config.source.connection) as src:
+        for lo, hi, _, _ in found.ranges:
+            pieces += [([], [piece]) for piece in sources.range_pieces(src, config.source, ship, lo, hi, budget)]
+    return pieces
+
+
 def repair_ship(config: Config, report: ShipReport, spark=None) -> None:
-    """Re-merge the ship's differing timestamps and ranges from the source, in one transaction."""
-    ship, found = report.ship_id, report.drill
-    times, ranges = found.times, [(lo, hi) for lo, hi, _, _ in found.ranges]
-    where = sql.SQL("(created_time = ANY(%(times)s) OR {})").format(
-        sql.SQL(" OR ").join([sql.SQL("(created_time >= {} AND created_time < {})").format(
-            sql.Placeholder(f"lo{i}"), sql.Placeholder(f"hi{i}")) for i in range(len(ranges))] or [sql.SQL("false")]))
-    params = {"ship": ship, "times": times, **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
-              **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
-    src_cfg = config.source
-    order = sql.Identifier(src_cfg.order_column) if src_cfg.order_column else sql.SQL("NULL::bigint")
-    with db.connection(src_cfg.connection) as src, src.cursor() as cur:
-        cur.execute(sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, NULL::text, {o} FROM {t} "
-                            "WHERE ship_id = %(ship)s AND {valid} AND {w}").format(
-            v=render.rendered_value(), o=order, t=sql.Identifier(src_cfg.schema, src_cfg.table),
-            valid=render.valid_row_predicate(), w=where), params)
-        rows = cur.fetchall()
-    names = ["ship_id", "data_channel_id", "created_time", "value", "reject", "order_key"]
-    types = [pa.string(), pa.string(), pa.timestamp("us", tz="UTC"), pa.string(), pa.string(), pa.int64()]
-    table = pa.table([pa.array(list(col) if rows else [], type=kind)
-                      for col, kind in zip(zip(*rows) if rows else [[]] * 6, types)], names=names)
-    tgt_cfg = config.target
-    if tgt_cfg.is_delta:
-        _repair_delta(config, spark, ship, times, ranges, table)
-        report.repaired = True
-        return
-    with db.connection(tgt_cfg.connection) as conn, conn.cursor() as cur:
-        catalog.lock_layout(cur, ship)
-        layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
-        for part in layout.parts:
-            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
-                sql.Identifier(tgt_cfg.schema, layout.tables[part]), where), params)
-        if table.num_rows:
-            stream_sink.merge_ship_rows(conn, cur, config, ship, table)
-        conn.commit()
+    """Re-merge the ship's differing timestamps and ranges from the source, piece by piece: each
+    piece's wide rows are deleted (so a cell the source no longer has goes) and the source's rows
+    merged back, in one target transaction per piece (a PostgreSQL target), so memory and locks
+    stay bounded however large the ranges are. Running it again finishes an interrupted repair."""
+    ship, tgt_cfg = report.ship_id, config.target
+    for times, ranges in repair_pieces(config, ship, report.drill):
+        with db.connection(config.source.connection) as src:
+            rows = sources.ship_rows(src, config.source, ship, times, ranges)
+        with db.connection(tgt_cfg.connection) as conn:
+            layout = stream_sink.prepare_ship(conn, spark, config, stream_sink.fresh_state(), ship,
+                                              stream_sink.batch_channels(rows))
+            if layout is None:
+                log.warning("%s is rolled back: not repaired", ship)
+                return
+            if tgt_cfg.is_delta:
+                _repair_delta(config, spark, layout, times, ranges, rows)
+                continue
+            with conn.cursor() as cur:
+                if not catalog.lock_ship_for_write(cur, tgt_cfg.catalog_schema, ship):
+                    log.warning("%s is rolled back: not repaired", ship)
+                    return
+                where, params = _piece_condition(times, ranges)
+                for part in layout.parts:
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
+                        sql.Identifier(tgt_cfg.schema, layout.tables[part]), where), params)
+                if rows.num_rows:
+                    stream_sink.merge_ship_rows(conn, cur, config, layout, rows)
+            conn.commit()
     report.repaired = True
 
 
-def _repair_delta(config: Config, spark, ship: str, times: list, ranges: list, rows: pa.Table) -> None:
-    """The Delta form of the repair: the differing rows deleted from every part table, then the
+def _piece_condition(times: list, ranges: list) -> tuple[sql.Composable, dict]:
+    where = sql.SQL("(created_time = ANY(%(times)s) OR {})").format(
+        sql.SQL(" OR ").join([sql.SQL("(created_time >= {} AND created_time < {})").format(
+            sql.Placeholder(f"lo{i}"), sql.Placeholder(f"hi{i}")) for i in range(len(ranges))] or [sql.SQL("false")]))
+    params = {"times": list(times), **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
+              **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
+    return where, params
+
+
+def _repair_delta(config: Config, spark, layout, times: list, ranges: list, rows: pa.Table) -> None:
+    """The Delta form of a repair piece: the differing rows deleted from every part table, then the
     source's rows merged back (one Delta commit per table and step, not one transaction: a repair
     cut short is finished by running it again)."""
     from functools import reduce
@@ -236,13 +255,11 @@ def _repair_delta(config: Config, spark, ship: str, times: list, ranges: list, r
     when = F.col("created_time")
     condition = reduce(lambda a, b: a | b, [(when >= F.lit(lo)) & (when < F.lit(hi)) for lo, hi in ranges],
                        when.isin(list(times)) if times else F.lit(False))
-    with db.connection(config.target.connection) as conn:
-        layout = catalog.load_layout(conn, config.target.catalog_schema, ship)
     for part in layout.parts:
         if target.exists(layout.tables[part]):
             target.delete(layout.tables[part], condition)
     if rows.num_rows:
-        stream_sink.merge_ship_rows_delta(spark, config, ship, rows)
+        stream_sink.merge_ship_rows_delta(spark, config, layout, rows)
 
 
 @exclusive(JOB)

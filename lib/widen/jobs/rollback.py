@@ -91,28 +91,47 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start=None, 
 
 
 def _rollback_ship(config: Config, spark, ship: str, start, end, dry_run: bool, lines: list[str]) -> int:
+    """One ship, in one transaction that holds the ship's lock exclusively: it waits for the
+    writers' transactions on the ship (the backfill's chunks, the stream's batch), each try at
+    most ``target.lock_timeout_seconds``, and keeps new ones out until it commits. A whole ship is
+    then marked rolled back, so writers leave it alone until ``resume``."""
     tgt_cfg = config.target
-    affected = 0
-    with db.connection(tgt_cfg.connection) as conn, conn.cursor() as cur:
-        catalog.lock_layout(cur, ship)
+    whole = start is None and end is None
+    with db.connection(tgt_cfg.connection) as conn:
         layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
+        conn.rollback()
         if not layout.tables:
             raise BadInput(f"ship {ship!r} has no wide tables in the catalog: nothing to roll back")
-        if tgt_cfg.is_delta:
-            # Delta first: a rollback cut short after it leaves the catalog, and runs again.
-            spark = get_spark(config, spark)
-            for text, action in delta_actions(DeltaTarget(spark, tgt_cfg), layout, start, end):
-                lines.append(("would " if dry_run else "did: ") + text)
-                if not dry_run:
+        statements = plan_statements(config, layout, start, end)
+        if dry_run:
+            with conn.cursor() as cur:
+                if tgt_cfg.is_delta:
+                    spark = get_spark(config, spark)
+                    lines += ["would " + text for text, _ in delta_actions(DeltaTarget(spark, tgt_cfg), layout,
+                                                                          start, end)]
+                lines += ["would run: " + cur.mogrify(statement, params).decode() for statement, params in statements]
+            conn.rollback()
+            return 0
+
+        def roll_back(cur) -> int:
+            catalog.lock_ship_exclusive(cur, ship)
+            done: list[str] = []
+            affected = 0
+            if tgt_cfg.is_delta:
+                # Delta first: a rollback cut short after it leaves the catalog, and runs again.
+                for text, action in delta_actions(DeltaTarget(get_spark(config, spark), tgt_cfg), layout, start, end):
                     action()
-        for statement, params in plan_statements(config, layout, start, end):
-            text = cur.mogrify(statement, params).decode()
-            lines.append(("would run: " if dry_run else "ran: ") + text)
-            if not dry_run:
+                    done.append("did: " + text)
+            for statement, params in statements:
+                done.append("ran: " + cur.mogrify(statement, params).decode())
                 cur.execute(statement, params)
                 affected += max(cur.rowcount, 0)
-        if dry_run:
-            conn.rollback()
-        else:
-            conn.commit()
-    return affected
+            if whole:
+                catalog.set_ship_state(cur, tgt_cfg.catalog_schema, ship, catalog.ROLLED_BACK,
+                                       "rolled back; resume --ships to migrate it again")
+            lines.extend(done)
+            return affected
+
+        tables = [] if tgt_cfg.is_delta else [(tgt_cfg.schema, t) for t in layout.tables.values()]
+        return db.run_ddl(conn, tgt_cfg, roll_back, tables, f"rollback of ship {ship!r}",
+                          holders=lambda: db.advisory_holders(conn, "widen.ship", ship, "the ship's write lock"))

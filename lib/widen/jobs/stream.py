@@ -1,18 +1,20 @@
 """``stream``: keep the wide tables current from the narrow table, exactly once.
 
-The narrow stream (PostgreSQL source or a Delta table) gets a watermark on created_time and is
-de-duplicated within it, then each micro-batch is written by the foreachBatch sink in one
-transaction with its ``stream_batches`` row, so a restart from the checkpoint changes nothing twice.
+Each micro-batch is written by the foreachBatch sink in one transaction with its ``stream_batches``
+row, so a restart from the checkpoint changes nothing twice. Admission control
+(``stream.max_rows_per_batch``) keeps every batch bounded, so a backlog drains in many batches.
 
-De-duplication drops *re-reads* of one narrow row (the created_time mode's overlap, the exact mode's
-pending transactions): the key is (ship, channel, created_time) plus the order key in the exact
-mode, plus the rendered value otherwise. Readings that differ are kept and the sink applies
+The exact mode (an order column) and a Delta source give each narrow row to exactly one batch. The
+created_time mode re-reads an overlap on purpose: there the stream gets a watermark on created_time
+and drops *re-reads* within it (key: ship, channel, created_time and the rendered value); rows
+older than the watermark are dropped by Spark, counted (``stream_batches.late_rows``, the log and
+the metrics) and left for ``reconcile --repair``. Readings that differ are kept and the sink applies
 DESIGN.md's duplicate rule (the later batch wins with an order column; the greatest value without,
-also against what is already merged). Rows older than the watermark are dropped by Spark, counted
-(``stream_batches.late_rows``, the listener's log and metrics) and left for ``reconcile --repair``.
+also against what is already merged).
 
-``--once`` processes what is there and stops (for schedulers and tests); otherwise it runs every
-``stream.trigger_seconds`` until SIGTERM/SIGINT, which stop it after the current batch.
+``--once`` processes what is there (in bounded batches) and stops (for schedulers and tests);
+otherwise it runs every ``stream.trigger_seconds`` until SIGTERM/SIGINT, which stop it after the
+current batch, and a failed batch restarts the query from its checkpoint, with backoff.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from psycopg2 import sql
+
 from widen import catalog, db, errors
 from widen.config import BadInput, Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
@@ -36,7 +40,7 @@ from widen.stream_source import initial_offset, narrow_stream, stream_options
 
 JOB = "stream"
 log = logging.getLogger(__name__)
-TOTALS = ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows", "failed_rows")
+TOTALS = ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows", "failed_rows", "skipped_rows")
 COUNTED = ("batches", "skipped", "late_rows", *TOTALS)
 
 
@@ -82,10 +86,12 @@ def _has_offsets(spark, checkpoint: str) -> bool:
     return bool(_batch_ids(spark, checkpoint, "offsets"))
 
 
-def _uncommitted_batch(spark, checkpoint: str) -> bool:
-    """A batch was planned but the process died before Spark recorded it as committed."""
-    offsets, commits = _batch_ids(spark, checkpoint, "offsets"), _batch_ids(spark, checkpoint, "commits")
-    return bool(offsets) and (not commits or offsets[-1] > commits[-1])
+def rereads(config: Config) -> bool:
+    """Whether the source reads a row more than once: only the created_time mode (it re-reads an
+    overlap on purpose). The exact mode's offsets and a Delta table's versions give each row to
+    exactly one batch, so those streams need no de-duplication state and no watermark, and no row
+    is ever dropped as late, however far behind its created_time (a backlog in id order)."""
+    return config.source.kind == "postgres" and not config.source.order_column
 
 
 def dedup_key(config: Config) -> list[str]:
@@ -106,15 +112,44 @@ class StreamRun:
     checkpoint: str
 
     def finish(self) -> dict:
-        """After the query has ended: wait for the last reports, detach, return the summary."""
+        """After the query has ended: wait for the last reports, detach, return the summary (raise
+        when the query failed)."""
+        summary, error = self.close()
+        if error is not None:
+            raise RuntimeError(f"stream query failed: {error}")
+        return summary
+
+    def close(self) -> tuple[dict, object]:
+        """After the query has ended: wait for the last reports, detach; (summary, the query's
+        exception or None)."""
         self.listener.terminated.wait(30)
         self.spark.streams.removeListener(self.listener)
         self.metrics.close()
-        if self.query.exception():
-            raise RuntimeError(f"stream query failed: {self.query.exception()}")
-        return {**self.totals, "late_rows": self.listener.late_rows,
-                "query_name": self.listener.query_name, "checkpoint": self.checkpoint,
-                "start_offset": self.start_offset, "freshness_lag_seconds": _last_lag(self.listener)}
+        return ({**self.totals, "late_rows": self.listener.late_rows,
+                 "query_name": self.listener.query_name, "checkpoint": self.checkpoint,
+                 "start_offset": self.start_offset, "freshness_lag_seconds": _last_lag(self.listener)},
+                self.query.exception())
+
+
+def recorded_start(config: Config, checkpoint: str, take) -> dict:
+    """The query's first offset: the one recorded for (query name, checkpoint), else ``take()``
+    recorded now (whoever records first wins)."""
+    table = sql.Identifier(config.target.catalog_schema, "stream_starts")
+    key = (config.stream.query_name, checkpoint)
+    with db.connection(config.target.connection) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT start_offset FROM {} WHERE query_name = %s AND checkpoint = %s").format(table), key)
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(sql.SQL("INSERT INTO {} (query_name, checkpoint, start_offset) VALUES (%s, %s, %s) "
+                                "ON CONFLICT DO NOTHING").format(table), (*key, json.dumps(take())))
+            cur.execute(sql.SQL("SELECT start_offset FROM {} WHERE query_name = %s AND checkpoint = %s")
+                        .format(table), key)
+            row = cur.fetchone()
+        else:
+            log.info("query %r has not committed a batch yet: it starts where it was first recorded to start",
+                     config.stream.query_name)
+        conn.commit()
+    return json.loads(row[0])
 
 
 def start(config: Config, spark, once: bool = False) -> StreamRun:
@@ -125,16 +160,19 @@ def start(config: Config, spark, once: bool = False) -> StreamRun:
     with db.connection(config.target.connection) as conn:
         catalog.ensure_catalog(conn, config.target.catalog_schema)
     options = stream_options(config.source, buckets=st.buckets, settle_seconds=st.settle_seconds,
-                             overlap_seconds=st.overlap_seconds, start=st.start)
+                             overlap_seconds=st.overlap_seconds, start=st.start,
+                             max_rows_per_batch=st.max_rows_per_batch)
     start_offset = None
     if config.source.kind == "postgres" and not _has_offsets(spark, checkpoint):
-        # A new query: take its first offset here so it can be logged for the backfill hand-off.
-        start_offset = initial_offset(options)
+        # A new query: its first offset is recorded in the catalog before it is logged, and a
+        # restart before the first batch commits takes the recorded one: the hand-off point the
+        # backfill was told cannot move.
+        start_offset = recorded_start(config, checkpoint, lambda: initial_offset(options))
         options["start_offset"] = json.dumps(start_offset)
         log.info("new query %r starts after %s (stream.start = %s); rows before it are the backfill's",
                  st.query_name, json.dumps(start_offset), st.start)
 
-    totals = {"batches": 0, "skipped": 0, **{key: 0 for key in TOTALS}, "failed_ships": {}}
+    totals = {"batches": 0, "skipped": 0, **{key: 0 for key in TOTALS}, "failed_ships": {}, "skipped_ships": {}}
     results: dict = {}
 
     def sink(frame, batch_id: int) -> None:
@@ -147,14 +185,17 @@ def start(config: Config, spark, once: bool = False) -> StreamRun:
             totals[key] += getattr(result, key)
         for ship, failure in result.failed.items():
             totals["failed_ships"].setdefault(ship, []).append({"batch_id": batch_id, **failure})
+        for ship, rows in result.skipped_ships.items():
+            totals["skipped_ships"][ship] = totals["skipped_ships"].get(ship, 0) + rows
 
     metrics = StreamMetrics(st.query_name, st.metrics_port, st.metrics_host, st.metrics_textfile)
     listener = BatchListener(config, results, metrics)
     spark.streams.addListener(listener)
     try:
-        rows = (narrow_stream(spark, config.source, options)
-                .withWatermark("created_time", f"{st.watermark_seconds:g} seconds")
-                .dropDuplicatesWithinWatermark(dedup_key(config)))
+        rows = narrow_stream(spark, config.source, options)
+        if rereads(config):
+            rows = (rows.withWatermark("created_time", f"{st.watermark_seconds:g} seconds")
+                    .dropDuplicatesWithinWatermark(dedup_key(config)))
         writer = (rows.writeStream.foreachBatch(sink).queryName(st.query_name)
                   .option("checkpointLocation", checkpoint))
         writer = (writer.trigger(availableNow=True) if once
@@ -178,25 +219,36 @@ def start(config: Config, spark, once: bool = False) -> StreamRun:
 
 @exclusive(JOB, what="query", keys=lambda config, options: [config.stream.query_name])
 def run(config: Config, spark=None, once: bool = False, **_ignored) -> Result:
+    """``--once``: what is there now, in bounded batches, then exit. Otherwise until SIGTERM/SIGINT;
+    a failed batch restarts the query from its checkpoint (the batch replays, exactly once) with
+    backoff, up to ``stream.max_batch_attempts`` failures in a row, then the stream exits 1."""
     began = time.monotonic()
     config = resolve_connections(config)
+    st = config.stream
     spark = get_spark(config, spark)
+    stop = _stop_on_signals()
     totals: dict = {}
-    # With an uncommitted batch in the checkpoint (the last run was killed), Spark's availableNow
-    # replays that batch and stops without reading what came since: run it once more.
-    passes = 2 if once and _uncommitted_batch(spark, checkpoint_path(config)) else 1
-    for _ in range(passes):
+    failures_in_a_row = 0
+    while True:
         stream = start(config, spark, once)
         try:
-            _run_until_stopped(stream.query)
+            _run_until_stopped(stream.query, stop)
         finally:
-            summary = stream.finish()
-        for key, value in summary.items():
-            if key == "failed_ships":
-                for ship, failures in value.items():
-                    totals.setdefault(key, {}).setdefault(ship, []).extend(failures)
-            else:
-                totals[key] = totals.get(key, 0) + value if key in COUNTED else value
+            summary, error = stream.close()
+        _add(totals, summary)
+        if error is None or once or stop.is_set():
+            if error is not None:
+                raise RuntimeError(f"stream query failed: {error}")
+            break
+        failures_in_a_row = 1 if summary["batches"] else failures_in_a_row + 1
+        if failures_in_a_row >= st.max_batch_attempts:
+            raise RuntimeError(f"stream query failed {failures_in_a_row} times in a row, the last: {error}")
+        wait = st.retry_backoff_seconds * 2 ** (failures_in_a_row - 1)
+        log.warning("the stream failed (%s); restarting from its checkpoint in %g s (%d of %d attempts)",
+                    errors.describe(error) if isinstance(error, BaseException) else error, wait,
+                    failures_in_a_row, st.max_batch_attempts)
+        if stop.wait(wait):
+            break
     failed = totals.get("failed_ships") or {}
     report = "\n".join(f"SHIP NOT WRITTEN {ship!r}: {sum(f['rows'] for f in fs)} narrow rows from "
                        f"{min(f['first'] for f in fs)} to {max(f['last'] for f in fs)}: {fs[-1]['error']} "
@@ -205,12 +257,29 @@ def run(config: Config, spark=None, once: bool = False, **_ignored) -> Result:
                   {**totals, "seconds": round(time.monotonic() - began, 2)}, report)
 
 
-def _run_until_stopped(query) -> None:
-    """Until the query ends (``--once``) or SIGTERM/SIGINT, which stop it between batches."""
+def _add(totals: dict, summary: dict) -> None:
+    for key, value in summary.items():
+        if key in ("failed_ships", "skipped_ships"):
+            for ship, items in value.items():
+                if key == "failed_ships":
+                    totals.setdefault(key, {}).setdefault(ship, []).extend(items)
+                else:
+                    totals.setdefault(key, {})[ship] = totals.get(key, {}).get(ship, 0) + items
+        else:
+            totals[key] = totals.get(key, 0) + value if key in COUNTED else value
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event SIGTERM/SIGINT set (in the main thread; elsewhere nothing installs handlers)."""
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _run_until_stopped(query, stop: threading.Event) -> None:
+    """Until the query ends (``--once``, a failure) or ``stop`` is set, which stops it between batches."""
     while query.isActive:
         if stop.is_set() and not query.status.get("isTriggerActive"):
             query.stop()                    # between batches: the current one has committed
