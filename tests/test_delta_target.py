@@ -91,7 +91,7 @@ def test_backfill_stream_reconcile_into_delta(fresh_fleet, make_config, spark, p
     # A batch replayed after a crash between the Delta commits and the ledger row: Delta skips the
     # version it has (the replay carries a different value, which must not land), the ledger heals.
     with pg.cursor() as cur:
-        cur.execute(sql.SQL("SELECT max(batch_id) FROM {} WHERE query_name = %s").format(
+        cur.execute(sql.SQL("SELECT max(batch_id) FROM {} WHERE query_name = %s AND narrow_rows > 0").format(
             sql.Identifier(CAT, "stream_batches")), (NAME,))
         last = cur.fetchone()[0]
         cur.execute(sql.SQL("DELETE FROM {} WHERE query_name = %s AND batch_id = %s").format(
