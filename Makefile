@@ -24,7 +24,9 @@ demo: setup
 	./spark-submit.sh demo --config conf/local.yaml
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	$(VENV)/bin/ruff check lib tests bench jobs notebooks
+	$(VENV)/bin/mypy --ignore-missing-imports --python-version 3.11 lib/widen/core
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS) tests
 
 bench: setup
 	$(PY) bench/backfill.py

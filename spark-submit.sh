@@ -94,6 +94,9 @@ if [ "${master#local}" != "$master" ]; then
   # The Spark UI (and the driver) listen on SPARK_LOCAL_IP, else on every interface.
   export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}
 fi
+# Spark's own console lines: errors only, unless the job runs with --verbose (then warnings too).
+log4j="$here/lib/widen/log4j2-quiet.properties"
+for arg in "${args[@]}"; do [ "$arg" = --verbose ] && log4j="$here/conf/log4j2.properties"; done
 # In cluster deploy mode the driver runs elsewhere and finds the config --files shipped by its name.
 job_config=$config
 [ "$deploy_mode" = cluster ] && job_config=$(basename "$config")
@@ -104,7 +107,7 @@ cd "$here"
 # shellcheck disable=SC2086
 "$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" --files "$config" \
   --py-files "$here/build/widen.zip" ${SPARK_SUBMIT_OPTS_EXTRA:-} \
-  --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$here/conf/log4j2.properties" \
+  --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$log4j" \
   --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
   --conf spark.sql.session.timeZone=UTC \
   --conf spark.ui.showConsoleProgress=false \

@@ -34,9 +34,12 @@ os.environ.setdefault("TZ", "UTC")
 import psycopg2  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 
-from widen import catalog, config as widen_config, embedded, generate, render  # noqa: E402
+from widen import config as widen_config, embedded  # noqa: E402
+from widen.catalog import layouts as catalog  # noqa: E402
 from widen.jobs import backfill  # noqa: E402
+from widen.pg import render  # noqa: E402
 from widen.session import get_spark  # noqa: E402
+from widen.sources import generate  # noqa: E402
 
 SRC_SCHEMA = "bench_src"
 SCHEMAS = {"widen": "bench_widen", "sql-pivot": "bench_sql", "copy-pandas": "bench_pandas",
@@ -113,7 +116,7 @@ def same_in_delta(conn, spark, delta_cfg, ship_layouts) -> bool:
 
     from pyspark.sql import functions as F
 
-    from widen.delta_sink import DeltaTarget, quoted
+    from widen.targets.delta import DeltaTarget, quoted
 
     target = DeltaTarget(spark, delta_cfg.target)
     for layout in ship_layouts.values():
@@ -152,7 +155,7 @@ def run_sql_pivot(cfg, ship_layouts, parallel: int) -> float:
                 cur.execute(sql.SQL("INSERT INTO {t} (created_time, {cols}) SELECT created_time, {p} FROM {s} "
                                     "WHERE ship_id = %s AND {valid} GROUP BY created_time").format(
                     t=sql.Identifier(schema, layout.tables[part]), cols=cols, p=pivots, s=src,
-                    valid=render.valid_row_predicate()), (layout.ship_id,))
+                    valid=render.valid_row()), (layout.ship_id,))
         conn.close()
 
     began = time.monotonic()
@@ -176,7 +179,7 @@ def run_copy_pandas(cfg, ship_layouts) -> float:
                 "COPY (SELECT created_time, data_channel_id, {v} FROM {s} WHERE ship_id = {ship} AND {valid}) "
                 "TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)").format(
                 v=render.rendered_value(), s=sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries"),
-                ship=sql.Literal(layout.ship_id), valid=render.valid_row_predicate()).as_string(cur), out)
+                ship=sql.Literal(layout.ship_id), valid=render.valid_row()).as_string(cur), out)
             out.seek(0)
             # FORCE_QUOTE makes NULL the only unquoted empty field, which Arrow reads as null.
             table = pacsv.read_csv(out, read_options=pacsv.ReadOptions(column_names=["t", "ch", "v"]),
@@ -219,7 +222,7 @@ def run_spark_native(cfg, spark, ship_layouts) -> float:
                         "AND {valid}) q").format(v=render.rendered_value(),
                                                  s=sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries"),
                                                  ship=sql.Literal(layout.ship_id),
-                                                 valid=render.valid_row_predicate()).as_string(conn)
+                                                 valid=render.valid_row()).as_string(conn)
         narrow = (spark.read.format("jdbc").option("url", conn_cfg.jdbc_url()).option("dbtable", query)
                   .option("partitionColumn", "created_time").option("lowerBound", lo.isoformat())
                   .option("upperBound", hi.isoformat()).option("numPartitions", 4)

@@ -25,9 +25,10 @@ os.environ.setdefault("TZ", "UTC")
 import psycopg2  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 
-from widen import config as widen_config, embedded, generate  # noqa: E402
+from widen import config as widen_config, embedded  # noqa: E402
 from widen.jobs import backfill, reconcile  # noqa: E402
 from widen.session import get_spark  # noqa: E402
+from widen.sources import generate  # noqa: E402
 
 SRC, TGT, CAT = "brec_src", "brec_wide", "brec_catalog"
 

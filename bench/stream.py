@@ -42,9 +42,11 @@ import psycopg2  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 from psycopg2.extras import execute_values  # noqa: E402
 
-from widen import config as widen_config, embedded, generate, naming  # noqa: E402
+from widen import config as widen_config, embedded  # noqa: E402
+from widen.core import naming  # noqa: E402
 from widen.jobs import stream  # noqa: E402
 from widen.session import get_spark  # noqa: E402
+from widen.sources import generate  # noqa: E402
 
 SRC, TGT, CAT = "bstream_src", "bstream_wide", "bstream_catalog"
 TABLE = "tbl_data_timeseries"
@@ -97,7 +99,7 @@ def writer(params: dict, ships: list[str], channels: list[tuple[str, str]], inte
         if delay > 0:
             time.sleep(delay)
         ship = ships[k % len(ships)]
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         rows = [(ship, name, now, fmt, k * 0.5 if fmt == "Decimal" else None, k if fmt == "Integer" else None,
                  f"v{k}" if fmt == "String" else None, k % 2 == 0 if fmt == "Boolean" else None)
                 for name, fmt in channels]
@@ -127,7 +129,7 @@ def prober(params: dict, tables: dict[str, str], stop: threading.Event, seen: di
             query = sql.SQL(" UNION ALL ").join(
                 sql.SQL("SELECT {s}, created_time FROM {t} WHERE created_time > {since}").format(
                     s=sql.Literal(ship), t=sql.Identifier(TGT, table),
-                    since=sql.Literal(newest.get(ship, dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))))
+                    since=sql.Literal(newest.get(ship, dt.datetime(1970, 1, 1, tzinfo=dt.UTC))))
                 for ship, table in present.items())
             cur.execute(query)
             now = time.time()

@@ -7,8 +7,9 @@
 
 # COMMAND ----------
 
-from widen import db, notebook
+from widen import notebook
 from widen.jobs import reconcile
+from widen.pg import db
 
 p = notebook.params(globals(), config="conf/local.yaml", ships="", repair="false", heatmap_png="")
 config = notebook.load_config(p["config"])

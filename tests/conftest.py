@@ -116,10 +116,10 @@ def fresh_fleet(pg_server):
     """
     from psycopg2 import sql
 
-    from widen import generate
     from widen.config import Connection
+    from widen.sources import generate
 
-    def make(name: str, ingest_id: bool = False, **fleet) -> "psycopg2.extensions.connection":
+    def make(name: str, ingest_id: bool = False, **fleet) -> psycopg2.extensions.connection:
         conn_cfg = Connection(pg_server["host"], pg_server["port"], pg_server["database"], pg_server["user"])
         fresh = psycopg2.connect(**conn_cfg.psycopg_params())
         with fresh, fresh.cursor() as cur:

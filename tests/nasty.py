@@ -7,7 +7,7 @@ from psycopg2 import sql
 from psycopg2.extensions import AsIs
 from psycopg2.extras import execute_values
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 
 S_SPACES = "ship with spaces"
@@ -26,15 +26,15 @@ def rows() -> list[tuple]:
     """(ship_id, data_channel_id, created_time, value_format, double_v, long_v, str_v, bool_v)"""
     out: list[tuple] = []
 
-    def add(ship, channel, when, fmt, d=None, l=None, s=None, b=None):
-        out.append((ship, channel, when, fmt, d, l, s, b))
+    def add(ship, channel, when, fmt, d=None, n=None, s=None, b=None):
+        out.append((ship, channel, when, fmt, d, n, s, b))
 
     # Floating point that Java/Python would print differently from PostgreSQL.
     for i, value in enumerate([float("nan"), float("inf"), float("-inf"), -0.0, 1e300, 5e-324,
                                0.1 + 0.2, 843.0, 1.88e8, 5.1e-4, None]):
         add(S_SPACES, "decimal", at(15 * i), "Decimal", d=value)
     for i, value in enumerate([9223372036854775807, -9223372036854775808, 0, None]):
-        add(S_SPACES, "integer", at(15 * i), "Integer", l=value)
+        add(S_SPACES, "integer", at(15 * i), "Integer", n=value)
     for i, value in enumerate(["tab\there", "new\nline", "carriage\rreturn", "back\\slash", "\\N",
                                "comma,separated", 'double "quotes"', "single 'quotes'", "",
                                "ünïcödé 船舶 ✓", None, "\\.", "trailing backslash\\"]):
@@ -43,8 +43,8 @@ def rows() -> list[tuple]:
         add(S_QUOTES, "boolean", at(15 * i), "Boolean", b=value)
     # Channel names that are hard identifiers.
     add(S_SQL, "created_time", at(0), "Decimal", d=1.0)
-    add(S_SQL, "UPPER", at(0), "Integer", l=1)
-    add(S_SQL, "upper", at(0), "Integer", l=2)
+    add(S_SQL, "UPPER", at(0), "Integer", n=1)
+    add(S_SQL, "upper", at(0), "Integer", n=2)
     add(S_SQL, LONG_PREFIX + "pos-inlet", at(0), "Decimal", d=10.5)
     add(S_SQL, LONG_PREFIX + "pos-outlet", at(0), "Decimal", d=20.5)
     add(S_SQL, 'quo"te\'s; DROP', at(15), "String", s="x")
@@ -67,12 +67,12 @@ def rows() -> list[tuple]:
         s="written at +05")
     add(S_DOTS, "tz", T0, "String", s="written at UTC")
     add(S_DOTS, "tz2", dt.datetime(2025, 12, 31, 19, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
-        "Integer", l=-5)
+        "Integer", n=-5)
     # Microseconds are kept.
-    add(S_DOTS, "micro", at(0.000001), "Integer", l=1)
-    add(S_DOTS, "micro", at(0.999999), "Integer", l=2)
-    add(S_DOTS, "micro", at(3599.999999), "Integer", l=3)     # last microsecond of the first chunk
-    add(S_DOTS, "micro", at(3600), "Integer", l=4)            # first of the next chunk
+    add(S_DOTS, "micro", at(0.000001), "Integer", n=1)
+    add(S_DOTS, "micro", at(0.999999), "Integer", n=2)
+    add(S_DOTS, "micro", at(3599.999999), "Integer", n=3)     # last microsecond of the first chunk
+    add(S_DOTS, "micro", at(3600), "Integer", n=4)            # first of the next chunk
     # Rejected rows: unknown or NULL format, NULL or empty channel, NULL ship, NULL time.
     add(S_SPACES, "decimal", at(600), "Float", d=1.0)
     add(S_SPACES, "decimal", at(615), "decimal", d=2.0)

@@ -58,7 +58,7 @@ class Proxy:
             except OSError:
                 pass
 
-    def __enter__(self) -> "Proxy":
+    def __enter__(self) -> Proxy:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -105,7 +105,7 @@ def copy_delta_tables(spark, cur, delta_root: str, catalog_schema: str, into_sch
     names), so ``assert_equal_to_oracle`` compares them with the SQL pivot. The copy's primary key
     on created_time fails loudly if a Delta table holds a timestamp twice, and each table's columns
     must be exactly created_time + the catalog's columns."""
-    from widen.delta_sink import quoted, table_dir
+    from widen.targets.delta import quoted, table_dir
 
     cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s}").format(s=sql.Identifier(into_schema)))
     cur.execute(sql.SQL("SELECT table_name, array_agg(column_name ORDER BY column_name) FROM {} c "

@@ -1,14 +1,13 @@
 """Integration: a generated fleet plus hostile rows, backfilled on the real server, equals the oracle."""
 from __future__ import annotations
 
-
+import nasty
+import oracle
 import pytest
 from psycopg2 import sql
 
-import nasty
-import oracle
-from widen import generate
 from widen.jobs import backfill, plan
+from widen.sources import generate
 
 NAME = "bf"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"

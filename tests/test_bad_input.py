@@ -12,11 +12,10 @@ import uuid
 import psycopg2
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from conftest import raw_config
+from hypothesis import HealthCheck, given, settings, strategies as st
 from psycopg2 import sql
 
-from conftest import raw_config
 from widen import cli
 
 NAME = "badin"
@@ -48,8 +47,8 @@ def with_keys(base: dict, **dotted) -> dict:
 @pytest.fixture(scope="module")
 def narrow(pg_server):
     """A small narrow table (two ships) and the base config pointing at it."""
-    from widen import generate
     from widen.config import Connection
+    from widen.sources import generate
 
     conn = Connection(pg_server["host"], pg_server["port"], pg_server["database"], pg_server["user"])
     admin = psycopg2.connect(**conn.psycopg_params())

@@ -11,10 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import oracle
 import pyspark
 import pytest
-
-import oracle
 
 NAME = "cluster"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"

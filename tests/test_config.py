@@ -59,17 +59,18 @@ def test_local_yaml_uses_libpq_variables_when_set_and_embedded_otherwise():
 
 
 def test_delta_target_has_no_row_width_limit_and_folds_case():
-    from widen import catalog
+    from widen.core.layout import ShipLayout
+    from widen.targets import layout_rules
 
     delta = config.parse({"target": {"kind": "delta", "delta_root": "s3a://lake/wide"}}).target
     postgres = config.parse({}).target
     assert delta.is_delta and delta.wide_location == "s3a://lake/wide" and not postgres.is_delta
     wide = {f"channel {i}": ("String", 1900.0) for i in range(4)}      # 4 x 1.9 KB: over a PG row budget
-    in_delta, in_postgres = catalog.ShipLayout("ship"), catalog.ShipLayout("ship")
-    catalog.grow_layout(in_delta, wide, delta)
-    catalog.grow_layout(in_postgres, wide, postgres)
+    in_delta, in_postgres = ShipLayout("ship"), ShipLayout("ship")
+    layout_rules(delta).grow(in_delta, wide)
+    layout_rules(postgres).grow(in_postgres, wide)
     assert len(in_delta.parts) == 1 and len(in_postgres.parts) == 2
-    catalog.grow_layout(in_delta, {"Case": (None, None), "case": (None, None)}, delta)
-    catalog.grow_layout(in_postgres, {"Case": (None, None), "case": (None, None)}, postgres)
+    layout_rules(delta).grow(in_delta, {"Case": (None, None), "case": (None, None)})
+    layout_rules(postgres).grow(in_postgres, {"Case": (None, None), "case": (None, None)})
     assert in_delta.channels["Case"].part != in_delta.channels["case"].part     # unique regardless of case
     assert in_postgres.channels["Case"].part == in_postgres.channels["case"].part

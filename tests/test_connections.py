@@ -2,15 +2,15 @@
 database name with URL-special characters), timeouts on a server that never answers."""
 from __future__ import annotations
 
-import psycopg2
-from psycopg2 import sql
-
 import oracle
+import psycopg2
 from conftest import ROOT
 from netproxy import Proxy
+from psycopg2 import sql
+
 from widen import config as widen_config
-from widen import generate
 from widen.jobs import backfill
+from widen.sources import generate
 
 ODD_DATABASE = "we?ird/db name+%;x#"
 

@@ -4,7 +4,8 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from widen import db, errors
+from widen import errors
+from widen.pg import db
 
 NAMES = ["pct%ship", "%s", "%(x)s", "%%", "100%", "{}", "q\"u'o\\te", "tab\tnew\nline", "🚢"]
 
@@ -31,7 +32,8 @@ def test_percent_in_names_and_literals(session, name):
             c=sql.Identifier(name), lit=sql.Literal(name), t=table), {"n": 1})
         assert cur.fetchone() == (name, 1, name)
         literal = sql.Literal(name).as_string(cur).encode()
-        assert cur.mogrify(sql.SQL("SELECT {} WHERE 1 = %s").format(sql.Literal(name)), (1,)) == b"SELECT " + literal + b" WHERE 1 = 1"
+        mogrified = cur.mogrify(sql.SQL("SELECT {} WHERE 1 = %s").format(sql.Literal(name)), (1,))
+        assert mogrified == b"SELECT " + literal + b" WHERE 1 = 1"
 
 
 def test_errors_name_the_real_exception(session):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from psycopg2 import sql
-
 import nasty
 import oracle
+from psycopg2 import sql
+
 from widen.jobs import stream
 
 NAME = "dsrc"

@@ -14,16 +14,16 @@ import os
 import time
 from dataclasses import replace
 
+import nasty
+import oracle
 import pyarrow as pa
 from delta.tables import DeltaTable
 from psycopg2 import sql
 from pyspark.sql import functions as F
 
-import nasty
-import oracle
-from widen import stream_sink
-from widen.delta_sink import table_dir
 from widen.jobs import backfill, reconcile, rollback, stream
+from widen.streaming import sink as stream_sink
+from widen.targets.delta import table_dir
 
 NAME = "dlt"
 SRC, CAT, COPY = f"src_{NAME}", f"cat_{NAME}", f"wide_{NAME}"
@@ -81,7 +81,7 @@ def test_backfill_stream_reconcile_into_delta(fresh_fleet, make_config, spark, p
     new_rows.append(("ship new", "a.b", new_rows[-1][2], "String", None, None, "a later duplicate", None))
     nasty.insert(pg, SRC, new_rows)
     settled = max(r[2] for r in new_rows) + dt.timedelta(seconds=config.stream.settle_seconds + 1)
-    while dt.datetime.now(dt.timezone.utc) < settled:       # the tail is read once it has settled
+    while dt.datetime.now(dt.UTC) < settled:       # the tail is read once it has settled
         time.sleep(0.2)
     second = stream.run(config, spark, once=True)
     assert second.exit_code == 0, second.report
@@ -150,8 +150,9 @@ def test_backfill_stream_reconcile_into_delta(fresh_fleet, make_config, spark, p
 def test_metastore_database_tables(make_config, spark, tmp_path):
     """target.delta_database: the part tables are metastore tables (lower-case names, md5 when the
     name is not plain); columns added later; a MERGE and a drop reach them by name."""
-    from widen import catalog, kernels
-    from widen.delta_sink import DeltaTarget, merge_wide, quoted
+    from widen.core import kernels
+    from widen.core.layout import ShipLayout
+    from widen.targets.delta import DeltaTarget, merge_wide, quoted
 
     database = "widen_dlt_db"
     # LOCATION takes no parameter marker: the (pytest tmp) path as an escaped Spark string literal.
@@ -159,11 +160,11 @@ def test_metastore_database_tables(make_config, spark, tmp_path):
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {quoted(database)} LOCATION '{location}'")
     config = make_config(NAME, target__kind="delta", target__delta_database=database)
     target = DeltaTarget(spark, config.target)
-    layout = catalog.ShipLayout("Ship.One")
-    catalog.grow_layout(layout, {"a.b": (None, None), "Wind `speed`": (None, None)}, config.target)
-    target.ensure_tables(layout)
-    catalog.grow_layout(layout, {"later": (None, None)}, config.target)
-    target.ensure_tables(layout)
+    layout = ShipLayout("Ship.One")
+    target.rules.grow(layout, {"a.b": (None, None), "Wind `speed`": (None, None)})
+    target.ensure_tables(None, layout)
+    target.rules.grow(layout, {"later": (None, None)})
+    target.ensure_tables(None, layout)
     name = layout.tables[1]
     assert target.qualified(name) == f"`{database}`.`{table_dir(name, lower=True)}`"
     assert table_dir(name, lower=True) != name and table_dir(name, lower=True) == table_dir(name, lower=True).lower()

@@ -1,9 +1,9 @@
 """The README's main command, in process: generate -> plan -> backfill (twice) -> live stream -> check."""
 from dataclasses import replace
 
+import oracle
 from psycopg2 import sql
 
-import oracle
 from widen.jobs import demo
 
 

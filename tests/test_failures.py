@@ -1,11 +1,11 @@
 """A chunk that keeps failing is retried, recorded and reported; the other ships still migrate."""
 from __future__ import annotations
 
+import oracle
 from psycopg2 import sql
 
-import oracle
-from widen import generate
 from widen.jobs import backfill
+from widen.sources import generate
 
 NAME = "fail"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"

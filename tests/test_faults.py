@@ -11,23 +11,23 @@ import subprocess
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
-
-import psycopg2
-import pytest
-import yaml
-from psycopg2 import sql
 
 import jobproc
 import nasty
 import oracle
+import psycopg2
+import pytest
+import yaml
 from conftest import raw_config
 from netproxy import Proxy
-from widen import cli, embedded, generate
+from psycopg2 import sql
+
+from widen import cli, embedded
 from widen.config import Connection
 from widen.jobs import backfill, resume, rollback, stream
+from widen.sources import generate
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def connect(pg_server, **extra):
@@ -277,10 +277,11 @@ def test_concurrent_reject_sweeps_never_duplicate(fresh_fleet, make_config, pg):
     nasty.insert(pg, f"src_{name}", [(None, "c", nasty.at(i), "Decimal", float(i), None, None, None) for i in range(5)])
     config = make_config(name)
     first, second = generate.ship_ids(2)
-    from widen import catalog, db
+    from widen.catalog import schema
+    from widen.pg import db
 
     with db.connection(config.target.connection) as conn:
-        catalog.ensure_catalog(conn, config.target.catalog_schema)
+        schema.migrate(conn, config.target.catalog_schema)
     with pg.cursor() as cur:
         # Each INSERT into rejects takes a second: two sweeps without a lock would both insert.
         cur.execute(sql.SQL("CREATE OR REPLACE FUNCTION {}.slow() RETURNS trigger LANGUAGE plpgsql AS "
@@ -288,8 +289,11 @@ def test_concurrent_reject_sweeps_never_duplicate(fresh_fleet, make_config, pg):
         cur.execute(sql.SQL("CREATE TRIGGER slow BEFORE INSERT ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}.slow()")
                     .format(sql.Identifier(f"cat_{name}", "rejects"), sql.Identifier(f"cat_{name}")))
 
+    from widen.sources import open_table
+    from widen.targets import open_target
+
     def sweep(ships):
-        job = backfill.Backfill(config, None)
+        job = backfill.Backfill(config, None, open_table(config.source, "test"), open_target(config.target))
         with db.connection(config.source.connection) as src, db.connection(config.target.connection) as tgt:
             job.sweep_unplaceable_rejects(src, tgt, ships)
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import replace
 
+import nasty
+import oracle
 import psycopg2
 import pytest
 from psycopg2 import sql
 
-import nasty
-import oracle
 from widen.jobs import backfill, stream
-from widen.stream_source import initial_offset, stream_options
+from widen.sources.postgres_stream import initial_offset, stream_options
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def count_rows(cur, schema: str, where: sql.Composable = sql.SQL("true"), params=()) -> int:

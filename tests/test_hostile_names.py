@@ -14,15 +14,14 @@ import datetime as dt
 import os
 from dataclasses import replace
 
-from hypothesis import HealthCheck, Phase, example, given, settings
-from hypothesis import strategies as st
-from psycopg2 import sql
-
 import nasty
 import oracle
+from hypothesis import HealthCheck, Phase, example, given, settings, strategies as st
+from psycopg2 import sql
+
 from widen.jobs import backfill, plan, reconcile, rollback, stream
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
 PREFIX_54 = "p" * 54
 #: ship ids: with the template "tbl_data_timeseries_" (20 bytes), a 43-byte id makes a 63-byte
@@ -184,7 +183,7 @@ def test_any_name_into_delta(make_config, spark, pg, tmp_path):
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    from widen.delta_sink import table_dir
+    from widen.targets.delta import table_dir
     with pg.cursor() as cur:
         cur.execute(sql.SQL("SELECT table_name, column_name FROM {} WHERE ship_id = %s AND data_channel_id = %s")
                     .format(sql.Identifier(f"cat_{name}", "channel_columns")), ("pct%ship", "%(x)s"))

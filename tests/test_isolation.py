@@ -5,16 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import replace
 
-from psycopg2 import sql
-
 import nasty
 import oracle
-from widen import generate
+from psycopg2 import sql
+
 from widen.jobs import backfill, plan, reconcile, rollback, stream
+from widen.sources import generate
 
 NAME = "iso"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def test_one_bad_ship_never_stops_the_others(fresh_fleet, make_config, spark, pg, tmp_path):
@@ -97,6 +97,7 @@ def test_a_ship_named_like_another_ships_part_gets_its_own_table(fresh_fleet, ma
         assert [r[:3] for r in rows[:3]] == [("S", 1, "tbl_data_timeseries_S"), ("S", 2, "tbl_data_timeseries_S_p2"),
                                              ("S", 3, "tbl_data_timeseries_S_p3")]
         [(ship, part, table, note)] = rows[3:]
-        assert (ship, part) == ("S_p2", 1) and table.startswith("tbl_data_timeseries_S_p2_") and len(table) == len("tbl_data_timeseries_S_p2_") + 8
+        assert (ship, part) == ("S_p2", 1) and table.startswith("tbl_data_timeseries_S_p2_")
+        assert len(table) == len("tbl_data_timeseries_S_p2_") + 8
         assert note == "'tbl_data_timeseries_S_p2' is the table of ship 'S' part 2"
         oracle.assert_equal_to_oracle(cur, src, f"wide_{name}", f"cat_{name}")

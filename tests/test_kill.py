@@ -7,10 +7,10 @@ import signal
 import subprocess
 import time
 
-from psycopg2 import sql
-
 import jobproc
 import oracle
+from psycopg2 import sql
+
 from widen.jobs import backfill
 
 NAME = "kill"

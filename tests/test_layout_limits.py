@@ -1,8 +1,8 @@
 """A ship that cannot fit a row is refused by name and numbers; the other ships still migrate."""
-from psycopg2 import sql
-
 import nasty
 import oracle
+from psycopg2 import sql
+
 from widen.jobs import backfill, plan
 
 NAME = "limits"

@@ -6,14 +6,14 @@ import json
 import subprocess
 import time
 
+import jobproc
+import oracle
 import pytest
 from psycopg2 import sql
 
-import jobproc
-import oracle
 from widen import cli
+from widen.catalog.locks import JobBusy, job_lock
 from widen.jobs import backfill
-from widen.locks import JobBusy, job_lock
 
 NAME = "lock"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"

@@ -4,9 +4,9 @@ import datetime as dt
 import pytest
 from psycopg2 import sql
 
-from widen import sinks
+from widen.targets import postgres as sinks
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(seconds=15)
 
 

@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from widen import naming
+from widen.core import naming
 
 
 def md5_8(text: str) -> str:

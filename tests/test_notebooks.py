@@ -5,10 +5,9 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
-from psycopg2 import sql
-
 import nasty
 import oracle
+from psycopg2 import sql
 
 NAME = "nb"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"

@@ -1,7 +1,7 @@
 """With source.order_column, the last row by that column wins a duplicate, end to end."""
+import nasty
 from psycopg2 import sql
 
-import nasty
 from widen.jobs import backfill
 
 NAME = "ord"

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import datetime as dt
 
+import oracle
 import pytest
 from psycopg2 import sql
 
-import oracle
-from widen import generate
 from widen.jobs import backfill, rollback
+from widen.sources import generate
 
 NAME = "parts"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.fixture(scope="module")

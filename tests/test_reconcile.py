@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from psycopg2 import sql
-
 import nasty
 import oracle
+from psycopg2 import sql
+
 from widen.jobs import backfill, reconcile
 
 NAME = "rec"

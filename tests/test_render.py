@@ -2,7 +2,7 @@
 import random
 import struct
 
-from widen.render import float8_text
+from widen.core.values import float8_text
 
 
 def test_float8_text_matches_postgresql(pg):

@@ -1,15 +1,15 @@
 """--ships, --start and --end select exactly the work they name."""
 import datetime as dt
 
+import oracle
 from psycopg2 import sql
 
-import oracle
-from widen import generate
 from widen.jobs import backfill
+from widen.sources import generate
 
 NAME = "sel"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def test_ships_and_time_range_select_chunks(fresh_fleet, make_config, spark, pg):

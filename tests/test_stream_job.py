@@ -1,10 +1,10 @@
 """The stream job with --once: two runs continue from the checkpoint; the end state equals the oracle."""
 from dataclasses import replace
 
-from psycopg2 import sql
-
 import nasty
 import oracle
+from psycopg2 import sql
+
 from widen.jobs import stream
 
 NAME = "sjob"

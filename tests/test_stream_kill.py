@@ -11,12 +11,12 @@ import subprocess
 import threading
 import time
 
-import psycopg2
-from psycopg2 import sql
-
 import jobproc
 import nasty
 import oracle
+import psycopg2
+from psycopg2 import sql
+
 from widen.jobs import stream
 
 NAME = "skill"

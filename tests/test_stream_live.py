@@ -14,11 +14,11 @@ import threading
 import urllib.request
 from dataclasses import replace
 
+import nasty
+import oracle
 import psycopg2
 from psycopg2 import sql
 
-import nasty
-import oracle
 from widen.jobs import stream
 
 NAME = "live"

@@ -2,13 +2,14 @@
 new ships and channels appear mid-stream, and the ledger makes each batch count once."""
 from __future__ import annotations
 
+import nasty
+import oracle
 import pytest
 from psycopg2 import sql
 
-import nasty
-import oracle
-from widen import stream_sink
-from widen.stream_source import NarrowStreamSource, stream_options
+from widen.sources.postgres_stream import NarrowStreamSource, stream_options
+from widen.streaming import sink as stream_sink
+from widen.targets import postgres as postgres_target
 
 NAME = "sink"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
@@ -17,7 +18,7 @@ SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 @pytest.mark.parametrize("direct_rows", [500, 0], ids=["upsert", "staging"])
 def test_stream_into_wide_tables(fresh_fleet, make_config, spark, pg, tmp_path, monkeypatch, direct_rows):
     """Both write paths: small batches upserted directly, larger ones staged, COPYed and merged."""
-    monkeypatch.setattr(stream_sink, "DIRECT_ROWS", direct_rows)
+    monkeypatch.setattr(postgres_target, "DIRECT_ROWS", direct_rows)
     fresh_fleet(NAME, ships=0, ingest_id=True).close()
     config = make_config(NAME, source__order_column="ingest_id")
     results = []

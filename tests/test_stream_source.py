@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+import nasty
 import psycopg2
 import pytest
 from psycopg2 import sql
 
-import nasty
-from widen.stream_source import NarrowStreamSource, stream_options
+from widen.sources.postgres_stream import NarrowStreamSource, stream_options
 
 NAME = "ss"
 SRC = f"src_{NAME}"
@@ -71,7 +71,7 @@ def test_exact_mode_waits_for_an_open_transaction(fresh_fleet, make_config, pg, 
         cur.execute(ORACLE)
         expected = set(cur.fetchall())
     # Spark hands timestamps back naive, in the session time zone (UTC).
-    assert {(r[0], r[1], r[2].replace(tzinfo=dt.timezone.utc), r[3], r[5]) for r in seen} == expected
+    assert {(r[0], r[1], r[2].replace(tzinfo=dt.UTC), r[3], r[5]) for r in seen} == expected
     assert "late commit" in {r[3] for r in seen}
 
 
@@ -105,7 +105,7 @@ def test_exact_mode_sees_a_transaction_newer_than_every_committed_one(fresh_flee
 def test_time_mode_reads_up_to_now_minus_settle_and_rereads_overlap(fresh_fleet, make_config, pg, stream):
     fresh_fleet(f"{NAME}t", ships=0).close()
     config = make_config(f"{NAME}t")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     past = [("ship t", "temp", now - dt.timedelta(minutes=10, seconds=15 * i), "Decimal", 1.5 * i, None, None, None)
             for i in range(4)]
     nasty.insert(pg, f"src_{NAME}t", past)
@@ -116,10 +116,10 @@ def test_time_mode_reads_up_to_now_minus_settle_and_rereads_overlap(fresh_fleet,
         cur.execute(sql.SQL("SELECT created_time, double_v::text FROM {}").format(
             sql.Identifier(f"src_{NAME}t", "tbl_data_timeseries")))
         expected = set(cur.fetchall())
-    assert {(r[2].replace(tzinfo=dt.timezone.utc), r[3]) for r in seen} == expected
+    assert {(r[2].replace(tzinfo=dt.UTC), r[3]) for r in seen} == expected
     future = [("ship t", "temp", now + dt.timedelta(hours=1), "Decimal", 9.0, None, None, None)]
     nasty.insert(pg, f"src_{NAME}t", future)
     query.processAllAvailable()
     # The future row is not settled yet (now - settle has not reached it): not read.
-    assert all(r[2].replace(tzinfo=dt.timezone.utc) < now + dt.timedelta(minutes=5) for r in seen)
+    assert all(r[2].replace(tzinfo=dt.UTC) < now + dt.timedelta(minutes=5) for r in seen)
     assert all(r[4] is None and r[5] is None for r in seen)

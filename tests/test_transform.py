@@ -5,9 +5,9 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
-from widen import transform
+from widen.core import transforms as transform
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC)
 T1 = dt.datetime(2026, 1, 1, 0, 0, 15, tzinfo=UTC)
 T2 = dt.datetime(2026, 1, 1, 0, 0, 30, 123456, tzinfo=UTC)

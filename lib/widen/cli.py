@@ -16,11 +16,17 @@ import logging
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 from widen import errors, log, secrets
+from widen.catalog.locks import JobBusy
 from widen.config import BadInput, load
 from widen.jobs import EXIT_BAD_INPUT, EXIT_PROBLEM, Result
-from widen.locks import JobBusy
+
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+    from widen.config import Config
 
 JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "demo", "generate")
 EXIT_INTERRUPTED = 130
@@ -32,7 +38,7 @@ def parse_time(text: str) -> dt.datetime:
         value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO timestamp: {text!r} (e.g. 2026-01-01T00:00:00Z)") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def parse_ships(text: str) -> list[str]:
@@ -65,7 +71,7 @@ def _hours(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # exit 2 with the JSON line, like every other bad input
+    def error(self, message: str) -> NoReturn:  # exit 2 with the JSON line, like every other bad input
         raise BadInput(message)
 
 
@@ -99,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_ships(args) -> list[str] | None:
+def read_ships(args: argparse.Namespace) -> list[str] | None:
     ships = list(args.ships or [])
     if args.ships_file:
         try:
@@ -119,16 +125,16 @@ def check_range(start: dt.datetime | None, end: dt.datetime | None) -> None:
         raise BadInput(f"--start {start.isoformat()} is not before --end {end.isoformat()}: the range is empty")
 
 
-def run_job(args, config) -> Result:
+def run_job(args: argparse.Namespace, config: Config) -> Result:
+    """The job's ``run`` with its own options dataclass, built from the arguments it knows."""
     from importlib import import_module
+
+    from widen.jobs import options_from
 
     module = import_module(f"widen.jobs.{args.job}")
     check_range(args.start, args.end)
-    return module.run(config, ships=read_ships(args), start=args.start, end=args.end,
-                      dry_run=args.dry_run, once=args.once, repair=args.repair, duplicates=not args.no_duplicates,
-                      fleet_ships=args.fleet_ships, channels=args.channels, hours=args.hours,
-                      seed=args.seed, replace=args.replace or args.replace_any_table,
-                      replace_any_table=args.replace_any_table)
+    values = {**vars(args), "ships": read_ships(args), "duplicates": not args.no_duplicates}
+    return module.run(config, options=options_from(module.run.Options, values))
 
 
 def _emit(line: str) -> None:

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import math
 import os
 import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from widen import secrets
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection
 
 
 class BadInput(ValueError):
@@ -139,18 +144,16 @@ class Connection:
         return params
 
     def jdbc_url(self) -> str:
-        from widen import jdbc
-
-        return jdbc.url(self)
+        """``jdbc:postgresql://host:port/database``, built by an encoder (``_jdbc_host``, quoting)."""
+        database = urllib.parse.quote(self.database, safe="")
+        return f"jdbc:postgresql://{_jdbc_host(self.host)}:{self.port}/{database}"
 
     def jdbc_properties(self) -> dict:
-        from widen import jdbc
-
         props = {"user": self.user, "driver": "org.postgresql.Driver", "ApplicationName": "widen",
                  "connectTimeout": str(max(1, round(self.connect_timeout_seconds))),
                  "loginTimeout": str(max(1, round(self.connect_timeout_seconds))),
                  "socketTimeout": str(round(self.socket_timeout_seconds)), "tcpKeepAlive": "true",
-                 **jdbc.socket_properties(self)}
+                 **_jdbc_socket_properties(self)}
         secret = self.password()
         if secret:
             props["password"] = secret
@@ -163,6 +166,38 @@ class Connection:
     def describe(self) -> str:
         """Safe for logs: never includes the password."""
         return f"{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+# --- the JDBC side of a connection -----------------------------------------------------------------
+# Built by an encoder, never by pasting text: an IPv6 literal goes in brackets, a database name with
+# ``?``, ``/``, ``%``, spaces or non-ASCII characters is percent-encoded (pgjdbc decodes it), and a
+# host that is a directory (libpq's way to name a Unix socket, e.g. ``PGHOST=/var/run/postgresql``)
+# goes through junixsocket's socket factory, which pgjdbc supports, to ``<dir>/.s.PGSQL.<port>``.
+
+UNIX_SOCKET_FACTORY = "org.newsclub.net.unix.AFUNIXSocketFactory$FactoryArg"
+
+
+def _is_unix_socket(host: str | None) -> bool:
+    return bool(host) and host.startswith("/")
+
+
+def _jdbc_host(host: str | None) -> str:
+    if not host or _is_unix_socket(host):
+        return "localhost"            # not used for a socket: the factory decides where to go
+    try:
+        if ipaddress.ip_address(host.split("%")[0]).version == 6:
+            return f"[{host}]"
+    except ValueError:
+        pass
+    return host
+
+
+def _jdbc_socket_properties(conn: connection) -> dict[str, str]:
+    """Driver properties for a Unix-socket host (junixsocket's factory and the socket file)."""
+    if not _is_unix_socket(conn.host):
+        return {}
+    return {"socketFactory": UNIX_SOCKET_FACTORY,
+            "socketFactoryArg": os.path.join(conn.host, f".s.PGSQL.{conn.port}")}
 
 
 def _meta(**kwargs) -> dict:
@@ -309,11 +344,11 @@ class Config:
             return False
         return not self.source.connection.host or not self.target.connection.host
 
-    def with_connections(self, source: Connection, target: Connection) -> "Config":
+    def with_connections(self, source: Connection, target: Connection) -> Config:
         return replace(self, source=replace(self.source, connection=source),
                        target=replace(self.target, connection=target))
 
-    def for_job(self, job: str) -> "Config":
+    def for_job(self, job: str) -> Config:
         """This config with the job's ``statement_timeout_seconds`` on both connections."""
         section = getattr(self, job, None)
         seconds = getattr(section, "statement_timeout_seconds", 0.0)
@@ -379,7 +414,10 @@ def _integer(value: Any) -> int:
     return int(str(value).strip())
 
 
-def _build(cls, raw: dict, prefix: str, **given):
+T = TypeVar("T")
+
+
+def _build(cls: type[T], raw: dict, prefix: str, **given: Any) -> T:
     """An instance of the dataclass ``cls`` from the mapping ``raw`` (keys checked, values typed)."""
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.name not in given
@@ -415,7 +453,7 @@ _CONNECTION_KEYS = {"host", "port", "database", "user", "password_env", "passwor
                     "connect_timeout_seconds", "socket_timeout_seconds"}
 
 
-def _fields(cls) -> set[str]:
+def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")} - {"connection"}
 
 
@@ -424,7 +462,7 @@ def _connection(section: dict, prefix: str, env: dict[str, str]) -> Connection:
         raise ConfigError(f"{prefix}.password: passwords are not read from the config file; "
                           f"use {prefix}.password_env or {prefix}.password_file")
 
-    def get(name: str, kind, default, **meta):
+    def get(name: str, kind: type, default: Any, **meta: Any) -> Any:
         value = section.get(name)
         return default if value is None or value == "" else _value(f"{prefix}.{name}", value, kind, meta)
 

@@ -14,15 +14,17 @@ import sys
 
 from widen import secrets
 
-#: module -> the label its lines carry
-LABELS = {"stream_metrics": "stream", "stream_sink": "stream", "stream_source": "stream",
-          "delta_sink": "delta", "sinks": "backfill", "sources": "source", "catalog": "catalog",
-          "db": "db", "session": "spark", "cli": "widen"}
+#: package -> the label its modules' lines carry (a job's module: the job's name)
+PACKAGES = {"streaming": "stream", "sources": "source", "targets": "target", "catalog": "catalog", "pg": "db",
+            "core": "widen"}
+MODULES = {"session": "spark", "cli": "widen"}
 
 
 def label(logger_name: str) -> str:
-    last = logger_name.rsplit(".", 1)[-1]
-    return LABELS.get(last, last)
+    parts = logger_name.split(".")
+    if len(parts) > 2 and parts[1] in PACKAGES:
+        return PACKAGES[parts[1]]
+    return MODULES.get(parts[-1], parts[-1])
 
 
 class _Scrub(logging.Filter):
@@ -43,7 +45,7 @@ class _Text(logging.Formatter):
 
 class _Json(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+        entry = {"time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
                  "level": record.levelname.lower(), "job": label(record.name), "logger": record.name,
                  "message": record.getMessage()}
         if record.exc_info:
@@ -62,7 +64,7 @@ class _Stderr(logging.StreamHandler):
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value):
+    def stream(self, _value: object) -> None:
         pass
 
 

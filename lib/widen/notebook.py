@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from typing import TYPE_CHECKING
 
 from widen import config as widen_config
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from psycopg2.extensions import connection
+    from pyspark.sql import DataFrame, SparkSession
 
 
 def _dbutils(namespace: dict):
@@ -36,7 +43,7 @@ def load_config(path: str) -> widen_config.Config:
     return resolve_connections(widen_config.load(path))
 
 
-def spark_session(namespace: dict, config: widen_config.Config):
+def spark_session(namespace: dict, config: widen_config.Config) -> SparkSession:
     """Databricks' (or the caller's) ``spark`` when there is one, else a session for the config."""
     from widen.session import get_spark
 
@@ -52,10 +59,10 @@ def moment(text: str) -> dt.datetime | None:
     if not text.strip():
         return None
     value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def show(namespace: dict, frame) -> None:
+def show(namespace: dict, frame: DataFrame) -> None:
     """``display`` on Databricks, a printed table elsewhere (a pandas or Spark DataFrame)."""
     display = namespace.get("display")
     if display is not None:
@@ -66,7 +73,7 @@ def show(namespace: dict, frame) -> None:
     print(frame.to_string(index=False) if len(frame) else "(no rows)")
 
 
-def status_grid(conn, catalog_schema: str, run_id: str):
+def status_grid(conn: connection, catalog_schema: str, run_id: str) -> pd.DataFrame:
     """Ship x day grid of a reconcile run: per cell the worst bucket status (0 match, 1 repaired,
     2 mismatch), as a pandas DataFrame (ships as rows, days as columns)."""
     import pandas as pd
@@ -84,7 +91,7 @@ def status_grid(conn, catalog_schema: str, run_id: str):
     return frame.pivot(index="ship_id", columns="day", values="status")
 
 
-def heatmap(grid, path: str | None = None):
+def heatmap(grid: pd.DataFrame, path: str | None = None) -> Figure:
     """Draw the status grid (green match, amber repaired, red mismatch); saved to ``path`` if given."""
     import matplotlib
 

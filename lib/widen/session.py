@@ -6,8 +6,12 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from widen.config import BadInput, Config, Connection
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 #: settings every widen session needs, whoever builds it (see DESIGN.md "Pitfalls")
 REQUIRED_CONF = {
@@ -59,7 +63,17 @@ def jar_paths(config: Config) -> list[str]:
     return [os.path.abspath(j) for j in jars]
 
 
-def get_spark(config: Config, spark=None):
+#: Spark's own console lines off (errors only) unless widen logs at DEBUG (``--verbose``)
+QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
+
+
+def _verbose() -> bool:
+    import logging
+
+    return logging.getLogger("widen").isEnabledFor(logging.DEBUG)
+
+
+def get_spark(config: Config, spark: SparkSession | None = None) -> SparkSession:
     """Return ``spark`` if given (tests, notebooks), else build or reuse the session for ``config``."""
     if spark is not None:
         for key in ("spark.sql.session.timeZone", "spark.sql.caseSensitive"):
@@ -77,8 +91,11 @@ def get_spark(config: Config, spark=None):
     if not os.environ.get("WIDEN_SUBMITTED"):
         builder = builder.master(config.spark.master)
         builder = builder.config("spark.jars", ",".join(jar_paths(config)))
-    for key, value in {**DEFAULT_CONF, **config.spark.conf, **REQUIRED_CONF}.items():
+    conf = {**DEFAULT_CONF, **config.spark.conf, **REQUIRED_CONF}
+    if not _verbose() and not os.environ.get("WIDEN_SUBMITTED"):
+        conf["spark.driver.extraJavaOptions"] += f" -Dlog4j2.configurationFile=file:{QUIET_LOG4J}"
+    for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("WARN")
+    session.sparkContext.setLogLevel("WARN" if _verbose() else "ERROR")
     return session

@@ -1,10 +1,24 @@
-"""Job orchestration. A job is ``run(config, spark=None, **options) -> Result``."""
+"""Job orchestration. A job is ``run(config, spark=None, options=None, **fields) -> Result``.
+
+``options`` is the job's own dataclass (``fields`` builds one: an unknown option is an error, not
+ignored); the CLI and the notebooks build the same dataclasses. Jobs only orchestrate: statements
+live with the source (``widen.sources``), the target (``widen.targets``) and the catalog.
+"""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection
+    from pyspark.sql import SparkSession
+
+    from widen.config import Config
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -24,7 +38,18 @@ class Result:
                           sort_keys=False)
 
 
-def catalog_ships(conn, catalog_schema: str) -> set[str]:
+Opts = TypeVar("Opts")
+#: a job's ``run(config, spark=None, options=None, **fields) -> Result``
+JobRun = Callable[..., Result]
+
+
+def options_from(cls: type[Opts], values: dict[str, Any]) -> Opts:
+    """An options dataclass from a mapping that may hold other jobs' options too (the CLI's)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def catalog_ships(conn: connection, catalog_schema: str) -> set[str]:
     """Ships the catalog has tables for (none when there is no catalog yet)."""
     import psycopg2
     from psycopg2 import sql
@@ -39,22 +64,24 @@ def catalog_ships(conn, catalog_schema: str) -> set[str]:
         return {r[0] for r in cur.fetchall()}
 
 
-def check_selection(config, options: dict, ships_from: str) -> None:
+def check_selection(config: Config, options: Any, ships_from: str | None) -> None:
     """Bad input (exit 2) for an empty or reversed range and for ships that do not exist: in the
     narrow table or the catalog (``ships_from="narrow"``) or in the catalog only (``"catalog"``;
     None: the job checks its ships itself)."""
-    from widen import db, sources
     from widen.config import BadInput
+    from widen.pg import db
+    from widen.sources import NarrowTable, open_source
 
-    start, end = options.get("start"), options.get("end")
+    start, end = getattr(options, "start", None), getattr(options, "end", None)
     if start is not None and end is not None and start >= end:
         raise BadInput(f"--start {start.isoformat()} is not before --end {end.isoformat()}: the range is empty")
-    ships = options.get("ships")
+    ships = getattr(options, "ships", None)
     if not ships or ships_from is None:
         return
-    if ships_from == "narrow" and config.source.kind == "postgres":
-        with db.connection(config.source.connection) as conn:
-            unknown = sources.unknown_ships(conn, config.source, ships)
+    source = open_source(config.source)
+    if ships_from == "narrow" and isinstance(source, NarrowTable):
+        with source.connect() as conn:
+            unknown = source.unknown_ships(conn, ships)
     else:
         unknown = list(ships)
     if not unknown:
@@ -71,27 +98,31 @@ def check_selection(config, options: dict, ships_from: str) -> None:
         raise BadInput(f"--ships: no ship {', '.join(hints)}{more} in {where}")
 
 
-def exclusive(job: str, what: str = "ship", keys=lambda config, options: options.get("ships"),
-              reads_narrow_table: bool = True, ships_from: str = "narrow"):
-    """Decorate a job's ``run``: inputs checked (the narrow table, the ships, the range), then at
-    most one run of ``job`` per ship (or per ``keys``) at a time.
-
-    The second run raises ``widen.locks.JobBusy`` before touching anything; the CLI turns it into
-    exit code 1 with a clear message (see ``widen.locks``).
-    """
-    def wrap(run):
+def job(name: str, options_class: type, what: str = "ship",
+        keys: Callable[[Any, Any], list[str] | None] = lambda config, options: getattr(options, "ships", None),
+        reads_narrow_table: bool = True, ships_from: str | None = "narrow",
+        lock: bool = True) -> Callable[[JobRun], JobRun]:
+    """Decorate a job's ``run(config, spark, options)``: options built and checked, connections
+    resolved (the embedded server started when the config says so) with the job's statement
+    timeout, the narrow table checked, then at most one run of ``name`` per ship (or per ``keys``)
+    at a time: a second run raises ``widen.catalog.locks.JobBusy`` before touching anything."""
+    def wrap(run: JobRun) -> JobRun:
         @functools.wraps(run)
-        def locked(config, spark=None, **options):
-            from widen.locks import job_lock
+        def checked(config: Config, spark: SparkSession | None = None, options: Any | None = None,
+                    **fields: Any) -> Result:
+            from widen.catalog.locks import job_lock
             from widen.session import resolve_connections
+            from widen.sources import open_source
 
-            config = resolve_connections(config).for_job(job)
-            if reads_narrow_table and config.source.kind == "postgres":
-                from widen.sources import require_table
-
-                require_table(config.source)
+            options = options if options is not None else options_class(**fields)
+            config = resolve_connections(config).for_job(name)
+            if reads_narrow_table:
+                open_source(config.source).require()
             check_selection(config, options, ships_from)
-            with job_lock(config.target.connection, job, keys(config, options), what):
-                return run(config, spark, **options)
-        return locked
+            if not lock:
+                return run(config, spark, options)
+            with job_lock(config.target.connection, name, keys(config, options), what):
+                return run(config, spark, options)
+        checked.Options = options_class
+        return checked
     return wrap

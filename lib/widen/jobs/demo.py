@@ -14,16 +14,25 @@ import datetime as dt
 import logging
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from psycopg2 import sql
 
-from widen import catalog, db, render
+from widen.catalog import schema
+from widen.catalog.layouts import load_layout
 from widen.config import Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result
-from widen.jobs import backfill, generate, plan, reconcile, stream
-from widen.session import get_spark, resolve_connections
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, backfill, generate, job, plan, reconcile, stream
+from widen.pg import db
+from widen.session import get_spark
+from widen.sources import generate as synthetic, open_table
+from widen.targets import needs_spark, open_target
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 DEMO_SOURCE_SCHEMA = "widen_demo"
@@ -31,54 +40,45 @@ DEMO_TARGET_SCHEMA = "widen_demo_wide"
 DEMO_CATALOG_SCHEMA = "widen_demo_catalog"
 
 
-def pivot_differences(conn, config: Config, layout: catalog.ShipLayout) -> int:
-    """Cells that differ between the wide tables and a SQL pivot of the narrow rows (both ways)."""
-    src, tgt = config.source, config.target
-    diffs = 0
-    with conn.cursor() as cur:
-        cur.execute("SET jit = off")
-        for part in layout.parts:
-            members = layout.part_channels(part)
-            cols = sql.SQL(", ").join(sql.Identifier(c.column_name) for c in members)
-            pivots = sql.SQL(", ").join(
-                sql.SQL("max({v} COLLATE \"C\") FILTER (WHERE data_channel_id = {ch})").format(
-                    v=render.rendered_value(), ch=sql.Literal(c.data_channel_id)) for c in members)
-            wide = sql.SQL("SELECT created_time, {c} FROM {t}").format(
-                c=cols, t=sql.Identifier(tgt.schema, layout.tables[part]))
-            narrow = sql.SQL("SELECT created_time, {p} FROM {t} WHERE ship_id = {s} AND {valid} "
-                             "GROUP BY created_time").format(
-                p=pivots, t=sql.Identifier(src.schema, src.table), s=sql.Literal(layout.ship_id),
-                valid=render.valid_row_predicate())
-            cur.execute(sql.SQL("SELECT (SELECT count(*) FROM ({w} EXCEPT {n}) a) + "
-                                "(SELECT count(*) FROM ({n} EXCEPT {w}) b)").format(w=wide, n=narrow))
-            diffs += cur.fetchone()[0]
-    return diffs
+@dataclass(frozen=True)
+class DemoOptions:
+    fleet_ships: int = 4
+    channels: int = 50
+    hours: float = 6.0
+    seed: int = 7
 
 
-def run(config: Config, spark=None, fleet_ships: int = 4, channels: int = 50, hours: float = 6.0,
-        seed: int = 7, **_ignored) -> Result:
+def forget_earlier_demo(config: Config, spark: SparkSession) -> None:
+    """A fresh demo each time: every table an earlier demo made goes (the target drops its own),
+    then its catalog."""
+    cat = config.target.catalog_schema
+    with db.connection(config.target.connection) as conn:
+        schema.migrate(conn, cat)
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(sql.Identifier(cat, "wide_tables")))
+            ships = [r[0] for r in cur.fetchall()]
+            target = open_target(config.target, spark)
+            for ship in ships:
+                for step in target.rollback_actions(load_layout(conn, cat, ship)):
+                    step(cur)
+            cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(cat)))
+        conn.commit()
+
+
+@job("demo", DemoOptions, reads_narrow_table=False, ships_from=None, lock=False)
+def run(config: Config, spark: SparkSession, options: DemoOptions) -> Result:
     began = time.monotonic()
     # The demo works in schemas of its own, so pointing it at a real server never touches real data.
-    config = resolve_connections(config)
     config = replace(config, source=replace(config.source, schema=DEMO_SOURCE_SCHEMA),
                      target=replace(config.target, schema=DEMO_TARGET_SCHEMA,
                                     catalog_schema=DEMO_CATALOG_SCHEMA))
     say = log.info
     conn_text = config.target.connection.describe()
     say(f"PostgreSQL at {conn_text}")
-    made = generate.run(config, fleet_ships=fleet_ships, channels=channels, hours=hours, seed=seed,
-                        replace=True, replace_any_table=True)   # the demo's own schema
+    made = generate.run(config, fleet_ships=options.fleet_ships, channels=options.channels, hours=options.hours,
+                        seed=options.seed, replace_any_table=True)   # the demo's own schema
     say(made.report)
-    with db.connection(config.target.connection) as conn, conn.cursor() as cur:
-        # A fresh demo each time: forget what an earlier demo migrated.
-        catalog.ensure_catalog(conn, config.target.catalog_schema)
-        cur.execute(sql.SQL("SELECT table_schema, table_name FROM {}.wide_tables").format(
-            sql.Identifier(config.target.catalog_schema)))
-        for schema, table in cur.fetchall():
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, table)))
-        for table in ("wide_tables", "channel_columns", "backfill_chunks", "rejects", "stream_batches"):
-            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(config.target.catalog_schema, table)))
-        conn.commit()
+    forget_earlier_demo(config, get_spark(config, spark) if needs_spark(config.target) else spark)
     planned = plan.run(config)
     log.info("plan:\n%s", planned.report)
     first = backfill.run(config, spark)
@@ -89,12 +89,13 @@ def run(config: Config, spark=None, fleet_ships: int = 4, channels: int = 50, ho
         f"{again.summary['chunks_done']} redone")
     streamed = live_tail(config, spark, say)
     differences = {}
+    source = open_table(config.source, "demo")
     with db.connection(config.target.connection) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT ship_id FROM {}.wide_tables WHERE part = 1").format(
             sql.Identifier(config.target.catalog_schema)))
         for ship in sorted(r[0] for r in cur.fetchall()):
-            layout = catalog.load_layout(conn, config.target.catalog_schema, ship)
-            differences[ship] = pivot_differences(conn, config, layout)
+            layout = load_layout(conn, config.target.catalog_schema, ship)
+            differences[ship] = source.pivot_differences(conn, config.target.schema, layout)
     bad = {s: n for s, n in differences.items() if n}
     say("every wide table equals the in-database pivot" if not bad else f"DIFFERENCES: {bad}")
     proof = reconcile.run(config, spark)
@@ -112,7 +113,7 @@ def run(config: Config, spark=None, fleet_ships: int = 4, channels: int = 50, ho
     return Result("demo", EXIT_OK if ok else EXIT_PROBLEM, summary)
 
 
-def live_tail(config: Config, spark, say) -> int:
+def live_tail(config: Config, spark: SparkSession, say: Callable[[str], None]) -> int:
     """Start the stream at the tail, write a minute of readings, stream them; returns rows streamed."""
     home = Path(config.home)
     config = replace(config, stream=replace(
@@ -123,24 +124,17 @@ def live_tail(config: Config, spark, say) -> int:
     started = stream.run(config, spark, once=True)
     tail = dt.datetime.fromisoformat(started.summary["start_offset"]["t"])
     say(f"stream: started at the tail ({tail:%Y-%m-%d %H:%M:%S} UTC); writing a minute of readings")
-    with db.connection(config.source.connection) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT ship_id, data_channel_id, value_format FROM {} WHERE created_time = "
-                            "(SELECT max(created_time) FROM {})").format(
-            sql.Identifier(config.source.schema, config.source.table),
-            sql.Identifier(config.source.schema, config.source.table)))
-        latest = cur.fetchall()
-        # Four readings a channel, just after the stream's start (a compressed minute).
-        readings = [(ship, channel, tail + dt.timedelta(milliseconds=200 * (k + 1)), fmt, 0.1 * k, k, f"live {k}", k % 2 == 0)
-                    for ship, channel, fmt in latest + [(latest[0][0], "demo/new-channel", "Decimal"),
-                                                        ("demo new ship", "demo/rpm", "Integer")]
-                    for k in range(4)]
-        readings = [(s, c, t, f, d if f == "Decimal" else None, k if f == "Integer" else None,
-                     v if f == "String" else None, b if f == "Boolean" else None)
-                    for s, c, t, f, d, k, v, b in readings]
-        db.execute_values(cur, sql.SQL("INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, "
-                                       "double_v, long_v, str_v, bool_v) VALUES %s").format(
-            sql.Identifier(config.source.schema, config.source.table)), readings)
-        conn.commit()
+    src = config.source
+    latest = synthetic.latest_channels(src.connection, src.schema, src.table)
+    # Four readings a channel, just after the stream's start (a compressed minute).
+    readings = [(ship, channel, tail + dt.timedelta(milliseconds=200 * (k + 1)), fmt, 0.1 * k, k, f"live {k}", k % 2 == 0)
+                for ship, channel, fmt in latest + [(latest[0][0], "demo/new-channel", "Decimal"),
+                                                    ("demo new ship", "demo/rpm", "Integer")]
+                for k in range(4)]
+    readings = [(s, c, t, f, d if f == "Decimal" else None, k if f == "Integer" else None,
+                 v if f == "String" else None, b if f == "Boolean" else None)
+                for s, c, t, f, d, k, v, b in readings]
+    synthetic.insert_readings(src.connection, src.schema, src.table, readings)
     time.sleep(config.stream.settle_seconds + 0.5)    # the created_time mode reads settled rows only
     result = stream.run(config, spark, once=True)
     say(f"stream: {result.summary['narrow_rows']:,} narrow rows -> {result.summary['wide_rows']:,} wide rows "

@@ -2,145 +2,53 @@
 
 Narrow rows, time span, channels and formats, duplicate keys, rows that will be rejected, the
 estimated wide row width and the channel -> column layout (split into part tables so each row fits
-with headroom). Writes ``wide_tables`` and ``channel_columns``; creates no wide table.
+with headroom; table names unique across the fleet). Records ``wide_tables`` and
+``channel_columns``; creates no wide table.
 """
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import psycopg2
-from psycopg2 import sql
-
-from widen import catalog, db, errors, render
+from widen.catalog import schema, ships as ship_states
 from widen.config import Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
-from widen.session import resolve_connections
-from widen.sources import chunk_index_warning, source_table
+from widen.core.layout import estimated_row_bytes
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
+from widen.pg import db
+from widen.sources import open_table
+from widen.targets import open_target
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
-def _valid_rows_of(ship_ids: list[str] | None) -> tuple[sql.Composable, list]:
-    """WHERE clause and parameters: valid rows, of the given ships only when some are given."""
-    filters = [render.valid_row_predicate()]
-    params: list = []
-    if ship_ids:
-        filters.append(sql.SQL("ship_id = ANY(%s)"))
-        params.append(list(ship_ids))
-    return sql.SQL(" AND ").join(filters), params
+@dataclass(frozen=True)
+class PlanOptions:
+    ships: list[str] | None = None
+    #: the duplicate-key count is a full GROUP BY of the narrow table
+    duplicates: bool = True
 
 
-def channel_stats(conn, config: Config, ship_ids: list[str] | None) -> dict[str, dict]:
-    """Per ship: channel -> {format: rows}, row counts, span, average rendered value length."""
-    cfg = config.source
-    where, params = _valid_rows_of(ship_ids)
-    query = sql.SQL(
-        "SELECT ship_id, data_channel_id, value_format, count(*), min(created_time), max(created_time), "
-        "avg(octet_length({value})) FROM {t} WHERE {w} GROUP BY 1, 2, 3").format(
-        value=render.rendered_value(), t=source_table(cfg), w=where)
-    ships: dict[str, dict] = {}
-    with conn.cursor() as cur:
-        cur.execute("SET jit = off")  # JIT makes wide GROUP BYs slower (DESIGN.md, Pitfalls)
-        cur.execute(query, params)
-        for ship, channel, fmt, rows, lo, hi, avg in cur.fetchall():
-            s = ships.setdefault(ship, {"rows": 0, "start": lo, "end": hi, "channels": {}})
-            s["rows"] += rows
-            s["start"], s["end"] = min(s["start"], lo), max(s["end"], hi)
-            ch = s["channels"].setdefault(channel, {"formats": defaultdict(int), "rows": 0, "bytes": 0.0})
-            ch["formats"][fmt] += rows
-            ch["rows"] += rows
-            ch["bytes"] += float(avg or 0) * rows
-    return ships
-
-
-def reject_counts(conn, config: Config, ship_ids: list[str] | None) -> dict[str | None, dict[str, int]]:
-    params: list = []
-    filters = [sql.SQL("{} IS NOT NULL").format(render.reject_reason_sql())]
-    if ship_ids:
-        filters.append(sql.SQL("(ship_id IS NULL OR ship_id = ANY(%s))"))
-        params.append(list(ship_ids))
-    query = sql.SQL("SELECT ship_id, {r}, count(*) FROM {t} WHERE {w} GROUP BY 1, 2").format(
-        r=render.reject_reason_sql(), t=source_table(config.source), w=sql.SQL(" AND ").join(filters))
-    out: dict[str | None, dict[str, int]] = defaultdict(dict)
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        for ship, reason, count in cur.fetchall():
-            out[ship][reason] = count
-    return out
-
-
-def duplicate_counts(conn, config: Config, ship_ids: list[str] | None) -> dict[str, tuple[int, int]]:
-    """Per ship: (keys with more than one row, rows beyond the first)."""
-    where, params = _valid_rows_of(ship_ids)
-    query = sql.SQL(
-        "SELECT ship_id, count(*), sum(n - 1) FROM (SELECT ship_id, data_channel_id, created_time, "
-        "count(*) AS n FROM {t} WHERE {w} GROUP BY 1, 2, 3 HAVING count(*) > 1) d GROUP BY 1").format(
-        t=source_table(config.source), w=where)
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        return {ship: (int(keys), int(extra)) for ship, keys, extra in cur.fetchall()}
-
-
-def new_channels(stats: dict) -> dict[str, tuple[str | None, float]]:
-    """channel -> (its most common format, average rendered bytes) from ``channel_stats`` of a ship."""
-    out = {}
-    for channel, ch in stats["channels"].items():
-        fmt = max(ch["formats"].items(), key=lambda kv: (kv[1], kv[0]))[0]
-        out[channel] = (fmt, ch["bytes"] / ch["rows"] if ch["rows"] else None)
-    return out
-
-
-def update_layouts(conn, config: Config,
-                   stats: dict[str, dict]) -> tuple[dict[str, catalog.ShipLayout], dict[str, str]]:
-    """Load each ship's layout, place its new channels, save (commits per ship).
-
-    New tables are named under the fleet-wide names lock, held for the whole call, so every name
-    is unique across the fleet (``naming.TableNamer``); the natural main-table names of all ships
-    in ``stats`` are reserved for them. Returns the layouts and, per ship that cannot be laid out,
-    why: one impossible ship does not stop the others.
-    """
-    tgt = config.target
-    layouts, problems = {}, {}
-    with conn.cursor() as cur:
-        catalog.lock_table_names(cur, session=True)
-    try:
-        namer = catalog.fleet_namer(conn, tgt, reserved_ships=sorted(stats))
-        conn.commit()
-        for ship in sorted(stats):
-            try:
-                with conn.cursor() as cur:
-                    catalog.lock_layout(cur, ship)
-                layout = catalog.load_layout(conn, tgt.catalog_schema, ship)
-                catalog.grow_layout(layout, new_channels(stats[ship]), tgt, namer)
-                catalog.record_layout(conn, tgt, layout)
-                conn.commit()
-            except (catalog.LayoutError, ValueError, psycopg2.Error) as err:
-                conn.rollback()
-                problems[ship] = errors.describe(err)
-                continue
-            layouts[ship] = layout
-    finally:
-        with conn.cursor() as cur:
-            catalog.unlock_table_names(cur)
-        conn.commit()
-    return layouts, problems
-
-
-@exclusive("plan")
-def run(config: Config, spark=None, ships: list[str] | None = None, duplicates: bool = True,
-        **_ignored) -> Result:
+@job("plan", PlanOptions)
+def run(config: Config, spark: SparkSession, options: PlanOptions) -> Result:
     started = time.monotonic()
-    config = resolve_connections(config)
-    with db.connection(config.source.connection) as src, db.connection(config.target.connection) as tgt:
-        catalog.ensure_catalog(tgt, config.target.catalog_schema)
-        stats = channel_stats(src, config, ships)
-        rejects = reject_counts(src, config, ships)
-        dups = duplicate_counts(src, config, ships) if duplicates else {}
-        index_warning = chunk_index_warning(src, config.source)
+    ships = options.ships
+    source = open_table(config.source, "plan")
+    target = open_target(config.target, spark)
+    with source.connect() as src, db.connection(config.target.connection) as tgt:
+        schema.migrate(tgt, config.target.catalog_schema)
+        stats = source.channel_stats(src, ships)
+        rejects = source.reject_counts(src, ships)
+        dups = source.duplicate_counts(src, ships) if options.duplicates else {}
+        index_warning = source.index_warning(src)
         src.rollback()
-        rolled_back = sorted(set(stats) & catalog.ships_in_state(tgt, config.target.catalog_schema,
-                                                                  catalog.ROLLED_BACK))
+        rolled_back = sorted(set(stats) & ship_states.ships_in_state(tgt, config.target.catalog_schema,
+                                                                     ship_states.ROLLED_BACK))
         tgt.rollback()
-        layouts, ship_problems = update_layouts(tgt, config, {s: v for s, v in stats.items() if s not in rolled_back})
+        layouts, ship_problems = target.layouts.plan(
+            tgt, {s: source.new_channels(v) for s, v in stats.items() if s not in rolled_back})
         problems = list(ship_problems.values())
     rows = []
     for ship in sorted(stats):
@@ -155,7 +63,7 @@ def run(config: Config, spark=None, ships: list[str] | None = None, duplicates: 
             for part in layout.parts:
                 members = layout.part_channels(part)
                 parts.append({"part": part, "table": layout.tables[part], "columns": len(members),
-                              "est_row_bytes": round(catalog.estimated_row_bytes(members))})
+                              "est_row_bytes": round(estimated_row_bytes(members))})
         rows.append({
             "ship_id": ship, "narrow_rows": s["rows"] + sum(rejects.get(ship, {}).values()),
             "valid_rows": s["rows"], "start": s["start"], "end": s["end"],

@@ -1,12 +1,12 @@
 """``reconcile``: prove narrow == wide per ship × time bucket; pinpoint and (``--repair``) fix.
 
-1. Spark runs the bucket checksums (``widen.reconcile``) of many ships in parallel, each task
-   querying both databases; only aggregates come back. (A Delta target's side is aggregated by
-   Spark on the driver, per ship, and joined to the tasks' source buckets.)
+1. Spark runs the bucket checksums (``core.checksum``) of many ships in parallel, each task asking
+   the source and, where the target computes there (``checksums_in_tasks``), the target; only
+   aggregates come back. (Otherwise the driver computes the target's side per ship.)
 2. A differing bucket is bisected down to timestamps and their cells are compared one by one:
    missing (in the source, not the wide table), extra (in the wide table only) or different.
-3. ``--repair`` re-merges each ship's differing timestamps and ranges from the source in one
-   target transaction (rows there deleted first, so a cell the source no longer has goes), then
+3. ``--repair`` re-merges each ship's differing timestamps and ranges from the source, piece by
+   piece (each piece's wide rows deleted first, so a cell the source no longer has goes), then
    checks those buckets again.
 
 Every bucket's figures go to ``reconcile_results`` (status match / mismatch / repaired); rejected
@@ -20,21 +20,46 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-from psycopg2 import sql
-
-from widen import catalog, db, errors, reconcile, render, sources, stream_sink
+from widen import errors
+from widen.catalog import ledger, schema, ships as ship_states
+from widen.catalog.layouts import load_layout
 from widen.config import Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
-from widen.jobs.plan import reject_counts
-from widen.session import get_spark, resolve_connections
+from widen.core import kernels
+from widen.core.checksum import Aggregate, CellDiff, Drill
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
+from widen.pg import checksums, db
+from widen.session import get_spark
+from widen.sources import NarrowTable, open_table
+from widen.streaming.sink import batch_channels
+from widen.targets import WideTarget, open_target, prepare_ship
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from psycopg2.extensions import connection, cursor
+    from pyspark.sql import SparkSession
+
+    from widen.core.kernels import Pivoted
+    from widen.core.layout import ShipLayout
+    from widen.sources.base import NarrowTable
+    from widen.targets.base import WideTarget
 
 JOB = "reconcile"
 log = logging.getLogger(__name__)
-UTC = dt.timezone.utc
+UTC = dt.UTC
 EARLIEST = dt.datetime(1, 1, 1, tzinfo=UTC)
 LATEST = dt.datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ReconcileOptions:
+    ships: list[str] | None = None
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    #: re-merge what differs from the source, then check again
+    repair: bool = False
 
 
 @dataclass
@@ -44,7 +69,7 @@ class ShipReport:
     mismatched: list = field(default_factory=list)      # [(bucket_start, source Aggregate, target Aggregate)]
     diffs: list = field(default_factory=list)           # CellDiff, capped
     totals: dict = field(default_factory=lambda: {"missing": 0, "extra": 0, "different": 0})
-    drill: reconcile.Drill = field(default_factory=reconcile.Drill)
+    drill: Drill = field(default_factory=Drill)
     rejects: dict = field(default_factory=dict)
     repaired: bool = False
     found_buckets: int = 0                               # mismatching before any repair
@@ -54,19 +79,85 @@ class ShipReport:
 
 @dataclass(frozen=True)
 class BucketRow:
-    """What a bucket task found for one ship: a bucket's two aggregates (``target`` None while a
-    Delta target's side is still to be computed on the driver), or that the ship has rejected rows,
+    """What a bucket task found for one ship: a bucket's two aggregates (``target`` None while the
+    target's side is still to be computed on the driver), or that the ship has rejected rows,
     or that it could not be checked."""
     ship_id: str
     bucket: dt.datetime | None = None
-    source: reconcile.Aggregate | None = None
-    target: reconcile.Aggregate | None = None
+    source: Aggregate | None = None
+    target: Aggregate | None = None
     rejected: int = 0
     error: str | None = None
 
     @property
     def matches(self) -> bool:
         return self.source == self.target
+
+
+class Sides:
+    """The two sides of the checksums for one ship at a time, in sessions prepared for them."""
+
+    def __init__(self, source: NarrowTable, src_cur: cursor, wide: Pivoted, hashes: checksums.Hashes):
+        self.source, self.src_cur, self.wide, self.hashes = source, src_cur, wide, hashes
+
+    def range_aggregates(self, layout: ShipLayout, ship: str, lo: dt.datetime, hi: dt.datetime) -> tuple[Aggregate, Aggregate]:
+        """Exact (source, target) aggregate of one ship's range."""
+        return (self.source.range_aggregate(self.src_cur, ship, lo, hi, self.hashes),
+                self.wide.groups(layout, ship, lo, hi, "range").get(0, Aggregate()))
+
+    def time_aggregates(self, layout: ShipLayout, ship: str, lo: dt.datetime, hi: dt.datetime) -> tuple[dict, dict]:
+        """(source, target) created_time -> Aggregate, exact, for a small range."""
+        return (self.source.aggregates(self.src_cur, ship, lo, hi, "time", self.hashes),
+                self.wide.groups(layout, ship, lo, hi, "time"))
+
+    def bucket_rows(self, layout: ShipLayout, ship: str, source: dict, target: dict, lo: dt.datetime, hi: dt.datetime,
+                    width: float) -> Iterator[BucketRow]:
+        """A ``BucketRow`` per bucket of either side; a bucket the fast form finds different is
+        checked again exactly (the fast form counts every duplicate)."""
+        for bucket in sorted(set(source) | set(target)):
+            s, t = source.get(bucket, Aggregate()), target.get(bucket, Aggregate())
+            if s != t:
+                s, t = self.range_aggregates(layout, ship, max(bucket, lo),
+                                             min(bucket + dt.timedelta(seconds=width), hi))
+            yield BucketRow(ship, bucket, s, t)
+
+    def drill(self, layout: ShipLayout, ship: str, lo: dt.datetime, hi: dt.datetime, leaf_times: int, found: Drill) -> None:
+        """Bisect [lo, hi) to the timestamps whose aggregates differ.
+
+        A range one side has nothing of is recorded whole (every cell of it is missing or extra);
+        a range of at most ``leaf_times`` timestamps is compared timestamp by timestamp.
+        """
+        source, target = self.range_aggregates(layout, ship, lo, hi)
+        if source == target:
+            return
+        if source.times == 0 or target.times == 0:
+            found.ranges.append((lo, hi, source, target))
+            return
+        if max(source.times, target.times) <= leaf_times or hi - lo <= dt.timedelta(microseconds=2):
+            src_t, tgt_t = self.time_aggregates(layout, ship, lo, hi)
+            found.times.extend(t for t in sorted(set(src_t) | set(tgt_t)) if src_t.get(t) != tgt_t.get(t))
+            return
+        mid = lo + (hi - lo) / 2
+        self.drill(layout, ship, lo, mid, leaf_times, found)
+        self.drill(layout, ship, mid, hi, leaf_times, found)
+
+    def cell_differences(self, layout: ShipLayout, ship: str, times: list[dt.datetime]) -> list[CellDiff]:
+        """The exact cells that differ at the given timestamps."""
+        out: list[CellDiff] = []
+        for at in times:
+            has_source, source = self.source.cells_at(self.src_cur, ship, at)
+            has_row, target = self.wide.row(layout, at) if layout is not None and layout.tables else (False, {})
+            for ch in sorted(set(source) | set(target)):
+                if ch not in target:
+                    out.append(CellDiff(at, ch, "missing", source[ch], None))
+                elif ch not in source:
+                    out.append(CellDiff(at, ch, "extra", None, target[ch]))
+                elif source[ch] != target[ch]:
+                    out.append(CellDiff(at, ch, "different", source[ch], target[ch]))
+            if not source and not target and has_source != has_row:
+                # A timestamp whose readings are all NULL still has its (empty) wide row.
+                out.append(CellDiff(at, None, "missing" if has_source else "extra"))
+        return out
 
 
 class BucketTask:
@@ -76,24 +167,26 @@ class BucketTask:
     A ship that fails is reported as such (an ``error`` row) and the task goes on with the next.
     """
 
-    def __init__(self, config: Config, src_params: dict, tgt_params: dict, lo, hi, width_seconds: float):
-        self.config = config
+    def __init__(self, config: Config, source: NarrowTable, target: WideTarget | None, src_params: dict,
+                 tgt_params: dict, lo: dt.datetime, hi: dt.datetime, width_seconds: float, hashes: checksums.Hashes):
+        self.config, self.source, self.target = config, source, target
         self._src, self._tgt = src_params, tgt_params
-        self.lo, self.hi, self.width = lo, hi, width_seconds
+        self.lo, self.hi, self.width, self.hashes = lo, hi, width_seconds, hashes
 
     def __repr__(self) -> str:
         return "BucketTask()"
 
-    def __call__(self, ships):
+    def __call__(self, ships: Iterable[str]) -> Iterator[BucketRow]:
         src = db.open_session(self._src, autocommit=True)
         tgt = db.open_session(self._tgt, autocommit=True)
         try:
             with src.cursor() as sc, tgt.cursor() as tc:
-                reconcile.prepare_session(sc)
-                reconcile.prepare_session(tc)
+                checksums.prepare_session(sc)
+                checksums.prepare_session(tc)
+                sides = Sides(self.source, sc, self.target.checksums(tc) if self.target else None, self.hashes)
                 for ship in ships:
                     try:
-                        yield from list(self._ship(src, sc, tgt, tc, ship))
+                        yield from list(self._ship(sides, tgt, ship))
                     except Exception as err:  # noqa: BLE001 - one ship's failure, reported by ship
                         if not errors.is_ship_level(err):
                             raise
@@ -102,61 +195,63 @@ class BucketTask:
             src.close()
             tgt.close()
 
-    def _ship(self, src, sc, tgt, tc, ship: str):
-        cfg = self.config
+    def _ship(self, sides: Sides, tgt: connection, ship: str):
         rejected: dict = {}
-        if cfg.target.is_delta:
-            # Spark reads the Delta side on the driver (``with_delta_targets``): the source only.
-            source = reconcile.source_buckets(sc, cfg, ship, self.lo, self.hi, self.width, rejected)
-            target = layout = None
-        else:
-            layout = catalog.load_layout(tgt, cfg.target.catalog_schema, ship)
-            source, target = reconcile.bucket_aggregates(sc, reconcile.PostgresWide(tc, cfg), cfg, layout, ship,
-                                                         self.lo, self.hi, self.width, rejected)
+        source = self.source.bucket_aggregates(sides.src_cur, ship, self.lo, self.hi, self.width, self.hashes,
+                                               rejected)
         if self.lo == EARLIEST and self.hi == LATEST:
-            # Rows with no created_time belong to no bucket; an index probe counts them.
-            sc.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s AND created_time IS NULL").format(
-                sql.Identifier(cfg.source.schema, cfg.source.table)), (ship,))
-            rejected[None] = sc.fetchone()[0]
+            rejected[None] = self.source.rows_without_time(sides.src_cur, ship)
         if any(rejected.values()):
             yield BucketRow(ship, rejected=sum(rejected.values()))
-        if target is None:
+        if sides.wide is None:
             for bucket, s in sorted(source.items()):
                 yield BucketRow(ship, bucket, s)
             return
-        yield from bucket_rows(sc, reconcile.PostgresWide(tc, cfg), cfg, layout, ship, source, target,
-                               self.lo, self.hi, self.width)
+        layout = load_layout(tgt, self.config.target.catalog_schema, ship)
+        target = sides.wide.groups(layout, ship, self.lo, self.hi, "bucket", self.width)
+        yield from sides.bucket_rows(layout, ship, source, target, self.lo, self.hi, self.width)
 
 
-def bucket_rows(sc, wide, config: Config, layout, ship: str, source: dict, target: dict, lo, hi,
-                width: float):
-    """A ``BucketRow`` per bucket of either side; a bucket the fast form finds different is checked
-    again exactly (the fast form counts every duplicate)."""
-    for bucket in sorted(set(source) | set(target)):
-        s, t = source.get(bucket, reconcile.Aggregate()), target.get(bucket, reconcile.Aggregate())
-        if s != t:
-            s, t = reconcile.range_aggregates(sc, wide, config, layout, ship, max(bucket, lo),
-                                              min(bucket + dt.timedelta(seconds=width), hi))
-        yield BucketRow(ship, bucket, s, t)
+@contextlib.contextmanager
+def _ship_errors(report: ShipReport):
+    """Record a ship-level failure on the ship's report (the other ships go on)."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - classified below
+        if not errors.is_ship_level(err):
+            raise
+        report.error = errors.describe(err)
+        log.warning("ship %r: %s", report.ship_id, report.error)
 
 
-def with_delta_targets(config: Config, spark, rows: list[BucketRow], ship_ids: list[str], lo, hi,
-                       width: float) -> list[BucketRow]:
-    """Bucket rows with the Delta side filled in: per ship, Spark aggregates its Delta tables."""
+@contextlib.contextmanager
+def _sessions(config: Config, source: NarrowTable, target: WideTarget, hashes: checksums.Hashes):
+    """(target connection, both sides), in sessions prepared for the checksum queries."""
+    with source.connect(autocommit=True) as src, \
+            db.connection(config.target.connection, autocommit=True) as tgt, \
+            src.cursor() as sc, tgt.cursor() as tc:
+        checksums.prepare_session(sc)
+        checksums.prepare_session(tc)
+        yield tgt, Sides(source, sc, target.checksums(tc), hashes)
+
+
+def with_target_side(config: Config, source: NarrowTable, target: WideTarget, hashes: checksums.Hashes,
+                     rows: list[BucketRow], ship_ids: list[str], lo: dt.datetime, hi: dt.datetime,
+                     width: float) -> list[BucketRow]:
+    """Bucket rows with the target's side filled in on the driver, ship by ship."""
     sources: dict[str, dict] = {}
     out = [r for r in rows if r.bucket is None]
     for row in (r for r in rows if r.bucket is not None):
         sources.setdefault(row.ship_id, {})[row.bucket] = row.source
     failed = {r.ship_id for r in rows if r.error}
-    with _sessions(config, spark) as (tgt, src_cur, wide):
+    with _sessions(config, source, target, hashes) as (tgt, sides):
         for ship in ship_ids:
             if ship in failed:
                 continue
             try:
-                layout = catalog.load_layout(tgt, config.target.catalog_schema, ship)
-                target = wide.groups(layout, ship, lo, hi, "bucket", width)
-                out.extend(list(bucket_rows(src_cur, wide, config, layout, ship, sources.get(ship, {}), target,
-                                            lo, hi, width)))
+                layout = load_layout(tgt, config.target.catalog_schema, ship)
+                wide = sides.wide.groups(layout, ship, lo, hi, "bucket", width)
+                out.extend(list(sides.bucket_rows(layout, ship, sources.get(ship, {}), wide, lo, hi, width)))
             except Exception as err:  # noqa: BLE001 - one ship's failure, reported by ship
                 if not errors.is_ship_level(err):
                     raise
@@ -164,121 +259,79 @@ def with_delta_targets(config: Config, spark, rows: list[BucketRow], ship_ids: l
     return out
 
 
-def list_ships(config: Config, ships: list[str] | None) -> list[str]:
-    """Ships with valid narrow rows or wide tables (a skip scan over the (ship_id, …) index)."""
+def list_ships(config: Config, source: NarrowTable, ships: list[str] | None) -> list[str]:
+    """Ships with narrow rows or wide tables."""
     if ships:
         return sorted(ships)
-    found: set[str] = set()
-    with db.connection(config.source.connection) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL(
-            "WITH RECURSIVE s AS (SELECT min(ship_id) AS id FROM {t} UNION ALL "
-            "SELECT (SELECT min(ship_id) FROM {t} WHERE ship_id > s.id) FROM s WHERE s.id IS NOT NULL) "
-            "SELECT id FROM s WHERE id IS NOT NULL AND id <> ''").format(t=sql.Identifier(config.source.schema,
-                                                                              config.source.table)))
-        found.update(r[0] for r in cur.fetchall())
-    with db.connection(config.target.connection) as conn, conn.cursor() as cur:
-        catalog.ensure_catalog(conn, config.target.catalog_schema)
-        cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(
-            sql.Identifier(config.target.catalog_schema, "wide_tables")))
-        found.update(r[0] for r in cur.fetchall())
+    from widen.jobs import catalog_ships
+
+    with source.connect() as conn:
+        found = set(source.list_ships(conn))
+    with db.connection(config.target.connection) as conn:
+        found |= catalog_ships(conn, config.target.catalog_schema)
     return sorted(found)
 
 
-def repair_pieces(config: Config, ship: str, found: reconcile.Drill) -> list[tuple[list, list]]:
+def repair_pieces(config: Config, source: NarrowTable, ship: str, found: Drill) -> list[tuple[list, list]]:
     """The repair's work as (timestamps, ranges) pieces of at most about
     ``reconcile.repair_rows_per_piece`` narrow rows each: differing timestamps in groups, whole
     missing/extra ranges cut at created_time boundaries."""
     budget = config.reconcile.repair_rows_per_piece
     with db.connection(config.target.connection) as conn:
-        per_time = max(1, len(catalog.load_layout(conn, config.target.catalog_schema, ship).channels))
+        per_time = max(1, len(load_layout(conn, config.target.catalog_schema, ship).channels))
     group = max(1, budget // per_time)
     times = sorted(found.times)
     pieces: list[tuple[list, list]] = [(times[i:i + group], []) for i in range(0, len(times), group)]
-    with db.connection(config.source.connection) as src:
+    with source.connect() as src:
         for lo, hi, _, _ in found.ranges:
-            pieces += [([], [piece]) for piece in sources.range_pieces(src, config.source, ship, lo, hi, budget)]
+            pieces += [([], [piece]) for piece in source.range_pieces(src, ship, lo, hi, budget)]
     return pieces
 
 
-def repair_ship(config: Config, report: ShipReport, spark=None) -> None:
+def repair_ship(config: Config, source: NarrowTable, target: WideTarget, report: ShipReport) -> None:
     """Re-merge the ship's differing timestamps and ranges from the source, piece by piece: each
     piece's wide rows are deleted (so a cell the source no longer has goes) and the source's rows
-    merged back, in one target transaction per piece (a PostgreSQL target), so memory and locks
-    stay bounded however large the ranges are. Running it again finishes an interrupted repair."""
-    ship, tgt_cfg = report.ship_id, config.target
-    for times, ranges in repair_pieces(config, ship, report.drill):
-        with db.connection(config.source.connection) as src:
-            rows = sources.ship_rows(src, config.source, ship, times, ranges)
-        with db.connection(tgt_cfg.connection) as conn:
-            layout = stream_sink.prepare_ship(conn, spark, config, stream_sink.fresh_state(), ship,
-                                              stream_sink.batch_channels(rows))
-            if layout is None:
-                log.warning("%s is rolled back: not repaired", ship)
-                return
-            if tgt_cfg.is_delta:
-                _repair_delta(config, spark, layout, times, ranges, rows)
-                continue
+    merged back, in one catalog transaction per piece under the ship's write lock (a target whose
+    writes cannot join it commits them first; running the repair again finishes a cut-short one)."""
+    ship, cat = report.ship_id, config.target.catalog_schema
+    for times, ranges in repair_pieces(config, source, ship, report.drill):
+        with source.connect() as src:
+            rows = source.ship_rows(src, ship, times, ranges)
+        with db.connection(config.target.connection) as conn:
+            layout = prepare_ship(conn, target, ship, batch_channels(rows))
             with conn.cursor() as cur:
-                if not catalog.lock_ship_for_write(cur, tgt_cfg.catalog_schema, ship):
+                if layout is None or not ship_states.lock_ship_for_write(cur, cat, ship):
                     log.warning("%s is rolled back: not repaired", ship)
                     return
-                where, params = _piece_condition(times, ranges)
-                for part in layout.parts:
-                    cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
-                        sql.Identifier(tgt_cfg.schema, layout.tables[part]), where), params)
+                target.delete_rows(cur, layout, times, ranges)
                 if rows.num_rows:
-                    stream_sink.merge_ship_rows(conn, cur, config, layout, rows)
+                    wide, _ = kernels.pivot_rows(rows, layout, config.source.order_column is not None)
+                    target.merge_rows(cur, layout, wide, greatest=config.source.order_column is None)
             conn.commit()
     report.repaired = True
 
 
-def _piece_condition(times: list, ranges: list) -> tuple[sql.Composable, dict]:
-    where = sql.SQL("(created_time = ANY(%(times)s) OR {})").format(
-        sql.SQL(" OR ").join([sql.SQL("(created_time >= {} AND created_time < {})").format(
-            sql.Placeholder(f"lo{i}"), sql.Placeholder(f"hi{i}")) for i in range(len(ranges))] or [sql.SQL("false")]))
-    params = {"times": list(times), **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
-              **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
-    return where, params
-
-
-def _repair_delta(config: Config, spark, layout, times: list, ranges: list, rows: pa.Table) -> None:
-    """The Delta form of a repair piece: the differing rows deleted from every part table, then the
-    source's rows merged back (one Delta commit per table and step, not one transaction: a repair
-    cut short is finished by running it again)."""
-    from functools import reduce
-
-    from pyspark.sql import functions as F
-
-    from widen.delta_sink import DeltaTarget
-
-    target = DeltaTarget(spark, config.target)
-    when = F.col("created_time")
-    condition = reduce(lambda a, b: a | b, [(when >= F.lit(lo)) & (when < F.lit(hi)) for lo, hi in ranges],
-                       when.isin(list(times)) if times else F.lit(False))
-    for part in layout.parts:
-        if target.exists(layout.tables[part]):
-            target.delete(layout.tables[part], condition)
-    if rows.num_rows:
-        stream_sink.merge_ship_rows_delta(spark, config, layout, rows)
-
-
-@exclusive(JOB)
-def run(config: Config, spark=None, ships: list[str] | None = None, start=None, end=None,
-        repair: bool = False, **_ignored) -> Result:
+@job(JOB, ReconcileOptions)
+def run(config: Config, spark: SparkSession, options: ReconcileOptions) -> Result:
     began = time.monotonic()
-    config = resolve_connections(config)
     rc = config.reconcile
-    lo, hi = start or EARLIEST, end or LATEST
+    lo, hi = options.start or EARLIEST, options.end or LATEST
     width = rc.bucket_hours * 3600.0
-    ship_ids = list_ships(config, ships)
+    source = open_table(config.source, JOB)
+    with db.connection(config.target.connection) as conn:
+        schema.migrate(conn, config.target.catalog_schema)
+    ship_ids = list_ships(config, source, options.ships)
     spark = get_spark(config, spark)
-    task = BucketTask(config, config.source.connection.psycopg_params(),
-                      config.target.connection.psycopg_params(), lo, hi, width)
+    target = open_target(config.target, spark)
+    hashes = checksums.Hashes(target.checksum_hashes)
+    task = BucketTask(config, source, target if target.checksums_in_tasks else None,
+                      config.source.connection.psycopg_params(), config.target.connection.psycopg_params(),
+                      lo, hi, width, hashes)
     log.info("%d ships, %g h buckets", len(ship_ids), rc.bucket_hours)
     rows = (spark.sparkContext.parallelize(ship_ids, max(1, min(len(ship_ids), rc.parallel_ships)))
             .mapPartitions(task).collect()) if ship_ids else []
-    if config.target.is_delta:
-        rows = with_delta_targets(config, spark, rows, ship_ids, lo, hi, width)
+    if not target.checksums_in_tasks:
+        rows = with_target_side(config, source, target, hashes, rows, ship_ids, lo, hi, width)
     reports = {s: ShipReport(s) for s in ship_ids}
     for row in rows:
         report = reports[row.ship_id]
@@ -294,20 +347,20 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start=None, 
             report.mismatched.append((row.bucket, row.source, row.target))
     # Rejected rows by reason: only for ships the bucket pass found some in (a scan), plus the rows
     # of no ship (an index probe).
-    with db.connection(config.source.connection) as src:
-        rejects = reject_counts(src, config, ships_with_rejects) if ships_with_rejects else {}
-        no_ship = _rejects_without_ship(src, config) if not ships else {}
+    with source.connect() as src:
+        rejects = source.reject_counts(src, ships_with_rejects) if ships_with_rejects else {}
+        no_ship = source.rejects_without_ship(src) if not options.ships else {}
     for ship, report in reports.items():
         report.rejects = dict(rejects.get(ship, {}))
-    _drill_down(config, spark, reports, lo, hi, width)
-    if repair:
+    _drill_down(config, source, target, hashes, reports, lo, hi, width)
+    if options.repair:
         for report in reports.values():
             if report.mismatched and not report.error:
                 with _ship_errors(report):
-                    repair_ship(config, report, spark)
+                    repair_ship(config, source, target, report)
                     log.info("%s: repaired %d timestamps and %d ranges", report.ship_id, len(report.drill.times),
                              len(report.drill.ranges))
-        _recheck(config, spark, reports, lo, hi, width)
+        _recheck(config, source, target, hashes, reports, lo, hi, width)
     run_id = dt.datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     _record(config, run_id, rows, reports, width, hi)
     left = {s: len(r.mismatched) for s, r in reports.items() if r.mismatched}
@@ -331,85 +384,55 @@ def run(config: Config, spark=None, ships: list[str] | None = None, start=None, 
     return Result(JOB, EXIT_PROBLEM if left or failed else EXIT_OK, summary, text)
 
 
-def _rejects_without_ship(src, config: Config) -> dict:
-    """Rows with a NULL ship_id, by reason (an index probe; reported apart from every ship)."""
-    with src.cursor() as cur:
-        cur.execute(sql.SQL("SELECT {r}, count(*) FROM {t} WHERE ship_id IS NULL OR ship_id = '' GROUP BY 1").format(
-            r=render.reject_reason_sql(), t=sql.Identifier(config.source.schema, config.source.table)))
-        return {reason: n for reason, n in cur.fetchall()}
-
-
-@contextlib.contextmanager
-def _ship_errors(report: ShipReport):
-    """Record a ship-level failure on the ship's report (the other ships go on)."""
-    try:
-        yield
-    except Exception as err:  # noqa: BLE001 - classified below
-        if not errors.is_ship_level(err):
-            raise
-        report.error = errors.describe(err)
-        log.warning("ship %r: %s", report.ship_id, report.error)
-
-
-@contextlib.contextmanager
-def _sessions(config: Config, spark):
-    """(target connection, source cursor, wide side), prepared for the checksum queries."""
-    with db.connection(config.source.connection, autocommit=True) as src, \
-            db.connection(config.target.connection, autocommit=True) as tgt, \
-            src.cursor() as sc, tgt.cursor() as tc:
-        reconcile.prepare_session(sc)
-        reconcile.prepare_session(tc)
-        yield tgt, sc, (reconcile.DeltaWide(spark, config) if config.target.is_delta
-                        else reconcile.PostgresWide(tc, config))
-
-
-def _drill_down(config: Config, spark, reports: dict, lo, hi, width: float) -> None:
-    rc = config.reconcile
-    with _sessions(config, spark) as (tgt, sc, wide):
+def _drill_down(config: Config, source: NarrowTable, target: WideTarget, hashes: checksums.Hashes, reports: dict,
+                lo: dt.datetime, hi: dt.datetime, width: float) -> None:
+    with _sessions(config, source, target, hashes) as (tgt, sides):
         for report in reports.values():
             if not report.mismatched or report.error:
                 continue
             with _ship_errors(report):
-                _drill_ship(config, tgt, sc, wide, report, lo, hi, width)
+                _drill_ship(config, tgt, sides, report, lo, hi, width)
 
 
-def _drill_ship(config: Config, tgt, sc, wide, report: ShipReport, lo, hi, width: float) -> None:
+def _drill_ship(config: Config, tgt: connection, sides: Sides, report: ShipReport, lo: dt.datetime, hi: dt.datetime,
+                width: float) -> None:
     rc = config.reconcile
-    layout = catalog.load_layout(tgt, config.target.catalog_schema, report.ship_id)
-    found = reconcile.Drill()
+    layout = load_layout(tgt, config.target.catalog_schema, report.ship_id)
+    found = Drill()
     for bucket, _, _ in report.mismatched:
-        reconcile.drill(sc, wide, config, layout, report.ship_id, max(bucket, lo),
-                        min(bucket + dt.timedelta(seconds=width), hi), rc.leaf_times, found)
+        sides.drill(layout, report.ship_id, max(bucket, lo), min(bucket + dt.timedelta(seconds=width), hi),
+                    rc.leaf_times, found)
     report.drill = found
     report.found_buckets = len(report.mismatched)
-    diffs = reconcile.cell_differences(sc, wide, config, layout, report.ship_id, found.times)
+    diffs = sides.cell_differences(layout, report.ship_id, found.times)
     for d in diffs:
         report.totals[d.kind] += 1
     for range_lo, range_hi, s, t in found.ranges:
         kind = "missing" if t.times == 0 else "extra"
         report.totals[kind] += max(s.cells, t.cells)
-        diffs.append(reconcile.CellDiff(range_lo, None, f"{kind} range to {range_hi.isoformat()}: "
-                                        f"{max(s.times, t.times)} timestamps, {max(s.cells, t.cells)} cells"))
+        diffs.append(CellDiff(range_lo, None, f"{kind} range to {range_hi.isoformat()}: "
+                                              f"{max(s.times, t.times)} timestamps, {max(s.cells, t.cells)} cells"))
     report.diffs = diffs[: rc.max_reported_cells]
 
 
-def _recheck(config: Config, spark, reports: dict, lo, hi, width: float) -> None:
-    with _sessions(config, spark) as (tgt, sc, wide):
+def _recheck(config: Config, source: NarrowTable, target: WideTarget, hashes: checksums.Hashes, reports: dict,
+             lo: dt.datetime, hi: dt.datetime, width: float) -> None:
+    with _sessions(config, source, target, hashes) as (tgt, sides):
         for report in reports.values():
             if not report.repaired or report.error:
                 continue
-            layout = catalog.load_layout(tgt, config.target.catalog_schema, report.ship_id)
+            layout = load_layout(tgt, config.target.catalog_schema, report.ship_id)
             still = []
             for bucket, _, _ in report.mismatched:
-                s, t = reconcile.range_aggregates(sc, wide, config, layout, report.ship_id, max(bucket, lo),
-                                                  min(bucket + dt.timedelta(seconds=width), hi))
+                s, t = sides.range_aggregates(layout, report.ship_id, max(bucket, lo),
+                                              min(bucket + dt.timedelta(seconds=width), hi))
                 if s != t:
                     still.append((bucket, s, t))
             report.fixed = [b for b, _, _ in report.mismatched if b not in {x[0] for x in still}]
             report.mismatched = still
 
 
-def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, width: float, hi) -> None:
+def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, width: float, hi: dt.datetime) -> None:
     fixed = {(s, b) for s, r in reports.items() for b in r.fixed}
     left = {(s, b) for s, r in reports.items() for b, _, _ in r.mismatched}
     values = []
@@ -420,12 +443,7 @@ def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, w
                        r.source.times, r.target.times, r.source.cells, r.target.cells, r.source.checksum,
                        r.target.checksum, status))
     with db.connection(config.target.connection) as conn, conn.cursor() as cur:
-        catalog.ensure_catalog(conn, config.target.catalog_schema)
-        if values:
-            db.execute_values(cur, sql.SQL(
-                "INSERT INTO {} (run_id, ship_id, bucket_start, bucket_end, source_times, target_times, "
-                "source_cells, target_cells, source_checksum, target_checksum, status) VALUES %s").format(
-                sql.Identifier(config.target.catalog_schema, "reconcile_results")), values)
+        ledger.record_reconcile_results(cur, config.target.catalog_schema, values)
         conn.commit()
 
 

@@ -3,33 +3,42 @@ leave a rolled-back ship alone, and count what they leave, until then)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from widen import catalog, db
+from widen.catalog import schema, ships as ship_states
 from widen.config import BadInput, Config
-from widen.jobs import EXIT_OK, Result, exclusive
-from widen.session import resolve_connections
+from widen.jobs import EXIT_OK, Result, job
+from widen.pg import db
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
 
-@exclusive("rollback", reads_narrow_table=False, ships_from=None)
-def run(config: Config, spark=None, ships: list[str] | None = None, **_ignored) -> Result:
-    if not ships:
+@dataclass(frozen=True)
+class ResumeOptions:
+    ships: list[str] | None = None
+
+
+@job("rollback", ResumeOptions, reads_narrow_table=False, ships_from=None)
+def run(config: Config, spark: SparkSession, options: ResumeOptions) -> Result:
+    if not options.ships:
         raise BadInput("resume needs --ships (the rolled-back ships to migrate again)")
-    config = resolve_connections(config)
     cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
-        catalog.ensure_catalog(conn, cat)
-        rolled_back = catalog.ships_in_state(conn, cat, catalog.ROLLED_BACK)
-        unknown = [s for s in ships if s not in rolled_back]
+        schema.migrate(conn, cat)
+        rolled_back = ship_states.ships_in_state(conn, cat, ship_states.ROLLED_BACK)
+        unknown = [s for s in options.ships if s not in rolled_back]
         if unknown:
             raise BadInput(f"--ships: {', '.join(map(repr, unknown))} not rolled back (rolled back: "
                            f"{', '.join(map(repr, sorted(rolled_back))) or 'none'})")
         with conn.cursor() as cur:
-            for ship in ships:
-                catalog.set_ship_state(cur, cat, ship, None)
+            for ship in options.ships:
+                ship_states.set_ship_state(cur, cat, ship, None)
         conn.commit()
-    for ship in ships:
+    for ship in options.ships:
         log.info("ship %r resumed: the stream writes it again; run backfill --ships for its history", ship)
-    return Result("resume", EXIT_OK, {"ships": sorted(ships)},
-                  "\n".join(f"resumed {s!r}: run `backfill --ships` for its history" for s in ships))
+    return Result("resume", EXIT_OK, {"ships": sorted(options.ships)},
+                  "\n".join(f"resumed {s!r}: run `backfill --ships` for its history" for s in options.ships))

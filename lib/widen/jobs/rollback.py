@@ -1,137 +1,97 @@
-"""``rollback``: undo a ship's migration, whole or for one time range, in one transaction.
+"""``rollback``: undo a ship's migration, whole or for one time range, one transaction per ship.
 
-Whole ship: drop its wide (part) tables and delete its catalog, ledger and reject rows. With
-``--start``/``--end``: delete the wide rows in that range and the ledger chunks inside it, so a
-later backfill redoes exactly that range. ``--dry-run`` prints the statements and changes nothing.
-With a Delta target the ship's Delta tables are dropped (or the range deleted from them) first,
-then the catalog rows go in one transaction.
+Whole ship: drop its wide (part) tables and delete its catalog, ledger and reject rows, and mark it
+rolled back (writers leave it alone until ``resume``). With ``--start``/``--end``: delete the wide
+rows in that range and the ledger chunks that overlap it, so a later backfill redoes exactly that
+range. The transaction holds the ship's write lock exclusively (it waits, each try bounded by
+``target.lock_timeout_seconds``, for the writers' transactions on the ship). ``--dry-run`` prints
+what would be done and changes nothing.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from psycopg2 import sql
-
-from widen import catalog, db, errors
+from widen import errors
+from widen.catalog import schema, ships as ship_states
+from widen.catalog.layouts import load_layout
 from widen.config import BadInput, Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
-from widen.delta_sink import DeltaTarget
-from widen.session import get_spark, resolve_connections
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
+from widen.pg import db
+from widen.session import get_spark
+from widen.targets import needs_spark, open_target
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import cursor
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
 
-def plan_statements(config: Config, layout: catalog.ShipLayout, start=None, end=None) -> list:
-    tgt = config.target
-    cat = tgt.catalog_schema
-    ship = layout.ship_id
-    statements: list[tuple[sql.Composable, tuple]] = []
-    delta = tgt.is_delta          # Delta tables are dropped or trimmed by ``delta_actions``
-    if start is None and end is None:
-        for part in layout.parts if not delta else []:
-            statements.append((sql.SQL("DROP TABLE IF EXISTS {}").format(
-                sql.Identifier(tgt.schema, layout.tables[part])), ()))
-        for table in ("channel_columns", "wide_tables", "backfill_chunks", "rejects"):
-            statements.append((sql.SQL("DELETE FROM {} WHERE ship_id = %s").format(
-                sql.Identifier(cat, table)), (ship,)))
-        return statements
-    lo = start or "-infinity"
-    hi = end or "infinity"
-    for part in layout.parts if not delta else []:
-        statements.append((sql.SQL("DELETE FROM {} WHERE created_time >= %s AND created_time < %s").format(
-            sql.Identifier(tgt.schema, layout.tables[part])), (lo, hi)))
-    # A chunk that overlaps the range is no longer complete: forget it so backfill redoes it.
-    statements.append((sql.SQL("DELETE FROM {} WHERE ship_id = %s AND range_start < %s AND range_end > %s")
-                       .format(sql.Identifier(cat, "backfill_chunks")), (ship, hi, lo)))
-    statements.append((sql.SQL("DELETE FROM {} WHERE ship_id = %s AND created_time >= %s AND "
-                               "created_time < %s").format(sql.Identifier(cat, "rejects")), (ship, lo, hi)))
-    return statements
+@dataclass(frozen=True)
+class RollbackOptions:
+    ships: list[str] | None = None
+    start: object = None
+    end: object = None
+    dry_run: bool = False
 
 
-def delta_actions(target, layout: catalog.ShipLayout, start=None, end=None) -> list[tuple[str, object]]:
-    """(description, action) pairs for a Delta target: drop the ship's tables, or delete its rows
-    in [start, end) from each of them."""
-    from pyspark.sql import functions as F
-
-    if start is None and end is None:
-        return [(f"drop Delta tables {', '.join(target.qualified(t) for t in layout.tables.values())}",
-                 lambda: target.drop(layout))]
-    when = F.col("created_time")
-    condition = F.lit(True)
-    if start is not None:
-        condition = condition & (when >= F.lit(start))
-    if end is not None:
-        condition = condition & (when < F.lit(end))
-    return [(f"delete rows in [{start or '-infinity'}, {end or 'infinity'}) from {target.qualified(t)}",
-             lambda t=t: target.delete(t, condition) if target.exists(t) else None)
-            for t in layout.tables.values()]
-
-
-@exclusive("rollback", reads_narrow_table=False, ships_from="catalog")
-def run(config: Config, spark=None, ships: list[str] | None = None, start=None, end=None,
-        dry_run: bool = False, **_ignored) -> Result:
+@job("rollback", RollbackOptions, reads_narrow_table=False, ships_from="catalog")
+def run(config: Config, spark: SparkSession, options: RollbackOptions) -> Result:
     """Each ship in its own transaction: one that fails is reported (exit 1), the others go on."""
-    if not ships:
+    if not options.ships:
         raise BadInput("rollback needs --ships (it never rolls back every ship by default)")
-    config = resolve_connections(config)
-    tgt_cfg = config.target
     lines, counts, failed = [], {}, {}
-    with db.connection(tgt_cfg.connection) as conn:
-        catalog.ensure_catalog(conn, tgt_cfg.catalog_schema)
-    for ship in ships:
+    with db.connection(config.target.connection) as conn:
+        schema.migrate(conn, config.target.catalog_schema)
+    for ship in options.ships:
         try:
-            counts[ship] = _rollback_ship(config, spark, ship, start, end, dry_run, lines)
+            counts[ship] = _rollback_ship(config, spark, ship, options, lines)
         except Exception as err:  # noqa: BLE001 - one ship's failure is reported, the rest go on
             failed[ship] = errors.describe(err)
             log.warning("ship %r not rolled back: %s", ship, failed[ship])
-    summary = {"ships": len(counts), "dry_run": dry_run, "range": [start, end] if start or end else None,
+    summary = {"ships": len(counts), "dry_run": options.dry_run,
+               "range": [options.start, options.end] if options.start or options.end else None,
                "rows_affected": counts, "failed": failed}
     lines += [f"FAILED {ship!r}: {why}" for ship, why in failed.items()]
     return Result("rollback", EXIT_PROBLEM if failed else EXIT_OK, summary, "\n".join(lines))
 
 
-def _rollback_ship(config: Config, spark, ship: str, start, end, dry_run: bool, lines: list[str]) -> int:
-    """One ship, in one transaction that holds the ship's lock exclusively: it waits for the
-    writers' transactions on the ship (the backfill's chunks, the stream's batch), each try at
-    most ``target.lock_timeout_seconds``, and keeps new ones out until it commits. A whole ship is
-    then marked rolled back, so writers leave it alone until ``resume``."""
+def _rollback_ship(config: Config, spark: SparkSession, ship: str, options: RollbackOptions, lines: list[str]) -> int:
     tgt_cfg = config.target
-    whole = start is None and end is None
+    start, end = options.start, options.end
     with db.connection(tgt_cfg.connection) as conn:
-        layout = catalog.load_layout(conn, tgt_cfg.catalog_schema, ship)
+        layout = load_layout(conn, tgt_cfg.catalog_schema, ship)
         conn.rollback()
         if not layout.tables:
             raise BadInput(f"ship {ship!r} has no wide tables in the catalog: nothing to roll back")
-        statements = plan_statements(config, layout, start, end)
-        if dry_run:
+        target = open_target(tgt_cfg, get_spark(config, spark) if needs_spark(tgt_cfg) else spark)
+        steps = target.rollback_actions(layout, start, end)
+        forget = ship_states.forget_statements(tgt_cfg.catalog_schema, ship, start, end)
+        if options.dry_run:
             with conn.cursor() as cur:
-                if tgt_cfg.is_delta:
-                    spark = get_spark(config, spark)
-                    lines += ["would " + text for text, _ in delta_actions(DeltaTarget(spark, tgt_cfg), layout,
-                                                                          start, end)]
-                lines += ["would run: " + cur.mogrify(statement, params).decode() for statement, params in statements]
+                lines += ["would run: " + step.text(cur) for step in steps]
+                lines += ["would run: " + cur.mogrify(statement, params).decode() for statement, params in forget]
             conn.rollback()
             return 0
 
-        def roll_back(cur) -> int:
-            catalog.lock_ship_exclusive(cur, ship)
+        def roll_back(cur: cursor) -> int:
+            ship_states.lock_ship_exclusive(cur, ship)
             done: list[str] = []
             affected = 0
-            if tgt_cfg.is_delta:
-                # Delta first: a rollback cut short after it leaves the catalog, and runs again.
-                for text, action in delta_actions(DeltaTarget(get_spark(config, spark), tgt_cfg), layout, start, end):
-                    action()
-                    done.append("did: " + text)
-            for statement, params in statements:
+            for step in steps:             # the wide tables first (Delta: a rollback cut short reruns)
+                done.append("ran: " + step.text(cur))
+                affected += step(cur)
+            for statement, params in forget:
                 done.append("ran: " + cur.mogrify(statement, params).decode())
                 cur.execute(statement, params)
                 affected += max(cur.rowcount, 0)
-            if whole:
-                catalog.set_ship_state(cur, tgt_cfg.catalog_schema, ship, catalog.ROLLED_BACK,
-                                       "rolled back; resume --ships to migrate it again")
+            if start is None and end is None:
+                ship_states.set_ship_state(cur, tgt_cfg.catalog_schema, ship, ship_states.ROLLED_BACK,
+                                           "rolled back; resume --ships to migrate it again")
             lines.extend(done)
             return affected
 
-        tables = [] if tgt_cfg.is_delta else [(tgt_cfg.schema, t) for t in layout.tables.values()]
-        return db.run_ddl(conn, tgt_cfg, roll_back, tables, f"rollback of ship {ship!r}",
+        return db.run_ddl(conn, tgt_cfg, roll_back, target.ddl_tables(layout), f"rollback of ship {ship!r}",
                           holders=lambda: db.advisory_holders(conn, "widen.ship", ship, "the ship's write lock"))

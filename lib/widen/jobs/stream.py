@@ -27,16 +27,21 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from psycopg2 import sql
-
-from widen import catalog, db, errors
+from widen import errors
+from widen.catalog import ledger, schema
 from widen.config import BadInput, Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, exclusive
-from widen.session import get_spark, resolve_connections
-from widen.stream_metrics import BatchListener, StreamMetrics
-from widen.stream_sink import write_batch
-from widen.stream_source import initial_offset, narrow_stream, stream_options
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
+from widen.pg import db
+from widen.session import get_spark
+from widen.sources import open_source
+from widen.streaming.metrics import BatchListener, StreamMetrics
+from widen.streaming.sink import write_batch
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
 
 JOB = "stream"
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ def checkpoint_path(config: Config) -> str:
     return config.stream.checkpoint or os.path.join(config.home, "checkpoints", config.stream.query_name)
 
 
-def _batch_ids(spark, checkpoint: str, log: str) -> list[int]:
+def _batch_ids(spark: SparkSession, checkpoint: str, log: str) -> list[int]:
     """Batch ids in the checkpoint's ``offsets`` or ``commits`` log, on any Hadoop file system
     (a local folder, HDFS, S3, DBFS…)."""
     jvm = spark.sparkContext._jvm
@@ -60,7 +65,7 @@ def _batch_ids(spark, checkpoint: str, log: str) -> list[int]:
     return sorted(int(name) for name in names if name.isdigit())
 
 
-def require_writable_checkpoint(spark, checkpoint: str) -> None:
+def require_writable_checkpoint(spark: SparkSession, checkpoint: str) -> None:
     """Bad input (exit 2) when the checkpoint folder cannot be made or written, before anything
     starts: found by creating it and a file in it (permission bits say nothing to root)."""
     from urllib.parse import urlparse
@@ -82,16 +87,8 @@ def require_writable_checkpoint(spark, checkpoint: str) -> None:
         raise BadInput(f"stream.checkpoint: cannot write to {checkpoint!r} ({errors.describe(err)})") from None
 
 
-def _has_offsets(spark, checkpoint: str) -> bool:
+def _has_offsets(spark: SparkSession, checkpoint: str) -> bool:
     return bool(_batch_ids(spark, checkpoint, "offsets"))
-
-
-def rereads(config: Config) -> bool:
-    """Whether the source reads a row more than once: only the created_time mode (it re-reads an
-    overlap on purpose). The exact mode's offsets and a Delta table's versions give each row to
-    exactly one batch, so those streams need no de-duplication state and no watermark, and no row
-    is ever dropped as late, however far behind its created_time (a backlog in id order)."""
-    return config.source.kind == "postgres" and not config.source.order_column
 
 
 def dedup_key(config: Config) -> list[str]:
@@ -131,53 +128,39 @@ class StreamRun:
                 self.query.exception())
 
 
-def recorded_start(config: Config, checkpoint: str, take) -> dict:
-    """The query's first offset: the one recorded for (query name, checkpoint), else ``take()``
-    recorded now (whoever records first wins)."""
-    table = sql.Identifier(config.target.catalog_schema, "stream_starts")
-    key = (config.stream.query_name, checkpoint)
-    with db.connection(config.target.connection) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT start_offset FROM {} WHERE query_name = %s AND checkpoint = %s").format(table), key)
-        row = cur.fetchone()
-        if row is None:
-            cur.execute(sql.SQL("INSERT INTO {} (query_name, checkpoint, start_offset) VALUES (%s, %s, %s) "
-                                "ON CONFLICT DO NOTHING").format(table), (*key, json.dumps(take())))
-            cur.execute(sql.SQL("SELECT start_offset FROM {} WHERE query_name = %s AND checkpoint = %s")
-                        .format(table), key)
-            row = cur.fetchone()
-        else:
-            log.info("query %r has not committed a batch yet: it starts where it was first recorded to start",
-                     config.stream.query_name)
-        conn.commit()
-    return json.loads(row[0])
-
-
-def start(config: Config, spark, once: bool = False) -> StreamRun:
+def start(config: Config, spark: SparkSession, once: bool = False) -> StreamRun:
     """Start the stream query (connections already resolved); ``run`` waits on it."""
     st = config.stream
     checkpoint = checkpoint_path(config)
     require_writable_checkpoint(spark, checkpoint)
+    cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
-        catalog.ensure_catalog(conn, config.target.catalog_schema)
-    options = stream_options(config.source, buckets=st.buckets, settle_seconds=st.settle_seconds,
-                             overlap_seconds=st.overlap_seconds, start=st.start,
-                             max_rows_per_batch=st.max_rows_per_batch)
+        schema.migrate(conn, cat)
+    source = open_source(config.source)
+    options = source.stream_options(buckets=st.buckets, settle_seconds=st.settle_seconds,
+                                    overlap_seconds=st.overlap_seconds, start=st.start,
+                                    max_rows_per_batch=st.max_rows_per_batch)
     start_offset = None
-    if config.source.kind == "postgres" and not _has_offsets(spark, checkpoint):
+    if not _has_offsets(spark, checkpoint):
         # A new query: its first offset is recorded in the catalog before it is logged, and a
         # restart before the first batch commits takes the recorded one: the hand-off point the
         # backfill was told cannot move.
-        start_offset = recorded_start(config, checkpoint, lambda: initial_offset(options))
-        options["start_offset"] = json.dumps(start_offset)
-        log.info("new query %r starts after %s (stream.start = %s); rows before it are the backfill's",
-                 st.query_name, json.dumps(start_offset), st.start)
+        taken = source.initial_offset(options)
+        if taken is not None:
+            with db.connection(config.target.connection) as conn:
+                start_offset, before = ledger.recorded_start(conn, cat, st.query_name, checkpoint, lambda: taken)
+            if before:
+                log.info("query %r has not committed a batch yet: it starts where it was first recorded to start",
+                         st.query_name)
+            options["start_offset"] = json.dumps(start_offset)
+            log.info("new query %r starts after %s (stream.start = %s); rows before it are the backfill's",
+                     st.query_name, json.dumps(start_offset), st.start)
 
     totals = {"batches": 0, "skipped": 0, **{key: 0 for key in TOTALS}, "failed_ships": {}, "skipped_ships": {}}
     results: dict = {}
 
-    def sink(frame, batch_id: int) -> None:
-        result = write_batch(config, frame.toArrow(), batch_id, st.query_name,
-                             spark if config.target.is_delta else None)
+    def sink(frame: DataFrame, batch_id: int) -> None:
+        result = write_batch(config, frame.toArrow(), batch_id, st.query_name, spark)
         results[batch_id] = result
         totals["batches"] += 1
         totals["skipped"] += int(result.skipped)
@@ -189,11 +172,15 @@ def start(config: Config, spark, once: bool = False) -> StreamRun:
             totals["skipped_ships"][ship] = totals["skipped_ships"].get(ship, 0) + rows
 
     metrics = StreamMetrics(st.query_name, st.metrics_port, st.metrics_host, st.metrics_textfile)
-    listener = BatchListener(config, results, metrics)
+    def record_late(batch_id: int, late: int) -> None:
+        with db.connection(config.target.connection) as conn:
+            ledger.record_late_rows(conn, cat, st.query_name, batch_id, late)
+
+    listener = BatchListener(st.query_name, results, metrics, record_late)
     spark.streams.addListener(listener)
     try:
-        rows = narrow_stream(spark, config.source, options)
-        if rereads(config):
+        rows = source.stream(spark, options)
+        if not source.exactly_once:
             rows = (rows.withWatermark("created_time", f"{st.watermark_seconds:g} seconds")
                     .dropDuplicatesWithinWatermark(dedup_key(config)))
         writer = (rows.writeStream.foreachBatch(sink).queryName(st.query_name)
@@ -217,13 +204,19 @@ def start(config: Config, spark, once: bool = False) -> StreamRun:
     return StreamRun(spark, query, listener, metrics, totals, start_offset, checkpoint)
 
 
-@exclusive(JOB, what="query", keys=lambda config, options: [config.stream.query_name])
-def run(config: Config, spark=None, once: bool = False, **_ignored) -> Result:
+@dataclass(frozen=True)
+class StreamOptions:
+    #: process what is there now (in bounded batches), then stop (schedulers, tests)
+    once: bool = False
+
+
+@job(JOB, StreamOptions, what="query", keys=lambda config, options: [config.stream.query_name], ships_from=None)
+def run(config: Config, spark: SparkSession, options: StreamOptions) -> Result:
     """``--once``: what is there now, in bounded batches, then exit. Otherwise until SIGTERM/SIGINT;
     a failed batch restarts the query from its checkpoint (the batch replays, exactly once) with
     backoff, up to ``stream.max_batch_attempts`` failures in a row, then the stream exits 1."""
     began = time.monotonic()
-    config = resolve_connections(config)
+    once = options.once
     st = config.stream
     spark = get_spark(config, spark)
     stop = _stop_on_signals()
@@ -278,7 +271,7 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _run_until_stopped(query, stop: threading.Event) -> None:
+def _run_until_stopped(query: StreamingQuery, stop: threading.Event) -> None:
     """Until the query ends (``--once``, a failure) or ``stop`` is set, which stops it between batches."""
     while query.isActive:
         if stop.is_set() and not query.status.get("isTriggerActive"):
@@ -290,4 +283,4 @@ def _run_until_stopped(query, stop: threading.Event) -> None:
 def _last_lag(listener: BatchListener) -> float | None:
     if listener.newest is None:
         return None
-    return round((dt.datetime.now(dt.timezone.utc) - listener.newest).total_seconds(), 2)
+    return round((dt.datetime.now(dt.UTC) - listener.newest).total_seconds(), 2)

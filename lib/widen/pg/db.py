@@ -13,21 +13,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
-from widen.config import Connection
+from widen.config import Connection, TargetConfig
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection, cursor
 
 #: seconds to wait for a server to accept a connection (libpq's connect_timeout)
 CONNECT_TIMEOUT = 10
 log = logging.getLogger(__name__)
+#: (schema, name) pairs
+TableNames = Sequence[tuple[str, str]]
 
 
-def render(query: sql.Composable, context, for_parameters: bool) -> str:
+def render(query: sql.Composable, context: Any, for_parameters: bool) -> str:
     """The statement's text; with ``for_parameters`` every ``%`` inside an identifier or a literal
     is doubled, because psycopg2 will %-format the text once more with the parameters."""
     if isinstance(query, sql.Composed):
@@ -41,22 +47,22 @@ def render(query: sql.Composable, context, for_parameters: bool) -> str:
 class Cursor(psycopg2.extensions.cursor):
     """A cursor whose ``execute``/``mogrify`` keep ``%`` in names and literals as written."""
 
-    def execute(self, query, vars=None):  # noqa: A002 - psycopg2's own parameter name
+    def execute(self, query: sql.Composable | str, vars: Any = None) -> None:  # noqa: A002 - psycopg2's own parameter name
         return super().execute(self._text(query, vars), vars)
 
-    def executemany(self, query, vars_list):
+    def executemany(self, query: sql.Composable | str, vars_list: Iterable) -> None:
         return super().executemany(self._text(query, ()), vars_list)
 
-    def mogrify(self, query, vars=None):  # noqa: A002
+    def mogrify(self, query: sql.Composable | str, vars: Any = None) -> bytes:  # noqa: A002
         return super().mogrify(self._text(query, vars), vars)
 
-    def _text(self, query, params):
+    def _text(self, query: sql.Composable | str, params: Any) -> str:
         if isinstance(query, sql.Composable):
             return render(query, self, params is not None)
         return query
 
 
-def execute_values(cur, query: sql.Composable | str, rows: Sequence, template: str | None = None,
+def execute_values(cur: cursor, query: sql.Composable | str, rows: Sequence, template: str | None = None,
                    page_size: int = 100) -> None:
     """``psycopg2.extras.execute_values`` for a composed statement with one ``VALUES %s``."""
     text = render(query, cur, True) if isinstance(query, sql.Composable) else query
@@ -70,7 +76,7 @@ def session_params(params: dict) -> dict:
             "keepalives_interval": 10, "keepalives_count": 3, **params}
 
 
-def open_session(params: dict, autocommit: bool = False):
+def open_session(params: dict, autocommit: bool = False) -> connection:
     """A connection from libpq parameters (``Connection.psycopg_params()``), in UTC, with ``Cursor``."""
     conn = psycopg2.connect(**session_params(params), cursor_factory=Cursor)
     conn.autocommit = autocommit
@@ -81,7 +87,7 @@ def open_session(params: dict, autocommit: bool = False):
     return conn
 
 
-def connect(conn_cfg: Connection, autocommit: bool = False):
+def connect(conn_cfg: Connection, autocommit: bool = False) -> connection:
     try:
         return open_session(conn_cfg.psycopg_params(), autocommit)
     except psycopg2.OperationalError as err:
@@ -107,7 +113,7 @@ class LockWaitTimeout(RuntimeError):
     pgcode = "55P03"           # lock_not_available: it concerns the tables at hand, not the server
 
 
-def lock_holders(conn, tables: Sequence[tuple[str, str]]) -> str:
+def lock_holders(conn: connection, tables: Sequence[tuple[str, str]]) -> str:
     """Who holds a lock on any of ``tables`` ((schema, name) pairs): pid, application, state, since."""
     if not tables:
         return "another session"
@@ -129,7 +135,8 @@ def lock_holders(conn, tables: Sequence[tuple[str, str]]) -> str:
         for pid, app, state, since, schema, rel in rows[:3])
 
 
-def run_ddl(conn, target, action: Callable[[Any], Any], tables, what: str, max_wait: float | None = None,
+def run_ddl(conn: connection, target: TargetConfig, action: Callable[[Any], Any],
+            tables: TableNames | Callable[[], TableNames], what: str, max_wait: float | None = None,
             holders: Callable[[], str] | None = None) -> Any:
     """``action(cursor)`` in a transaction of its own with ``lock_timeout`` = the target's
     ``lock_timeout_seconds``, committed; a lock it cannot get in time is tried again with backoff
@@ -163,7 +170,7 @@ def run_ddl(conn, target, action: Callable[[Any], Any], tables, what: str, max_w
             delay = min(delay * 2, 2.0)
 
 
-def advisory_holders(conn, namespace: str, key: str, what: str) -> str:
+def advisory_holders(conn: connection, namespace: str, key: str, what: str) -> str:
     """Who holds the advisory lock (hashtext(namespace), hashtext(key)) in any mode."""
     with conn.cursor() as cur:
         cur.execute("SELECT DISTINCT ON (a.pid) a.pid, a.application_name, a.state, a.xact_start FROM pg_locks l "

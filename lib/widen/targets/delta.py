@@ -6,7 +6,7 @@ or ``<target.delta_database>.<name>`` in the metastore (where names are lower-ca
 and ``_`` only: same rule with that alphabet). The catalog keeps the table's own name. The tables use
 column mapping by name, so every channel's column keeps the catalog's column name whatever its
 characters. Delta column names are unique regardless of case: the layout puts two channels that
-differ only by case in different part tables (``catalog.assign_channels(fold_case=True)``).
+differ only by case in different part tables (``core.layout.LayoutRules(fold_case=True)``).
 
 The catalog, the ledgers and the rejects stay in the target PostgreSQL database. A Delta commit
 cannot join that database's transaction, so exactly-once rests on:
@@ -23,16 +23,34 @@ while the backfill fills the history).
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from widen import catalog, kernels, naming
+from widen.catalog import ledger
 from widen.config import TargetConfig
-from widen.sinks import STATS_SCHEMA, ChunkWriter
-from widen.stream_sink import present_columns
+from widen.core import kernels, naming
+from widen.core.checksum import HASH_MD5, UNIT_SEPARATOR, Aggregate, from_micros
+from widen.core.chunks import Chunk
+from widen.core.layout import ChannelColumn, LayoutRules, ShipLayout
+from widen.targets.base import ChunkWrite, WideChecksums, WideTarget, present_columns
+from widen.targets.postgres import STATS_SCHEMA, ChunkWriter
+
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+    from delta.tables import DeltaTable
+    from psycopg2.extensions import connection, cursor
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+    from widen.core.layout import ShipLayout
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 #: the txn session confs are session-wide: one idempotent MERGE at a time in this process
@@ -40,6 +58,7 @@ _TXN_LOCK = threading.Lock()
 #: concurrent commits to one table (a stream and a backfill both adding a ship's table or column)
 #: are retried this many times
 COMMIT_ATTEMPTS = 4
+R = TypeVar("R")
 TABLE_PROPERTIES = {"delta.columnMapping.mode": "name", "delta.minReaderVersion": "2",
                     "delta.minWriterVersion": "5"}
 
@@ -61,7 +80,7 @@ def _is_conflict(err: Exception) -> bool:
                                          "DELTA_TABLE_ALREADY_EXISTS", "already exists"))
 
 
-def retry_conflicts(action, what: str):
+def retry_conflicts(action: Callable[[], R], what: str) -> R:
     """Run ``action`` again when another writer committed to the same table first."""
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
@@ -73,12 +92,29 @@ def retry_conflicts(action, what: str):
     raise AssertionError(what)
 
 
-class DeltaTarget:
+class DeltaTarget(WideTarget):
     """The Delta wide tables of one configuration, reached through one Spark session."""
 
-    def __init__(self, spark, target: TargetConfig):
+    kind = "delta"
+    checksum_hashes = HASH_MD5          # Spark has md5, not PostgreSQL's hashtextextended
+    checksums_in_tasks = False          # Spark aggregates the Delta side on the driver
+    needs_spark = True
+
+    def __init__(self, spark: SparkSession, target: TargetConfig):
         self.spark = spark
-        self.target = target
+        self.target = self.cfg = target
+
+    @property
+    def rules(self) -> LayoutRules:
+        """No row-width limit (Parquet); column names unique regardless of case; two table names
+        collide when their directories (or metastore names) do."""
+        key = naming.delta_dir_name if self.target.delta_root else functools.partial(naming.delta_dir_name, lower=True)
+        return LayoutRules(self.target.wide_table_template, self.target.max_columns_per_table, float("inf"),
+                           fold_case=True, storage_key=key)
+
+    @property
+    def location(self) -> str:
+        return self.target.delta_root or self.target.delta_database or ""
 
     # -- where a table lives ---------------------------------------------------------------------
     def path(self, table_name: str) -> str | None:
@@ -101,21 +137,21 @@ class DeltaTarget:
             return DeltaTable.isDeltaTable(self.spark, path)
         return self.spark.catalog.tableExists(self.qualified(table_name))
 
-    def table(self, table_name: str):
+    def table(self, table_name: str) -> DeltaTable:
         from delta.tables import DeltaTable
 
         path = self.path(table_name)
         return (DeltaTable.forPath(self.spark, path) if path is not None
                 else DeltaTable.forName(self.spark, self.qualified(table_name)))
 
-    def read(self, table_name: str):
+    def read(self, table_name: str) -> DataFrame:
         path = self.path(table_name)
         if path is not None:
             return self.spark.read.format("delta").load(path)
         return self.spark.read.table(self.qualified(table_name))
 
     # -- DDL ---------------------------------------------------------------------------------------
-    def ensure_tables(self, layout: catalog.ShipLayout) -> int:
+    def ensure_tables(self, conn: connection, layout: ShipLayout) -> int:
         """Create missing part tables and add missing columns (with comments naming ship and
         channel, as ``COMMENT ON`` does in PostgreSQL). Returns the number of Delta commits made."""
         commits = 0
@@ -123,17 +159,17 @@ class DeltaTarget:
             name = layout.tables[part]
             members = layout.part_channels(part)
             if not self.exists(name):
-                retry_conflicts(lambda: self._create(layout.ship_id, part, name, members), f"create {name}")
+                retry_conflicts(lambda p=part, n=name, m=members: self._create(layout.ship_id, p, n, m), f"create {name}")
                 commits += 1
                 continue
             have = set(self.read(name).columns)
             missing = [c for c in members if c.column_name not in have]
             if missing:
-                retry_conflicts(lambda: self._add_columns(name, missing), f"add columns to {name}")
+                retry_conflicts(lambda n=name, m=missing: self._add_columns(n, m), f"add columns to {name}")
                 commits += 1
         return commits
 
-    def _create(self, ship: str, part: int, name: str, members: list[catalog.ChannelColumn]) -> None:
+    def _create(self, ship: str, part: int, name: str, members: list[ChannelColumn]) -> None:
         from delta.tables import DeltaTable
 
         builder = DeltaTable.createIfNotExists(self.spark)
@@ -147,7 +183,7 @@ class DeltaTarget:
             builder = builder.property(key, value)
         builder.execute()
 
-    def _add_columns(self, name: str, members: list[catalog.ChannelColumn]) -> None:
+    def _add_columns(self, name: str, members: list[ChannelColumn]) -> None:
         """Schema evolution by an empty append with ``mergeSchema``: no SQL text holds a name."""
         from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
@@ -162,7 +198,7 @@ class DeltaTarget:
         else:
             writer.saveAsTable(self.qualified(name))
 
-    def drop(self, layout: catalog.ShipLayout) -> list[str]:
+    def drop(self, layout: ShipLayout) -> list[str]:
         """Drop the ship's part tables (their directories, under a root). Returns what was dropped."""
         dropped = []
         for part in layout.parts:
@@ -181,8 +217,8 @@ class DeltaTarget:
         return dropped
 
     # -- DML ---------------------------------------------------------------------------------------
-    def merge(self, table_name: str, source, columns: list[tuple[str, str]], greatest: bool,
-              lo, hi, txn: tuple[str, int] | None = None) -> None:
+    def merge(self, table_name: str, source: DataFrame, columns: list[tuple[str, str]], greatest: bool,
+              lo: dt.datetime, hi: dt.datetime, txn: tuple[str, int] | None = None) -> None:
         """Column-wise MERGE of ``source`` (``created_time`` and internal column names) into a table.
 
         ``columns`` pairs each source column with its target column. A NULL never overwrites a
@@ -231,8 +267,63 @@ class DeltaTarget:
                 for key in _TXN_CONFS:
                     conf.unset(key)
 
-    def delete(self, table_name: str, condition) -> None:
+    def delete(self, table_name: str, condition: Column | str) -> None:
         retry_conflicts(lambda: self.table(table_name).delete(condition), f"delete from {table_name}")
+
+
+    # -- the WideTarget interface -------------------------------------------------------------------
+    def chunk_write(self, chunk: Chunk, layout: ShipLayout, has_order_key: bool) -> ChunkWrite:
+        return DeltaChunkWrite(self, chunk, layout, has_order_key)
+
+    def merge_rows(self, cur: cursor, layout: ShipLayout, wide: kernels.Pivoted, greatest: bool,
+                   txn: tuple[str, int] | None = None, index: int = 0) -> None:
+        """Each part its own Delta commit (``cur``'s transaction cannot include them); ``txn`` makes
+        a replayed micro-batch commit nothing in a table that has its version."""
+        merge_wide(self, layout, wide, greatest, txn)
+
+    def delete_rows(self, cur: cursor, layout: ShipLayout, times: list, ranges: list) -> None:
+        from functools import reduce
+
+        from pyspark.sql import functions as F
+
+        when = F.col("created_time")
+        condition = reduce(lambda a, b: a | b, [(when >= F.lit(lo)) & (when < F.lit(hi)) for lo, hi in ranges],
+                           when.isin(list(times)) if times else F.lit(False))
+        for part in layout.parts:
+            if self.exists(layout.tables[part]):
+                self.delete(layout.tables[part], condition)
+
+    def rollback_actions(self, layout: ShipLayout, start: dt.datetime | None = None, end: dt.datetime | None = None) -> list:
+        from pyspark.sql import functions as F
+
+        if start is None and end is None:
+            names = ", ".join(self.qualified(t) for t in layout.tables.values())
+            return [_Action(f"drop Delta tables {names}", lambda cur: len(self.drop(layout)))]
+        when = F.col("created_time")
+        condition = F.lit(True)
+        if start is not None:
+            condition = condition & (when >= F.lit(start))
+        if end is not None:
+            condition = condition & (when < F.lit(end))
+        return [_Action(f"delete rows in [{start or '-infinity'}, {end or 'infinity'}) from {self.qualified(t)}",
+                        lambda cur, t=t: (self.delete(t, condition) if self.exists(t) else None) or 0)
+                for t in layout.tables.values()]
+
+    def checksums(self, cur: cursor | None = None) -> WideChecksums:
+        return DeltaChecksums(self)
+
+
+class _Action:
+    """A rollback step on Delta tables, shown as it runs."""
+
+    def __init__(self, description: str, action: Callable[[], Any]):
+        self.description, self.action = description, action
+
+    def text(self, cur: cursor) -> str:
+        return self.description
+
+    def __call__(self, cur: cursor) -> int:
+        return self.action(cur) or 0
 
 
 # --- backfill: the executor side ----------------------------------------------------------------
@@ -247,7 +338,7 @@ class DeltaChunkWriter(ChunkWriter):
     and its stats row (``narrow_rows`` set) as rows of one schema, for the driver to MERGE and record.
     """
 
-    def __init__(self, layout: catalog.ShipLayout, ship_id: str, has_order_key: bool):
+    def __init__(self, layout: ShipLayout, ship_id: str, has_order_key: bool):
         super().__init__({}, None, layout, ship_id, has_order_key)
         fields = [pa.field(f.name, pa.int64() if f.name != "unknown_channels" else pa.string())
                   for f in STATS_SCHEMA.fields]
@@ -263,8 +354,8 @@ class DeltaChunkWriter(ChunkWriter):
         return [f"c{i}" for i in range(len(self.channel_index))]
 
     @property
-    def schema(self):
-        from pyspark.sql.types import StructField, StructType, StringType, TimestampType
+    def schema(self) -> StructType:
+        from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
         return StructType(list(STATS_SCHEMA.fields) + [StructField("created_time", TimestampType()),
                                                        StructField("reject_raw", StringType())]
@@ -295,7 +386,7 @@ class DeltaChunkWriter(ChunkWriter):
 
 # --- the driver side: one ship's rows, a stream batch, a chunk's output ---------------------------
 
-def merge_wide(target: DeltaTarget, layout: catalog.ShipLayout, wide: kernels.Pivoted, greatest: bool,
+def merge_wide(target: DeltaTarget, layout: ShipLayout, wide: kernels.Pivoted, greatest: bool,
                txn: tuple[str, int] | None = None) -> None:
     """MERGE pivoted rows (built on the driver: a micro-batch, a repair) into every part table."""
     if not wide.num_rows:
@@ -311,7 +402,7 @@ def merge_wide(target: DeltaTarget, layout: catalog.ShipLayout, wide: kernels.Pi
                      greatest, lo, hi, txn)
 
 
-def merge_chunk(target: DeltaTarget, layout: catalog.ShipLayout, writer: DeltaChunkWriter, output) -> None:
+def merge_chunk(target: DeltaTarget, layout: ShipLayout, writer: DeltaChunkWriter, output: DataFrame) -> None:
     """MERGE a backfill chunk's wide rows (the persisted output of ``DeltaChunkWriter``) part by part."""
     from pyspark.sql import functions as F
 
@@ -328,7 +419,7 @@ def merge_chunk(target: DeltaTarget, layout: catalog.ShipLayout, writer: DeltaCh
                      columns, False, lo, hi)
 
 
-def chunk_rejects(output, ship_id: str, rows_per_batch: int = 10_000):
+def chunk_rejects(output: DataFrame, ship_id: str, rows_per_batch: int = 10_000) -> Iterator[pa.Table]:
     """The chunk's rejected rows as Arrow tables (``ship_id``, ``created_time``, ``reject``), a
     batch at a time: memory holds one batch however many rows a bad source has."""
     from pyspark.sql import functions as F
@@ -348,3 +439,123 @@ def _rejects_table(ship_id: str, rows: list) -> pa.Table:
     return pa.table({"ship_id": pa.array([ship_id] * len(rows), pa.string()),
                      "created_time": pa.array([r[0] for r in rows], pa.timestamp("us", tz="UTC")),
                      "reject": pa.array([r[1] for r in rows], pa.string())})
+
+
+class DeltaChunkWrite(ChunkWrite):
+    """A chunk into Delta tables: the executors pivot and hand the rows back (``DeltaChunkWriter``),
+    kept once computed; the driver MERGEs each part table, then the rejects, in the chunk's
+    catalog transaction (which commits after the Delta commits: a rerun merges the same rows again,
+    which changes nothing)."""
+
+    def __init__(self, target: DeltaTarget, chunk: Chunk, layout: ShipLayout, has_order_key: bool):
+        self.target, self.chunk, self.layout = target, chunk, layout
+        self.writer = DeltaChunkWriter(layout, chunk.ship_id, has_order_key)
+        self.channels = self.writer.channels
+        self.output = None
+
+    def run(self, frame: DataFrame) -> list[dict]:
+        from pyspark import StorageLevel
+
+        # Kept once computed: the stats, each part's MERGE and the rejects all read it.
+        self.output = frame.mapInArrow(self.writer, self.writer.schema).persist(StorageLevel.MEMORY_AND_DISK)
+        return [row.asDict() for row in self.output.where("narrow_rows IS NOT NULL")
+                .select(*STATS_SCHEMA.fieldNames()).collect()]
+
+    def merge(self, cur: cursor) -> int | None:
+        merge_chunk(self.target, self.layout, self.writer, self.output)
+        return None                       # the executors counted the wide rows
+
+    def rejects(self, cur: cursor, catalog_schema: str, job: str, label: str) -> None:
+        ledger.delete_rejects(cur, catalog_schema, job, label)
+        for rejects in chunk_rejects(self.output, self.chunk.ship_id):
+            ledger.write_rejects(cur, catalog_schema, rejects, label, job=job)
+
+    def close(self, cur: cursor | None = None) -> None:
+        if self.output is not None:
+            self.output.unpersist()
+
+
+class DeltaChecksums(WideChecksums):
+    """The wide side in Delta tables: the same aggregates computed by Spark (``HASH_MD5``).
+
+    ``created_time::text`` is rebuilt as PostgreSQL prints a UTC timestamptz
+    (``2026-01-01 00:00:00.5+00``: fraction without trailing zeros, none when whole)."""
+
+    def __init__(self, target: DeltaTarget):
+        self.spark, self.target = target.spark, target
+
+    @staticmethod
+    def _cell(text: Column) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.conv(F.substring(F.md5(text), 1, 12), 16, 10).cast("bigint")
+
+    @staticmethod
+    def _time_text(col: Column) -> Column:
+        from pyspark.sql import functions as F
+
+        micros = F.pmod(F.unix_micros(col), F.lit(1_000_000))
+        fraction = F.when(micros == 0, F.lit("")).otherwise(
+            F.concat(F.lit("."), F.regexp_replace(F.lpad(micros.cast("string"), 6, "0"), "0+$", "")))
+        return F.concat(F.date_format(col, "yyyy-MM-dd HH:mm:ss"), fraction, F.lit("+00"))
+
+    def per_time(self, layout: ShipLayout, lo: dt.datetime, hi: dt.datetime) -> DataFrame:
+        """(created_time, cells, s) of the ship's wide rows in [lo, hi), parts added up."""
+        from functools import reduce
+
+        from pyspark.sql import functions as F
+
+        frames = []
+        for part in layout.parts:
+            members = layout.part_channels(part)
+            frame = self.target.read(layout.tables[part]).where(
+                (F.col("created_time") >= F.lit(lo)) & (F.col("created_time") < F.lit(hi)))
+            cols = [F.col(quoted(c.column_name)) for c in members]
+            cells = reduce(lambda a, b: a + b, [c.isNotNull().cast("bigint") for c in cols], F.lit(0).cast("bigint"))
+            sums = reduce(lambda a, b: a + b, [
+                F.coalesce(self._cell(F.concat(F.lit(c.data_channel_id + UNIT_SEPARATOR), col)), F.lit(0).cast("bigint"))
+                for c, col in zip(members, cols)], F.lit(0).cast("bigint"))
+            frames.append(frame.select("created_time", cells.alias("cells"), sums.alias("s")))
+        united = reduce(lambda a, b: a.unionByName(b), frames)
+        if len(frames) > 1:
+            united = united.groupBy("created_time").agg(F.sum("cells").alias("cells"), F.sum("s").alias("s"))
+        return united
+
+    def groups(self, layout: ShipLayout, ship: str, lo: dt.datetime, hi: dt.datetime, grouping: str,
+               width: float | None = None) -> dict:
+        from pyspark.sql import functions as F
+
+        if layout is None or not layout.tables or not all(self.target.exists(t) for t in layout.tables.values()):
+            return {}
+        per_time = self.per_time(layout, lo, hi)
+        micros = F.unix_micros("created_time")
+        if grouping == "bucket":
+            step = int(round(width * 1_000_000))
+            key = micros - F.pmod(micros, F.lit(step))       # integer arithmetic: exact at the edges
+        else:
+            key = micros if grouping == "time" else F.lit(0)
+        mix = F.conv(F.substring(F.md5(F.concat(self._time_text(F.col("created_time")), F.lit(":"),
+                                                F.col("s").cast("string"))), 1, 16), 16, 10).cast("decimal(20,0)")
+        rows = (per_time.select(key.cast("bigint").alias("grp"), "cells", mix.alias("mix"))
+                .groupBy("grp").agg(F.count(F.lit(1)), F.sum("cells"), F.sum("mix")).collect())
+        out = {}
+        for grp, times, cells, checksum in rows:
+            group = 0 if grouping == "range" else from_micros(grp)
+            out[group] = Aggregate.of((times, cells, checksum))
+        return out
+
+    def row(self, layout: ShipLayout, created_time: dt.datetime) -> tuple[bool, dict]:
+        from pyspark.sql import functions as F
+
+        target, has_row = {}, False
+        for part in layout.parts:
+            members = layout.part_channels(part)
+            found = (self.target.read(layout.tables[part]).where(F.col("created_time") == F.lit(created_time))
+                     .select(F.lit(1), *[F.col(quoted(c.column_name)) for c in members]).collect())
+            if not found:
+                continue
+            has_row = True
+            target.update({c.data_channel_id: v for c, v in zip(members, found[0][1:]) if v is not None})
+        return has_row, target
+
+

@@ -1,33 +1,37 @@
 """Pure DataFrame -> DataFrame transforms: validation, de-duplication, pivot.
 
-No connections, no config files. ``dedup`` and ``pivot`` run the Arrow kernels of
-``widen.kernels`` per partition; they need every row of one created_time in one partition. The
-backfill's reads are split by created_time ranges so that holds by construction
-(``time_partitioned=True``); otherwise the frame is first repartitioned by created_time.
+No connections, no config files, no session of their own. ``dedup`` and ``pivot`` run the Arrow
+kernels production runs (``kernels.dedup``, ``kernels.pivot_named``) per partition; they need every
+row of one created_time in one partition. The backfill's reads are split by created_time ranges so
+that holds by construction (``time_partitioned=True``); otherwise the frame is first repartitioned
+by created_time. ``reject_reason`` is the Spark form of the reject rule (the Delta source's).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame
-from pyspark.sql import functions as F
+from pyspark.sql import Column, DataFrame, functions as F
 from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
-from widen import kernels, render
+from widen.core import kernels, values
+
+if TYPE_CHECKING:
+    from pyspark.sql.types import DataType
 
 
 def reject_reason() -> Column:
-    """The Spark twin of ``render.reject_reason_sql``: NULL for a valid row, else why it is rejected."""
+    """The Spark twin of ``pg.render.reject_reason``: NULL for a valid row, else why it is rejected."""
     ship, channel = F.col("ship_id"), F.col("data_channel_id")
     time, fmt = F.col("created_time"), F.col("value_format")
-    return (F.when(ship.isNull(), F.lit(render.REASON_NULL_SHIP))
-            .when(ship == "", F.lit(render.REASON_EMPTY_SHIP))
-            .when(channel.isNull(), F.lit(render.REASON_NULL_CHANNEL))
-            .when(channel == "", F.lit(render.REASON_EMPTY_CHANNEL))
-            .when(time.isNull(), F.lit(render.REASON_NULL_TIME))
-            .when(fmt.isNull(), F.lit(render.REASON_NULL_FORMAT))
-            .when(~fmt.isin(*render.VALUE_FORMATS), F.lit(render.REASON_UNKNOWN_FORMAT)))
+    return (F.when(ship.isNull(), F.lit(values.REASON_NULL_SHIP))
+            .when(ship == "", F.lit(values.REASON_EMPTY_SHIP))
+            .when(channel.isNull(), F.lit(values.REASON_NULL_CHANNEL))
+            .when(channel == "", F.lit(values.REASON_EMPTY_CHANNEL))
+            .when(time.isNull(), F.lit(values.REASON_NULL_TIME))
+            .when(fmt.isNull(), F.lit(values.REASON_NULL_FORMAT))
+            .when(~fmt.isin(*values.VALUE_FORMATS), F.lit(values.REASON_UNKNOWN_FORMAT)))
 
 
 def with_reject_reason(df: DataFrame) -> DataFrame:
@@ -67,27 +71,26 @@ def dedup(order_column: str | None = None,
     return apply
 
 
-def pivot(columns: dict[str, str], time_partitioned: bool = False) -> Callable[[DataFrame], DataFrame]:
-    """One row per created_time, one string column per channel (``columns`` maps channel -> column).
-
-    Input rows must already be de-duplicated. A channel missing from ``columns`` raises, naming it.
-    Needs ``spark.sql.caseSensitive=true`` when two columns differ only by case.
+def pivot(columns: dict[str, str], order_column: str | None = None,
+          time_partitioned: bool = False) -> Callable[[DataFrame], DataFrame]:
+    """One row per created_time, one string column per channel (``columns`` maps channel -> column),
+    duplicates resolved by DESIGN.md's rule first (``kernels.pivot_named``). A channel missing from
+    ``columns`` raises, naming it. Needs ``spark.sql.caseSensitive=true`` when two columns differ
+    only by case.
     """
-    index = {channel: i for i, channel in enumerate(columns)}
+    order = list(columns)
     names = list(columns.values())
 
     def apply(df: DataFrame) -> DataFrame:
-        narrow = df.select("created_time", "data_channel_id", "value")
+        narrow = df.select("created_time", "data_channel_id", "value",
+                           *([F.col(order_column).alias("order_key")] if order_column else []))
         input_schema = _input_schema(narrow)
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             table = kernels.collect(batches, input_schema)
-            wide = kernels.pivot(table, index)
+            wide, _ = kernels.pivot_named(table, order, order_column is not None)
             if wide.unknown_channels:
                 raise ValueError(f"pivot: no column for channel(s) {wide.unknown_channels}")
-            if wide.collisions:
-                raise ValueError("pivot: several rows for one (created_time, data_channel_id): "
-                                 "apply dedup() first")
             if wide.num_rows:
                 yield pa.RecordBatch.from_arrays([wide.times, *wide.columns],
                                                  names=["created_time", *names])
@@ -105,7 +108,7 @@ def _input_schema(df: DataFrame) -> pa.Schema:
                        else _arrow_type(f.dataType)) for f in df.schema.fields])
 
 
-def _arrow_type(spark_type) -> pa.DataType:
+def _arrow_type(spark_type: DataType) -> pa.DataType:
     from pyspark.sql.pandas.types import to_arrow_type
 
     return to_arrow_type(spark_type)

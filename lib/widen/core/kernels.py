@@ -1,7 +1,8 @@
-"""Arrow kernels behind the transforms: de-duplication, pivot and COPY text encoding.
+"""Arrow kernels: de-duplication, pivot and COPY text encoding — the ones production runs.
 
-Pure functions over ``pyarrow`` tables, run inside Spark's Python workers (``mapInArrow``). They
-never re-render a value: ``value`` arrives as the text PostgreSQL printed.
+Pure functions over ``pyarrow`` tables, run inside Spark's Python workers (``mapInArrow``: the
+backfill's chunk writers, the DataFrame transforms) and on the driver (stream micro-batches,
+repairs). They never re-render a value: ``value`` arrives as the text PostgreSQL printed.
 
 Input columns: ``created_time`` (timestamp), ``data_channel_id`` (string), ``value`` (string) and,
 when the source has an order column, ``order_key``.
@@ -9,12 +10,24 @@ when the source has an order column, ``order_key``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-def collect(batches, schema: pa.Schema) -> pa.Table:
+from widen.core import values
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from widen.core.layout import ShipLayout
+
+#: narrow rows as every source hands them on (``values.ROW_COLUMNS``), as Arrow
+ROW_SCHEMA = pa.schema(list(zip(values.ROW_COLUMNS, [pa.string(), pa.string(), pa.timestamp("us", tz="UTC"),
+                                                    pa.string(), pa.string(), pa.int64()])))
+
+def collect(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
     """All batches of one partition as a table (the schema is used only when there are none)."""
     batches = list(batches)
     return pa.Table.from_batches(batches) if batches else schema.empty_table()
@@ -60,26 +73,30 @@ class Pivoted:
         return len(self.times)
 
 
-def pivot(table: pa.Table, channel_index: dict[str, int]) -> Pivoted:
-    """Pivot de-duplicated narrow rows (channels by name) to one row per created_time.
-
-    ``channel_index`` maps each known channel to its output column. Rows of channels it does not
-    know are left out and their names returned in ``unknown_channels``, so the caller can add the
-    columns and run the rows again rather than lose them.
-    """
-    channels = table.column("data_channel_id").combine_chunks()
-    known = pa.array(list(channel_index), pa.string())
-    positions = pa.array(list(channel_index.values()), pa.int32())
-    found = pc.index_in(channels, value_set=known)
+def pivot_named(table: pa.Table, order: list[str], has_order_key: bool) -> tuple[Pivoted, int]:
+    """Narrow rows with channels by name (``created_time``, ``data_channel_id``, ``value`` and, with
+    ``has_order_key``, ``order_key``) de-duplicated and pivoted: one column per channel of ``order``,
+    in that order; and the duplicate count. Rows of channels not in ``order`` are left out and their
+    names returned in ``unknown_channels``, so the caller can add the columns and run them again.
+    (The stream's micro-batches and the repairs; the DataFrame transform ``transforms.pivot``.)"""
+    channels = table.column("data_channel_id")
+    codes = pc.index_in(channels, value_set=pa.array(order, pa.string()))
     unknown: list[str] = []
-    if found.null_count:
-        unknown = sorted(pc.unique(pc.filter(channels, pc.is_null(found))).to_pylist())
-    codes = pc.take(positions, found)
-    coded = pa.table({"created_time": table.column("created_time"), "channel": codes,
-                      "value": table.column("value")})
-    wide = pivot_coded(coded, len(channel_index))
+    if codes.null_count:
+        unknown = sorted(c for c in pc.unique(pc.filter(channels, pc.is_null(codes))).to_pylist() if c is not None)
+    coded = pa.table({"created_time": pc.cast(table.column("created_time"), pa.timestamp("us", tz="UTC")),
+                      "channel": codes, "value": table.column("value"),
+                      **({"order_key": table.column("order_key")} if has_order_key else {})})
+    wide, duplicates = dedup_and_pivot(coded, len(order), has_order_key)
     wide.unknown_channels = unknown
-    return wide
+    return wide, duplicates
+
+
+def pivot_rows(rows: pa.Table, layout: ShipLayout, has_order_key: bool) -> tuple[Pivoted, int]:
+    """One ship's valid narrow rows pivoted to its layout: a column per channel, part by part in
+    ``part_channels`` order (``pivot_named`` with the layout's order)."""
+    order = [c.data_channel_id for part in layout.parts for c in layout.part_channels(part)]
+    return pivot_named(rows, order, has_order_key)
 
 
 def pivot_coded(table: pa.Table, n_columns: int) -> Pivoted:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 MAX_IDENTIFIER_BYTES = 63
 PREFIX_BYTES = 54
@@ -93,11 +97,11 @@ class TableNamer:
     """
 
     def __init__(self, template: str, owners: dict[str, tuple[str, int]] | None = None,
-                 reserved_ships=(), key: Callable[[str], str] = lambda name: name):
+                 reserved_ships: Iterable[str] = (), key: Callable[[str], str] = lambda name: name):
         self.template = template
         self.key = key
         self.owners: dict[str, tuple[str, int]] = dict(owners or {})
-        self.reserved = {}
+        self.reserved: dict[str, str] = {}
         for ship in reserved_ships:
             try:
                 self.reserved.setdefault(key(table_name(template, ship, 1)), ship)

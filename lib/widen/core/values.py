@@ -1,5 +1,8 @@
 """Value rendering and row validation rules, expressed once (DESIGN.md, "Value rendering", "Bad rows").
 
+Pure: the rules as data and Python. Their SQL form (``widen.pg.render``) and Spark form
+(``widen.sources.delta``) follow the same order and the same reasons.
+
 The rendered value is computed in the *source* SQL, so a wide cell is byte for byte what PostgreSQL
 prints; Java and Python print doubles differently and must never re-render one. The one exception
 is a source that is not PostgreSQL (a Delta table of narrow rows): ``float8_text`` reproduces
@@ -9,8 +12,6 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-
-from psycopg2 import sql
 
 VALUE_FORMATS = ("Decimal", "Integer", "String", "Boolean")
 
@@ -23,42 +24,15 @@ REASON_NULL_TIME = "null created_time"
 REASON_NULL_FORMAT = "null value_format"
 REASON_UNKNOWN_FORMAT = "unknown value_format"
 
-
-def _columns(alias: str | None):
-    """A function naming a source column, qualified by ``alias`` when one is given."""
-    def col(name: str) -> sql.Composable:
-        return sql.Identifier(alias, name) if alias else sql.Identifier(name)
-    return col
-
-
-def rendered_value(alias: str | None = None) -> sql.Composable:
-    """``CASE value_format WHEN 'Decimal' THEN double_v::text … END`` (optionally qualified)."""
-    col = _columns(alias)
-    return sql.SQL(
-        "CASE {fmt} WHEN 'Decimal' THEN {d}::text WHEN 'Integer' THEN {l}::text "
-        "WHEN 'String' THEN {s} WHEN 'Boolean' THEN {b}::text END"
-    ).format(fmt=col("value_format"), d=col("double_v"), l=col("long_v"), s=col("str_v"),
-             b=col("bool_v"))
-
-
-def valid_row_predicate(alias: str | None = None) -> sql.Composable:
-    """True for a row that is pivoted; every other row goes to the rejects table."""
-    return sql.SQL("({} IS NULL)").format(reject_reason_sql(alias))
-
-
-def reject_reason_sql(alias: str | None = None) -> sql.Composable:
-    """The reason a row is rejected, NULL for a valid row (same order as the Spark rule)."""
-    col = _columns(alias)
-    return sql.SQL(
-        "CASE WHEN {ship} IS NULL THEN {r1} WHEN {ship} = '' THEN {r0} WHEN {ch} IS NULL THEN {r2} "
-        "WHEN {ch} = '' THEN {r3} "
-        "WHEN {t} IS NULL THEN {r4} WHEN {fmt} IS NULL THEN {r5} "
-        "WHEN {fmt} NOT IN ('Decimal', 'Integer', 'String', 'Boolean') THEN {r6} END"
-    ).format(ship=col("ship_id"), ch=col("data_channel_id"), t=col("created_time"),
-             fmt=col("value_format"), r0=sql.Literal(REASON_EMPTY_SHIP), r1=sql.Literal(REASON_NULL_SHIP),
-             r2=sql.Literal(REASON_NULL_CHANNEL), r3=sql.Literal(REASON_EMPTY_CHANNEL),
-             r4=sql.Literal(REASON_NULL_TIME), r5=sql.Literal(REASON_NULL_FORMAT),
-             r6=sql.Literal(REASON_UNKNOWN_FORMAT))
+#: a rejected row travels as one text array (PostgreSQL's text[] literal): the reason, then these
+#: columns of the raw row as PostgreSQL prints them (and reads them back exactly); the sources
+#: build it, the ledger unpacks it by position into ``rejects``
+RAW_REJECT_FIELDS = ("reason", "data_channel_id", "value_format", "double_v", "long_v", "str_v", "bool_v")
+#: the columns of a narrow row as every source hands it on (stream micro-batches, repairs):
+#: ``reject`` is NULL for a valid row, else the raw-reject text array
+ROW_COLUMNS = ("ship_id", "data_channel_id", "created_time", "value", "reject", "order_key")
+ROW_SPARK_SCHEMA = ("ship_id string, data_channel_id string, created_time timestamp, value string, "
+                    "reject string, order_key long")
 
 
 def float8_text(value: float | None) -> str | None:
@@ -79,6 +53,7 @@ def float8_text(value: float | None) -> str | None:
     if value == 0:
         return "-0" if math.copysign(1.0, value) < 0 else "0"
     sign, digits, exponent = _shortest(value).normalize().as_tuple()
+    assert isinstance(exponent, int)          # finite: NaN and infinities returned above
     text = "".join(map(str, digits))
     point = len(text) + exponent              # position of the decimal point in ``text``
     scientific = point - 1

@@ -5,8 +5,9 @@ joins it with what the sink wrote (``BatchResult``s, shared in this driver proce
 
     [stream] batch 12: 8,000 narrow -> 40 wide rows, 3 ships, 0.42 s, 0 late, lag 2.1 s
 
-Rows Spark dropped behind the watermark are written to ``stream_batches.late_rows`` (reconcile
-repairs them) and logged as a warning. Metrics go to an HTTP endpoint (``stream.metrics_port``) and/or
+Rows Spark dropped behind the watermark are handed to the job's ``on_late`` (which records them in
+``stream_batches.late_rows``; reconcile repairs them) and logged as a warning. Metrics go to an HTTP
+endpoint (``stream.metrics_port``) and/or
 a textfile for node_exporter's textfile collector (``stream.metrics_textfile``), or nowhere.
 """
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
-from psycopg2 import sql
 from pyspark.sql.streaming import StreamingQueryListener
 
-from widen import db
-from widen.config import Config
+if TYPE_CHECKING:
+    from pyspark.sql.streaming.listener import StreamingQueryProgress
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +77,11 @@ class StreamMetrics:
 class BatchListener(StreamingQueryListener):
     """Reports every micro-batch of one query (by name); other queries in the session are ignored."""
 
-    def __init__(self, config: Config, results: dict, metrics: StreamMetrics):
+    def __init__(self, query_name: str, results: dict, metrics: StreamMetrics,
+                 on_late: Callable[[int, int], None] = lambda batch_id, late: None):
         super().__init__()
-        self.config = config
-        self.query_name = config.stream.query_name
+        self.query_name = query_name
+        self.on_late = on_late
         self.results = results              # batch_id -> BatchResult, filled by the sink
         self.metrics = metrics
         self.newest: dt.datetime | None = None
@@ -89,17 +92,17 @@ class BatchListener(StreamingQueryListener):
         self.last_reported = -1
         self.reports: list[dict] = []
 
-    def onQueryStarted(self, event) -> None:
+    def onQueryStarted(self, event: Any) -> None:
         pass
 
-    def onQueryIdle(self, event) -> None:
+    def onQueryIdle(self, event: Any) -> None:
         pass
 
-    def onQueryTerminated(self, event) -> None:
+    def onQueryTerminated(self, event: Any) -> None:
         if self.query_id is None or str(event.id) == self.query_id:
             self.terminated.set()
 
-    def onQueryProgress(self, event) -> None:
+    def onQueryProgress(self, event: Any) -> None:
         progress = event.progress
         if progress.name != self.query_name:
             return
@@ -116,11 +119,11 @@ class BatchListener(StreamingQueryListener):
         with self._reported:
             return self._reported.wait_for(lambda: self.last_reported >= batch_id, timeout)
 
-    def _report(self, progress) -> None:
+    def _report(self, progress: StreamingQueryProgress) -> None:
         batch_id = progress.batchId
         result = self.results.pop(batch_id, None)
         late = sum(op.numRowsDroppedByWatermark for op in progress.stateOperators)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         if result is not None and result.newest_created_time is not None:
             self.newest = max(self.newest or result.newest_created_time, result.newest_created_time)
         report = {"batch_id": batch_id, "seconds": progress.durationMs.get("triggerExecution", 0) / 1000,
@@ -134,7 +137,7 @@ class BatchListener(StreamingQueryListener):
         self.metrics.observe(report)
         if late:
             self.late_rows += late
-            self._record_late(batch_id, late)
+            self.on_late(batch_id, late)
             log.warning("batch %s: %s rows were older than the watermark (%s) and were not merged; they "
                         "are counted in stream_batches.late_rows; run reconcile --repair to bring them in",
                         batch_id, f"{late:,}", progress.eventTime.get("watermark"))
@@ -144,10 +147,3 @@ class BatchListener(StreamingQueryListener):
             f"{result.narrow_rows:,} narrow -> {result.wide_rows:,} wide rows, {result.ships} ships")
         lag = f"{report['lag_seconds']:.1f} s" if report["lag_seconds"] is not None else "n/a"
         log.info("batch %s: %s, %.2f s, %s late, lag %s", batch_id, state, report["seconds"], f"{late:,}", lag)
-
-    def _record_late(self, batch_id: int, late: int) -> None:
-        with db.connection(self.config.target.connection) as conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("UPDATE {} SET late_rows = %s WHERE query_name = %s AND batch_id = %s")
-                        .format(sql.Identifier(self.config.target.catalog_schema, "stream_batches")),
-                        (late, self.query_name, batch_id))
-            conn.commit()

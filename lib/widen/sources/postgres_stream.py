@@ -3,6 +3,8 @@
     spark.dataSource.register(NarrowStreamSource)
     spark.readStream.format("widen_narrow").options(**stream_options(config.source)).load()
 
+(``widen.sources.postgres.PostgresSource.stream`` does this.)
+
 Two offset modes:
 
 - ``order_column`` set (a monotonically increasing ingestion id): the exact mode. An offset is the
@@ -28,32 +30,35 @@ Offsets live in Spark's checkpoint; the reader opens its connections lazily in `
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
-from widen.config import SourceConfig
+from widen.config import Connection, SourceConfig
+from widen.core import values
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from psycopg2.extensions import cursor
+    from pyspark.sql.types import StructType
 
 NAME = "widen_narrow"
-SCHEMA = ("ship_id string, data_channel_id string, created_time timestamp, value string, "
-          "reject string, order_key long")
+SCHEMA = values.ROW_SPARK_SCHEMA
 EPOCH_TEXT = "1970-01-01T00:00:00+00:00"
 
 
 def stream_options(cfg: SourceConfig, **extra) -> dict[str, str]:
-    """Options for ``readStream.format("widen_narrow")`` from a source config (no password in them)."""
-    conn = cfg.connection
-    options = {"host": conn.host, "port": str(conn.port), "dbname": conn.database, "user": conn.user,
-               "password_env": conn.password_env or "", "password_file": conn.password_file or "",
-               "schema": cfg.schema, "table": cfg.table, "order_column": cfg.order_column or ""}
+    """Options for ``readStream.format("widen_narrow")`` from a source config: the connection's
+    settings (never its password: the reader reads it from the variable or file, as every session
+    does) and the table."""
+    conn = dataclasses.asdict(cfg.connection)
+    options = {"connection": json.dumps(conn), "schema": cfg.schema, "table": cfg.table,
+               "order_column": cfg.order_column or ""}
     options.update({k: str(v) for k, v in extra.items()})
     return options
 
@@ -74,7 +79,7 @@ class NarrowStreamSource(DataSource):
     def schema(self) -> str:
         return SCHEMA
 
-    def streamReader(self, schema) -> "NarrowStreamReader":
+    def streamReader(self, schema: StructType) -> NarrowStreamReader:
         return NarrowStreamReader(dict(self.options))
 
 
@@ -97,17 +102,10 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     # -- connections ------------------------------------------------------------------------------
     def _connect(self):
-        from widen import db
+        from widen.pg import db
 
-        opts = self.options
-        params = {"host": opts["host"], "port": int(opts["port"]), "dbname": opts["dbname"],
-                  "user": opts["user"], "application_name": "widen-stream"}
-        if opts.get("password_file"):
-            with open(opts["password_file"], encoding="utf-8") as fh:
-                params["password"] = fh.read().strip()
-        elif opts.get("password_env") and os.environ.get(opts["password_env"]):
-            params["password"] = os.environ[opts["password_env"]]
-        return db.open_session(params, autocommit=True)
+        params = Connection(**json.loads(self.options["connection"])).psycopg_params()
+        return db.open_session({**params, "application_name": "widen-stream"}, autocommit=True)
 
     def _table(self):
         from psycopg2 import sql
@@ -152,7 +150,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             raise ValueError(f"stream.start: expected earliest, latest or an ISO timestamp, "
                              f"got {self.start!r}") from None
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.timezone.utc)
+            moment = moment.replace(tzinfo=dt.UTC)
         return {"t": moment.isoformat()}
 
     def _latest_settled(self) -> dict:
@@ -249,7 +247,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         finally:
             conn.close()
 
-    def _time_bound(self, cur, start: dict, end: dt.datetime, max_rows: int) -> dt.datetime:
+    def _time_bound(self, cur: cursor, start: dict, end: dt.datetime, max_rows: int) -> dt.datetime:
         """The created_time before which about ``max_rows`` rows lie (exclusive): the time of the
         row that many on, or the next instant when one instant alone holds more."""
         from psycopg2 import sql
@@ -267,7 +265,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             cut = cur.fetchone()[0] or end
         return cut
 
-    def _latest_id(self, cur, start: dict) -> dict:
+    def _latest_id(self, cur: cursor, start: dict) -> dict:
         """The greatest visible id and, from the same snapshot, the transactions still in flight.
 
         ``pending`` holds [xid, floor] pairs: the transaction has no id at or below ``floor`` (it
@@ -291,7 +289,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             return start
         return {"id": int(latest), "pending": pending}
 
-    def partitions(self, start: dict, end: dict):
+    def partitions(self, start: dict, end: dict) -> list[BucketPartition]:
         if start == end:
             return []
         return [BucketPartition(start, end, b, self.buckets) for b in range(self.buckets)]
@@ -301,11 +299,9 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         import pyarrow as pa
         from psycopg2 import sql
 
-        from widen import render
+        from widen.pg import render
 
-        reason = render.reject_reason_sql()
-        raw = sql.SQL("CASE WHEN {r} IS NOT NULL THEN ARRAY[{r}, data_channel_id, value_format, "
-                      "double_v::text, long_v::text, str_v, bool_v::text]::text END").format(r=reason)
+        raw = sql.SQL("CASE WHEN {r} IS NOT NULL THEN {a} END").format(r=render.reject_reason(), a=render.raw_reject())
         bucket = sql.SQL("(hashtext(coalesce(ship_id, '')) & 2147483647) %% %s = %s")
         if self.order_column:
             order = sql.Identifier(self.order_column)
@@ -329,9 +325,9 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {ok} FROM {t} "
                         "WHERE {w}").format(v=render.rendered_value(), raw=raw, ok=order_key,
                                             t=self._table(), w=where)
-        names = ["ship_id", "data_channel_id", "created_time", "value", "reject", "order_key"]
-        types = [pa.string(), pa.string(), pa.timestamp("us", tz="UTC"), pa.string(), pa.string(),
-                 pa.int64()]
+        from widen.core.kernels import ROW_SCHEMA
+
+        names, types = ROW_SCHEMA.names, ROW_SCHEMA.types
         conn = self._connect()
         conn.autocommit = False
         try:
@@ -349,53 +345,3 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 def initial_offset(options: dict[str, str]) -> dict:
     """The offset a new query starts from, computed here so the job can log it (and pass it on)."""
     return NarrowStreamReader({k.lower(): v for k, v in options.items()}).initialOffset()
-
-
-def narrow_stream(spark: "SparkSession", cfg: SourceConfig, options: dict[str, str]) -> "DataFrame":
-    """The narrow rows as a stream with the columns of ``SCHEMA``, from PostgreSQL or Delta."""
-    if cfg.kind == "delta":
-        return delta_narrow_stream(spark, cfg, options.get("start", "earliest"))
-    spark.dataSource.register(NarrowStreamSource)
-    return spark.readStream.format(NAME).options(**options).load()
-
-
-def delta_narrow_stream(spark: "SparkSession", cfg: SourceConfig, start: str = "earliest") -> "DataFrame":
-    """``readStream`` on a Delta table of narrow rows (the PostgreSQL table's columns).
-
-    Delta's own offsets (table versions) make it exact. ``start``: earliest, latest, a table
-    version or an ISO timestamp (Delta's startingVersion / startingTimestamp). Values are rendered
-    as PostgreSQL would (``render.float8_text`` for doubles); rejects carry the same reason +
-    raw-row text array as the PostgreSQL source.
-    """
-    from pyspark.sql import functions as F
-
-    from widen import render, transform
-
-    reader = spark.readStream.format("delta")
-    start = start.strip()
-    if start.lower() == "latest":
-        reader = reader.option("startingVersion", "latest")
-    elif start.isdigit():
-        reader = reader.option("startingVersion", start)
-    elif start.lower() != "earliest":
-        reader = reader.option("startingTimestamp", start)
-    df = reader.load(cfg.delta_path) if cfg.delta_path else reader.table(cfg.delta_table)
-    fmt = F.col("value_format")
-    # A plain Python UDF: the Arrow-optimised kind hung in its worker handshake here (Spark 4.2.0).
-    float8 = F.udf(render.float8_text, "string", useArrow=False)
-    value = (F.when(fmt == "Decimal", float8(F.col("double_v")))
-             .when(fmt == "Integer", F.col("long_v").cast("string"))
-             .when(fmt == "String", F.col("str_v"))
-             .when(fmt == "Boolean", F.col("bool_v").cast("string")))
-    reason = transform.reject_reason()
-    raw = [reason, F.col("data_channel_id"), fmt, F.col("double_v").cast("string"),
-           F.col("long_v").cast("string"), F.col("str_v"), F.col("bool_v").cast("string")]
-    # A PostgreSQL text[] literal: every element quoted, backslash and quote escaped, NULL bare.
-    quoted = F.transform(F.array(*raw), lambda x: F.when(x.isNull(), F.lit("NULL")).otherwise(
-        F.concat(F.lit('"'), F.replace(F.replace(x, F.lit("\\"), F.lit("\\\\")), F.lit('"'), F.lit('\\"')),
-                 F.lit('"'))))
-    array_text = F.concat(F.lit("{"), F.array_join(quoted, ","), F.lit("}"))
-    order_key = (F.col(cfg.order_column).cast("long") if cfg.order_column else F.lit(None).cast("long"))
-    return df.select("ship_id", "data_channel_id", F.col("created_time").cast("timestamp"),
-                     value.alias("value"), F.when(reason.isNotNull(), array_text).alias("reject"),
-                     order_key.alias("order_key"))

@@ -13,12 +13,16 @@ import random
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from widen import db
 from widen.config import Connection
+from widen.pg import db
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection, cursor
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ def ship_ids(count: int) -> list[str]:
     return [f"IMO{9300001 + i * 17}" for i in range(count)]
 
 
-def ensure_narrow_table(conn, schema: str, table: str) -> bool:
+def ensure_narrow_table(conn: connection, schema: str, table: str) -> bool:
     """Create the narrow table (marked as made by generate) unless it exists; True when it did not."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
@@ -93,7 +97,7 @@ def ensure_narrow_table(conn, schema: str, table: str) -> bool:
     return created
 
 
-def made_by_generate(cur, schema: str, table: str) -> bool:
+def made_by_generate(cur: cursor, schema: str, table: str) -> bool:
     cur.execute("SELECT obj_description(c.oid, 'pg_class') FROM pg_class c JOIN pg_namespace n "
                 "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, table))
     row = cur.fetchone()
@@ -142,7 +146,7 @@ def generate_fleet(conn_cfg: Connection, schema: str = "tenant", table: str = "t
     ``replace`` empties the table first, but only one that generate made (its table comment says
     so); ``replace_any_table`` empties whatever table it is (a loud, explicit override)."""
     began = time.monotonic()
-    start = start or dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    start = start or dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     end = start + dt.timedelta(hours=hours)
     ship_list = ship_list or ship_ids(ships)
     chans = channel_names(channels, seed)
@@ -178,3 +182,22 @@ def generate_fleet(conn_cfg: Connection, schema: str = "tenant", table: str = "t
         conn.commit()
     return {"rows": rows, "ships": len(ship_list), "channels": len(chans),
             "seconds": round(time.monotonic() - began, 2), "start": start, "end": end}
+
+
+def latest_channels(conn_cfg: Connection, schema: str, table: str) -> list[tuple[str, str, str]]:
+    """(ship, channel, format) of the readings at the newest created_time (the demo's live minute)."""
+    narrow = sql.Identifier(schema, table)
+    with db.connection(conn_cfg) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id, data_channel_id, value_format FROM {t} WHERE created_time = "
+                            "(SELECT max(created_time) FROM {t})").format(t=narrow))
+        return cur.fetchall()
+
+
+def insert_readings(conn_cfg: Connection, schema: str, table: str, readings: list[tuple]) -> None:
+    """Append narrow rows (ship_id, data_channel_id, created_time, value_format, double_v, long_v,
+    str_v, bool_v) in one transaction."""
+    with db.connection(conn_cfg) as conn, conn.cursor() as cur:
+        db.execute_values(cur, sql.SQL("INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, "
+                                       "double_v, long_v, str_v, bool_v) VALUES %s").format(
+            sql.Identifier(schema, table)), readings)
+        conn.commit()

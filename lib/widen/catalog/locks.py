@@ -9,10 +9,14 @@ that dies (even by SIGKILL) frees them.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from widen import db
 from widen.config import Connection
+from widen.pg import db
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import cursor
 
 NAMESPACE = "widen.job."
 
@@ -21,7 +25,7 @@ class JobBusy(RuntimeError):
     """Another run of the same job holds the lock of a ship (or of the whole job)."""
 
 
-def _holder(cur, key1: int, key2: int) -> str:
+def _holder(cur: cursor, key1: int, key2: int) -> str:
     cur.execute("SELECT a.pid, a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
                 "LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
                 "AND l.classid = (%s::int)::oid AND l.objid = (%s::int)::oid LIMIT 1", (key1, key2))

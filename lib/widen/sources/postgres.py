@@ -1,0 +1,477 @@
+"""The narrow PostgreSQL table: every statement widen runs against it.
+
+Chunk planning and partitioned JDBC reads (the backfill), channel statistics (plan), the stream's
+reads (``widen.sources.postgres_stream``, a Spark data source built on this class's connection),
+the narrow side of reconcile's checksums, the rows a repair re-reads, and the raw rows of rejects.
+Values are rendered in SQL (``widen.pg.render``): a wide cell is byte for byte what PostgreSQL
+prints. Callers pass a connection (``connect()``) or cursor, so they decide the transactions; a
+Spark task opens its own.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+from psycopg2 import sql
+
+from widen.config import ConfigError, SourceConfig
+from widen.core import kernels
+from widen.core.checksum import Aggregate
+from widen.core.chunks import Chunk, aligned_range, sub_ranges
+from widen.core.layout import NewChannels
+from widen.pg import checksums, db, render, server
+from widen.sources.base import NarrowTable
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection, cursor
+    from pyspark.sql import DataFrame, SparkSession
+
+    from widen.core.layout import ShipLayout
+
+#: the narrow table's columns and the PostgreSQL types (base type names) each may have
+NARROW_COLUMNS = {
+    "ship_id": ("text", "varchar", "bpchar", "name"),
+    "data_channel_id": ("text", "varchar", "bpchar", "name"),
+    "created_time": ("timestamptz", "timestamp"),
+    "value_format": ("text", "varchar", "bpchar", "name"),
+    "double_v": ("float8", "float4"),
+    "long_v": ("int8", "int4", "int2"),
+    "str_v": ("text", "varchar", "bpchar", "name"),
+    "bool_v": ("bool",),
+}
+ORDER_COLUMN_TYPES = ("int8", "int4", "int2")
+
+
+def narrow_columns(cur: cursor, schema: str, table: str) -> dict[str, str] | None:
+    """column -> base type name of a table or view, or None when there is no such relation."""
+    cur.execute(
+        "SELECT a.attname, CASE WHEN t.typtype = 'd' THEN b.typname ELSE t.typname END "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "LEFT JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type b ON b.oid = t.typbasetype "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+        (schema, table))
+    rows = cur.fetchall()
+    if not rows:
+        return None
+    return {name: kind for name, kind in rows if name is not None}
+
+
+class PostgresSource(NarrowTable):
+    """The narrow table ``source.schema.source.table`` of ``source``'s connection."""
+
+    kind = "postgres"
+
+    def __init__(self, cfg: SourceConfig):
+        self.cfg = cfg
+
+    @property
+    def table(self) -> sql.Composable:
+        return sql.Identifier(self.cfg.schema, self.cfg.table)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.cfg.order_column is not None
+
+    def connect(self, autocommit: bool = False) -> contextlib.AbstractContextManager:
+        return db.connection(self.cfg.connection, autocommit)
+
+    # -- what is there ---------------------------------------------------------------------------
+    def require(self) -> None:
+        """A clear error (exit 2) before any work when the narrow table is not there, lacks a column
+        or has one of the wrong type."""
+        cfg = self.cfg
+        where = f"{cfg.schema}.{cfg.table}"
+        with self.connect() as conn, conn.cursor() as cur:
+            columns = narrow_columns(cur, cfg.schema, cfg.table)
+        if columns is None:
+            raise ConfigError(f"the narrow table {where} does not exist on {cfg.connection.describe()}: check "
+                              "source.schema and source.table (or fill it with the generate job)")
+        expected = dict(NARROW_COLUMNS)
+        if cfg.order_column:
+            expected[cfg.order_column] = ORDER_COLUMN_TYPES
+        missing = [name for name in expected if name not in columns]
+        if missing:
+            raise ConfigError(f"the narrow table {where} has no column {', '.join(missing)} "
+                              f"(widen reads {', '.join(expected)})")
+        for name, allowed in expected.items():
+            if columns[name] not in allowed:
+                key = " (source.order_column)" if name == cfg.order_column else ""
+                raise ConfigError(f"the narrow table's column {name}{key} is {columns[name]}; widen needs "
+                                  f"{' or '.join(allowed)}")
+
+    def unknown_ships(self, conn: connection, ships: list[str]) -> list[str]:
+        """The ships of ``ships`` with no row in the narrow table (an index probe each)."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT s FROM unnest(%s::text[]) AS s WHERE NOT EXISTS "
+                                "(SELECT 1 FROM {} WHERE ship_id = s)").format(self.table), (list(ships),))
+            return [r[0] for r in cur.fetchall()]
+
+    def list_ships(self, conn: connection) -> list[str]:
+        """Every ship id (a skip scan over the (ship_id, …) index), the empty one left out."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL(
+                "WITH RECURSIVE s AS (SELECT min(ship_id) AS id FROM {t} UNION ALL "
+                "SELECT (SELECT min(ship_id) FROM {t} WHERE ship_id > s.id) FROM s WHERE s.id IS NOT NULL) "
+                "SELECT id FROM s WHERE id IS NOT NULL AND id <> ''").format(t=self.table))
+            return [r[0] for r in cur.fetchall()]
+
+    def index_warning(self, conn: connection) -> str | None:
+        """A warning when no index starts with (ship_id, created_time): every chunk read scans the table."""
+        cfg = self.cfg
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT array_agg(a.attname ORDER BY k.i) FROM pg_index x "
+                "JOIN pg_class c ON c.oid = x.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "CROSS JOIN LATERAL unnest(x.indkey[0:1]) WITH ORDINALITY AS k(attnum, i) "
+                "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+                "WHERE n.nspname = %s AND c.relname = %s GROUP BY x.indexrelid", (cfg.schema, cfg.table))
+            leading = [tuple(r[0]) for r in cur.fetchall()]
+        if ("ship_id", "created_time") in leading:
+            return None
+        return (f"{cfg.schema}.{cfg.table} has no index on (ship_id, created_time): every chunk read will "
+                f"scan the whole table. Create one first, e.g. CREATE INDEX CONCURRENTLY ON "
+                f"{cfg.schema}.{cfg.table} (ship_id, created_time)")
+
+    # -- plan --------------------------------------------------------------------------------------
+    def _valid_rows_of(self, ship_ids: list[str] | None) -> tuple[sql.Composable, list]:
+        filters = [render.valid_row()]
+        params: list = []
+        if ship_ids:
+            filters.append(sql.SQL("ship_id = ANY(%s)"))
+            params.append(list(ship_ids))
+        return sql.SQL(" AND ").join(filters), params
+
+    def channel_stats(self, conn: connection, ship_ids: list[str] | None) -> dict[str, dict]:
+        """Per ship: channel -> {format: rows}, row counts, span, average rendered value length."""
+        where, params = self._valid_rows_of(ship_ids)
+        query = sql.SQL(
+            "SELECT ship_id, data_channel_id, value_format, count(*), min(created_time), max(created_time), "
+            "avg(octet_length({value})) FROM {t} WHERE {w} GROUP BY 1, 2, 3").format(
+            value=render.rendered_value(), t=self.table, w=where)
+        ships: dict[str, dict] = {}
+        with conn.cursor() as cur:
+            cur.execute("SET jit = off")  # JIT makes wide GROUP BYs slower (DESIGN.md, Pitfalls)
+            cur.execute(query, params)
+            for ship, channel, fmt, rows, lo, hi, avg in cur.fetchall():
+                s = ships.setdefault(ship, {"rows": 0, "start": lo, "end": hi, "channels": {}})
+                s["rows"] += rows
+                s["start"], s["end"] = min(s["start"], lo), max(s["end"], hi)
+                ch = s["channels"].setdefault(channel, {"formats": defaultdict(int), "rows": 0, "bytes": 0.0})
+                ch["formats"][fmt] += rows
+                ch["rows"] += rows
+                ch["bytes"] += float(avg or 0) * rows
+        return ships
+
+    @staticmethod
+    def new_channels(stats: dict) -> NewChannels:
+        """channel -> (its most common format, average rendered bytes) from one ship's ``channel_stats``."""
+        out = {}
+        for channel, ch in stats["channels"].items():
+            fmt = max(ch["formats"].items(), key=lambda kv: (kv[1], kv[0]))[0]
+            out[channel] = (fmt, ch["bytes"] / ch["rows"] if ch["rows"] else None)
+        return out
+
+    def reject_counts(self, conn: connection, ship_ids: list[str] | None) -> dict[str | None, dict[str, int]]:
+        params: list = []
+        filters = [sql.SQL("{} IS NOT NULL").format(render.reject_reason())]
+        if ship_ids:
+            filters.append(sql.SQL("(ship_id IS NULL OR ship_id = ANY(%s))"))
+            params.append(list(ship_ids))
+        query = sql.SQL("SELECT ship_id, {r}, count(*) FROM {t} WHERE {w} GROUP BY 1, 2").format(
+            r=render.reject_reason(), t=self.table, w=sql.SQL(" AND ").join(filters))
+        out: dict[str | None, dict[str, int]] = defaultdict(dict)
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            for ship, reason, count in cur.fetchall():
+                out[ship][reason] = count
+        return out
+
+    def duplicate_counts(self, conn: connection, ship_ids: list[str] | None) -> dict[str, tuple[int, int]]:
+        """Per ship: (keys with more than one row, rows beyond the first)."""
+        where, params = self._valid_rows_of(ship_ids)
+        query = sql.SQL(
+            "SELECT ship_id, count(*), sum(n - 1) FROM (SELECT ship_id, data_channel_id, created_time, "
+            "count(*) AS n FROM {t} WHERE {w} GROUP BY 1, 2, 3 HAVING count(*) > 1) d GROUP BY 1").format(
+            t=self.table, w=where)
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return {ship: (int(keys), int(extra)) for ship, keys, extra in cur.fetchall()}
+
+    # -- backfill ----------------------------------------------------------------------------------
+    def plan_chunks(self, conn: connection, ship_ids: list[str] | None, start: dt.datetime | None,
+                    end: dt.datetime | None, chunk_hours: float) -> list[Chunk]:
+        """Non-empty chunks (ship x aligned time range) with their narrow row counts, in one scan.
+
+        Chunk boundaries are multiples of ``chunk_hours`` since the epoch, clipped to [start, end), so
+        the same arguments always give the same chunks and the ledger can skip finished ones.
+        """
+        width = chunk_hours * 3600.0
+        where = [sql.SQL("ship_id IS NOT NULL"), sql.SQL("ship_id <> ''"), sql.SQL("created_time IS NOT NULL")]
+        params: dict = {"width": width}
+        if ship_ids:
+            where.append(sql.SQL("ship_id = ANY(%(ships)s)"))
+            params["ships"] = list(ship_ids)
+        if start:
+            where.append(sql.SQL("created_time >= %(start)s"))
+            params["start"] = start
+        if end:
+            where.append(sql.SQL("created_time < %(end)s"))
+            params["end"] = end
+        bucket = server.bucket_start(conn.server_version, sql.Placeholder("width"))
+        query = sql.SQL("SELECT ship_id, {b} AS bucket, count(*) FROM {t} WHERE {w} GROUP BY 1, 2 "
+                        "ORDER BY 1, 2").format(b=bucket, t=self.table, w=sql.SQL(" AND ").join(where))
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return [Chunk(ship_id, *aligned_range(lo, width, start, end), count)
+                    for ship_id, lo, count in cur.fetchall()]
+
+    def chunk_query(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime, channels: list[str]) -> str:
+        """The JDBC ``dbtable`` subquery for one ship and one created_time range: one row per created_time.
+
+        The database does the cheap half of the pivot (grouping by time, index-ordered) and the rows
+        that cross the wire drop from one per reading to one per timestamp, which is what the JDBC
+        driver and Spark spend their time on. Columns:
+
+        - ``created_us``: created_time in microseconds since the epoch (a bigint decodes far faster than
+          a timestamp; exact on every version, as ``extract`` is numeric from PostgreSQL 14 and, before
+          it, a double within 0.3 µs of the value, which the cast rounds to the right microsecond);
+        - ``channel_idx`` and ``value``: aligned arrays over the valid rows of that time: the channel's
+          position in ``channels`` (joined in SQL, so long names never cross the wire; NULL for a
+          channel not in the list) and the value rendered by PostgreSQL;
+        - ``unknown``: names of valid channels not in ``channels``;
+        - ``order_key``: aligned with ``value`` when an order column is configured;
+        - ``rejects``: one raw-reject text array per rejected row (``values.RAW_REJECT_FIELDS``).
+
+        Rows of one group reach every ``array_agg`` in the same order, so the arrays stay aligned.
+        """
+        cfg = self.cfg
+        valid = render.valid_row("t")
+        order = ([sql.SQL("array_agg(t.{}) FILTER (WHERE {v}) AS order_key, ").format(
+            sql.Identifier(cfg.order_column), v=valid)] if cfg.order_column else [])
+        if channels:
+            known = sql.SQL("(VALUES {}) AS m(name, idx)").format(sql.SQL(", ").join(
+                sql.SQL("({}, {})").format(sql.Literal(name), sql.Literal(i)) for i, name in enumerate(channels)))
+        else:
+            known = sql.SQL("(SELECT NULL::text AS name, NULL::integer AS idx WHERE false) AS m")
+        query = sql.SQL(
+            "(SELECT (extract(epoch FROM t.created_time) * 1000000)::bigint AS created_us, "
+            "array_agg(m.idx) FILTER (WHERE {v}) AS channel_idx, "
+            "array_agg({value}) FILTER (WHERE {v}) AS value, "
+            "array_agg(t.data_channel_id) FILTER (WHERE {v} AND m.idx IS NULL) AS unknown, {order}"
+            "array_agg({raw}) FILTER (WHERE NOT {v}) AS rejects "
+            "FROM {t} AS t LEFT JOIN {known} ON m.name = t.data_channel_id "
+            "WHERE t.ship_id = {ship} AND t.created_time >= {lo} AND t.created_time < {hi} "
+            "GROUP BY t.created_time) AS narrow_chunk").format(
+            v=valid, value=render.rendered_value("t"), order=sql.SQL("").join(order), raw=render.raw_reject("t"),
+            t=self.table, known=known, ship=sql.Literal(ship_id), lo=sql.Literal(lo), hi=sql.Literal(hi))
+        return query.as_string(conn)
+
+    def read_chunk(self, spark: SparkSession, chunk: Chunk, partitions: int, channels: list[str]) -> DataFrame:
+        """A partitioned JDBC read of one chunk: one Spark partition per created_time sub-range.
+
+        Each sub-range is its own single-partition JDBC read whose range sits inside the SQL (so the
+        index on created_time is used); their union keeps one partition each, with no shuffle.
+        """
+        from pyspark.sql import DataFrame
+
+        conn_cfg = self.cfg.connection
+        props = {**conn_cfg.jdbc_properties(), "fetchsize": str(self.cfg.fetch_size)}
+        with self.connect() as conn:
+            frames = [spark.read.jdbc(conn_cfg.jdbc_url(), self.chunk_query(conn, chunk.ship_id, lo, hi, channels),
+                                      properties=props)
+                      for lo, hi in sub_ranges(chunk.range_start, chunk.range_end, partitions)]
+        return functools.reduce(DataFrame.union, frames)
+
+    def channel_formats(self, conn: connection, chunk: Chunk, channels: list[str]) -> NewChannels:
+        """Channels a chunk met that its layout lacked: each one's most common format and average bytes."""
+        query = sql.SQL(
+            "SELECT data_channel_id, value_format, count(*), avg(octet_length({v})) FROM {t} "
+            "WHERE ship_id = %s AND created_time >= %s AND created_time < %s "
+            "AND data_channel_id = ANY(%s) AND {valid} GROUP BY 1, 2").format(
+            v=render.rendered_value(), t=self.table, valid=render.valid_row())
+        found: dict[str, tuple[str, float, int]] = {}
+        with conn.cursor() as cur:
+            cur.execute(query, (chunk.ship_id, chunk.range_start, chunk.range_end, channels))
+            for channel, fmt, count, avg in cur.fetchall():
+                if channel not in found or count > found[channel][2]:
+                    found[channel] = (fmt, float(avg or 0), count)
+        return {c: (f, a) for c, (f, a, _) in found.items()}
+
+    def unplaceable_rows(self, conn: connection, ship_ids: list[str] | None) -> Iterator[tuple]:
+        """Rows with a NULL or empty ship_id or a NULL created_time (they belong to no chunk), with
+        their reject reason, a server-side cursor's batch at a time."""
+        scope = sql.SQL("")
+        params: list = []
+        if ship_ids:
+            scope = sql.SQL(" AND (ship_id IS NULL OR ship_id = '' OR ship_id = ANY(%s))")
+            params.append(list(ship_ids))
+        query = sql.SQL(
+            "SELECT ship_id, data_channel_id, created_time, value_format, double_v, long_v, str_v, "
+            "bool_v, {reason} FROM {t} WHERE (ship_id IS NULL OR ship_id = '' OR created_time IS NULL){scope}").format(
+            reason=render.reject_reason(), t=self.table, scope=scope)
+        with conn.cursor(name="widen_sweep") as cur:
+            cur.itersize = 10_000
+            cur.execute(query, params)
+            while rows := cur.fetchmany(10_000):
+                yield from rows
+
+    # -- reconcile: the narrow side of the checksums -----------------------------------------------
+    def _cells(self, exact: bool) -> sql.Composable:
+        """(created_time, ch, v, ok) of one ship's rows in [%(lo)s, %(hi)s): with ``exact`` valid rows
+        only, one per (created_time, channel) by the duplicate rule; without, every row, ``ok``
+        telling the valid ones."""
+        in_range = sql.SQL("ship_id = %(ship)s AND created_time >= %(lo)s AND created_time < %(hi)s")
+        where = sql.SQL("{} AND {}").format(in_range, render.valid_row())
+        value = render.rendered_value()
+        if not exact:
+            return sql.SQL("SELECT created_time, data_channel_id AS ch, {v} AS v, {ok} AS ok FROM {t} WHERE {w}").format(
+                v=value, ok=render.valid_row(), t=self.table, w=in_range)
+        if self.cfg.order_column:
+            return sql.SQL("SELECT DISTINCT ON (created_time, data_channel_id) created_time, data_channel_id AS ch, "
+                           "{v} AS v, true AS ok FROM {t} WHERE {w} ORDER BY created_time, data_channel_id, {o} DESC"
+                           ).format(v=value, t=self.table, w=where, o=sql.Identifier(self.cfg.order_column))
+        return sql.SQL("SELECT created_time, data_channel_id AS ch, max(({v}) COLLATE \"C\") AS v, true AS ok "
+                       "FROM {t} WHERE {w} GROUP BY 1, 2").format(v=value, t=self.table, w=where)
+
+    def _per_time(self, exact: bool, hashes: checksums.Hashes) -> sql.Composable:
+        return sql.SQL(
+            "SELECT created_time, count(v) FILTER (WHERE ok) AS cells, "
+            "coalesce(sum({cell}) FILTER (WHERE ok), 0) AS s, "
+            "count(*) FILTER (WHERE ok) AS valid_rows, count(*) FILTER (WHERE NOT ok) AS rejected "
+            "FROM ({c}) cells GROUP BY created_time").format(
+            cell=hashes.cell(sql.SQL("ch || {us} || v").format(us=checksums.US)), c=self._cells(exact))
+
+    def bucket_aggregates(self, cur: cursor, ship: str, lo: dt.datetime, hi: dt.datetime, width_seconds: float,
+                          hashes: checksums.Hashes,
+                          rejected: dict | None = None) -> dict:
+        """bucket start -> Aggregate in the fast form (duplicates not grouped; a differing bucket is
+        checked again exactly); rejected rows per bucket into ``rejected``."""
+        params = {"ship": ship, "lo": lo, "hi": hi, "width": width_seconds}
+        return checksums.aggregates(cur, self._per_time(False, hashes),
+                                    server.bucket_start(cur.connection.server_version, sql.Placeholder("width")),
+                                    params, rejected, hashes)
+
+    def aggregates(self, cur: cursor, ship: str, lo: dt.datetime, hi: dt.datetime, grouping: str,
+                   hashes: checksums.Hashes) -> dict:
+        """Exact aggregates of [lo, hi): ``range`` (key 0) or per ``time`` (key created_time)."""
+        group = {"range": sql.SQL("0"), "time": sql.SQL("created_time")}[grouping]
+        return checksums.aggregates(cur, self._per_time(True, hashes), group, {"ship": ship, "lo": lo, "hi": hi},
+                                    hashes=hashes)
+
+    def range_aggregate(self, cur: cursor, ship: str, lo: dt.datetime, hi: dt.datetime, hashes: checksums.Hashes) -> Aggregate:
+        return self.aggregates(cur, ship, lo, hi, "range", hashes).get(0, Aggregate())
+
+    def cells_at(self, cur: cursor, ship: str, created_time: dt.datetime) -> tuple[bool, dict[str, str]]:
+        """(whether the ship has a valid row at created_time, its non-NULL cells by channel, after
+        the duplicate rule)."""
+        cur.execute(self._cells(True), {"ship": ship, "lo": created_time,
+                                        "hi": created_time + dt.timedelta(microseconds=1)})
+        rows = cur.fetchall()
+        return bool(rows), {ch: v for _, ch, v, _ in rows if v is not None}
+
+    def rows_without_time(self, cur: cursor, ship: str) -> int:
+        """Rows of the ship with no created_time (they belong to no bucket; an index probe)."""
+        cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s AND created_time IS NULL").format(self.table),
+                    (ship,))
+        return cur.fetchone()[0]
+
+    def rejects_without_ship(self, conn: connection) -> dict[str, int]:
+        """Rows with a NULL or empty ship_id, by reason (reported apart from every ship)."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT {r}, count(*) FROM {t} WHERE ship_id IS NULL OR ship_id = '' GROUP BY 1").format(
+                r=render.reject_reason(), t=self.table))
+            return {reason: n for reason, n in cur.fetchall()}
+
+    # -- repair --------------------------------------------------------------------------------------
+    def range_pieces(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime,
+                     rows_per_piece: int) -> list[tuple[dt.datetime, dt.datetime]]:
+        """[lo, hi) cut at created_time boundaries so that each piece holds about ``rows_per_piece``
+        of the ship's narrow rows (index probes; a single instant with more rows stays whole)."""
+        bounds = [lo]
+        with conn.cursor() as cur:
+            while True:
+                cur.execute(sql.SQL("SELECT created_time FROM {} WHERE ship_id = %s AND created_time >= %s AND "
+                                    "created_time < %s ORDER BY created_time OFFSET %s LIMIT 1").format(self.table),
+                            (ship_id, bounds[-1], hi, rows_per_piece))
+                row = cur.fetchone()
+                if row is None:
+                    break
+                cut = row[0]
+                if cut <= bounds[-1]:
+                    cur.execute(sql.SQL("SELECT min(created_time) FROM {} WHERE ship_id = %s AND created_time > %s "
+                                        "AND created_time < %s").format(self.table), (ship_id, bounds[-1], hi))
+                    cut = cur.fetchone()[0]
+                    if cut is None:
+                        break
+                bounds.append(cut)
+        conn.rollback()
+        return list(zip(bounds, bounds[1:] + [hi]))
+
+    def ship_rows(self, conn: connection, ship_id: str, times: list[dt.datetime],
+                  ranges: list[tuple[dt.datetime, dt.datetime]]) -> pa.Table:
+        """The ship's valid narrow rows at ``times`` and in ``ranges`` ([lo, hi)), values rendered in
+        SQL, as an Arrow table of ``values.ROW_COLUMNS`` (read with a server-side cursor)."""
+        where = sql.SQL("(created_time = ANY(%(times)s) OR {})").format(
+            sql.SQL(" OR ").join([sql.SQL("(created_time >= {} AND created_time < {})").format(
+                sql.Placeholder(f"lo{i}"), sql.Placeholder(f"hi{i}")) for i in range(len(ranges))] or [sql.SQL("false")]))
+        params = {"ship": ship_id, "times": list(times), **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
+                  **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
+        order = sql.Identifier(self.cfg.order_column) if self.cfg.order_column else sql.SQL("NULL::bigint")
+        query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, NULL::text, {o} FROM {t} "
+                        "WHERE ship_id = %(ship)s AND {valid} AND {w}").format(
+            v=render.rendered_value(), o=order, t=self.table, valid=render.valid_row(), w=where)
+        batches = []
+        with conn.cursor(name="widen_ship_rows") as cur:
+            cur.itersize = 20_000
+            cur.execute(query, params)
+            while rows := cur.fetchmany(20_000):
+                batches.append(pa.RecordBatch.from_arrays(
+                    [pa.array(col, type=f.type) for col, f in zip(zip(*rows), kernels.ROW_SCHEMA)],
+                    schema=kernels.ROW_SCHEMA))
+        conn.rollback()
+        return pa.Table.from_batches(batches, kernels.ROW_SCHEMA)
+
+    # -- the stream ----------------------------------------------------------------------------------
+    def stream_options(self, **extra) -> dict[str, str]:
+        from widen.sources import postgres_stream
+
+        return postgres_stream.stream_options(self.cfg, **extra)
+
+    def initial_offset(self, options: dict[str, str]) -> dict:
+        from widen.sources import postgres_stream
+
+        return postgres_stream.initial_offset(options)
+
+    def stream(self, spark: SparkSession, options: dict[str, str]) -> DataFrame:
+        from widen.sources import postgres_stream
+
+        spark.dataSource.register(postgres_stream.NarrowStreamSource)
+        return spark.readStream.format(postgres_stream.NAME).options(**options).load()
+
+    # -- a cross-check for the demo (source and target in one database) -----------------------------
+    def pivot_differences(self, conn: connection, target_schema: str, layout: ShipLayout) -> int:
+        """Cells that differ between the wide tables and a SQL pivot of the narrow rows (both ways)."""
+        diffs = 0
+        with conn.cursor() as cur:
+            cur.execute("SET jit = off")
+            for part in layout.parts:
+                members = layout.part_channels(part)
+                cols = sql.SQL(", ").join(sql.Identifier(c.column_name) for c in members)
+                pivots = sql.SQL(", ").join(
+                    sql.SQL("max({v} COLLATE \"C\") FILTER (WHERE data_channel_id = {ch})").format(
+                        v=render.rendered_value(), ch=sql.Literal(c.data_channel_id)) for c in members)
+                wide = sql.SQL("SELECT created_time, {c} FROM {t}").format(
+                    c=cols, t=sql.Identifier(target_schema, layout.tables[part]))
+                narrow = sql.SQL("SELECT created_time, {p} FROM {t} WHERE ship_id = {s} AND {valid} "
+                                 "GROUP BY created_time").format(
+                    p=pivots, t=self.table, s=sql.Literal(layout.ship_id), valid=render.valid_row())
+                cur.execute(sql.SQL("SELECT (SELECT count(*) FROM ({w} EXCEPT {n}) a) + "
+                                    "(SELECT count(*) FROM ({n} EXCEPT {w}) b)").format(w=wide, n=narrow))
+                diffs += cur.fetchone()[0]
+        return diffs

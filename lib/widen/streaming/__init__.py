@@ -1,0 +1,1 @@
+"""Streaming glue: the foreachBatch sink and the metrics listener (no SQL of their own)."""

@@ -1,0 +1,202 @@
+"""The stream's foreachBatch sink: one micro-batch, one transaction, recorded in ``stream_batches``.
+
+A micro-batch is bounded (``stream.max_rows_per_batch``), so it is gathered on the driver as Arrow
+and written from there. New ships' tables and new channels' columns are made first, each ship in a
+short DDL transaction of its own (``targets.prepare_ship``). Then one transaction writes the
+rejects, every ship (de-duplicated and pivoted by the production kernel, merged column-wise by the
+target, each ship under a savepoint and its write lock: a rolled-back ship is left alone, a ship
+that fails is rolled back alone and recorded in ``stream_failures``) and the ``stream_batches`` row.
+A batch already in the ledger is skipped, so a replayed one changes nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import psycopg2
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from widen import errors
+from widen.catalog import ledger, schema, ships
+from widen.config import Config
+from widen.core import kernels
+from widen.core.layout import ShipLayout
+from widen.pg import db
+from widen.targets import WideTarget, open_target, prepare_ship
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import cursor
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+#: what the stream's rows are labelled with in ``rejects.job``
+REJECTS_JOB = "stream"
+
+
+@dataclass
+class BatchResult:
+    batch_id: int
+    skipped: bool
+    narrow_rows: int = 0
+    wide_rows: int = 0
+    ships: int = 0
+    rejected_rows: int = 0
+    duplicate_rows: int = 0
+    newest_created_time: dt.datetime | None = None
+    #: ship -> why its rows of this batch were not written (recorded in ``stream_failures``)
+    failed: dict = field(default_factory=dict)
+    #: rolled-back ship -> narrow rows of this batch left alone
+    skipped_ships: dict = field(default_factory=dict)
+
+    @property
+    def failed_rows(self) -> int:
+        return sum(f["rows"] for f in self.failed.values())
+
+    @property
+    def skipped_rows(self) -> int:
+        return sum(self.skipped_ships.values())
+
+
+class _SinkState:
+    """What the sink keeps between micro-batches in the driver: one connection, and the layouts
+    of ships already written (a layout only grows, so a batch whose channels all have columns
+    needs no catalog work)."""
+
+    def __init__(self):
+        self.conn = None
+        self.layouts: dict[str, ShipLayout] = {}
+
+    def connection(self, config: Config):
+        if self.conn is None or self.conn.closed:
+            self.conn = db.connect(config.target.connection)
+            schema.migrate(self.conn, config.target.catalog_schema)
+        return self.conn
+
+    def reset(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+        self.layouts.clear()
+
+
+_STATES: dict[tuple, _SinkState] = {}
+
+
+def _state(config: Config) -> _SinkState:
+    key = (config.target.connection.describe(), config.target.catalog_schema, config.target.schema)
+    return _STATES.setdefault(key, _SinkState())
+
+
+def write_batch(config: Config, table: pa.Table, batch_id: int, query_name: str,
+                spark: SparkSession | None = None) -> BatchResult:
+    """Write one micro-batch (columns of ``values.ROW_COLUMNS``) exactly once.
+
+    A failure (a dropped table under a cached layout, a lost connection) resets the sink's state
+    and the batch is tried once more from the start; its transaction never half-commits. ``spark``
+    reaches a target that needs it (Delta: the batch id is each table's ``txnVersion``).
+    """
+    from pyspark.errors import AnalysisException
+
+    state = _state(config)
+    target = open_target(config.target, spark)
+    try:
+        return _write_batch(state, config, target, table, batch_id, query_name)
+    except (psycopg2.Error, KeyError, AnalysisException):
+        state.reset()
+        return _write_batch(state, config, target, table, batch_id, query_name)
+
+
+def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: pa.Table, batch_id: int,
+                 query_name: str) -> BatchResult:
+    cat = config.target.catalog_schema
+    conn = state.connection(config)
+    if ledger.in_ledger(conn, cat, query_name, batch_id):
+        return BatchResult(batch_id, skipped=True)          # a replay: checked again under the lock below
+    is_reject = pc.is_valid(table.column("reject"))
+    valid = table.filter(pc.invert(is_reject))
+    by_ship = {ship: valid.filter(pc.equal(valid.column("ship_id"), ship))
+               for ship in sorted(pc.unique(valid.column("ship_id")).to_pylist())}
+    layouts: dict[str, ShipLayout | None] = {}
+    failures: dict[str, BaseException] = {}
+    for ship, rows in by_ship.items():
+        try:
+            layouts[ship] = prepare_ship(conn, target, ship, batch_channels(rows), state.layouts)
+        except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
+            if not errors.is_ship_level(err):
+                raise
+            conn.rollback()
+            failures[ship] = err
+    greatest = config.source.order_column is None   # the greatest value wins, also across batches
+    try:
+        with conn.cursor() as cur:
+            ledger.lock_query(cur, query_name)
+            if ledger.in_ledger(conn, cat, query_name, batch_id, end_transaction=False):
+                conn.rollback()
+                return BatchResult(batch_id, skipped=True)
+            rejected = ledger.write_rejects(cur, cat, table.filter(is_reject), batch_id, job=REJECTS_JOB)
+            result = BatchResult(batch_id, False, narrow_rows=table.num_rows, rejected_rows=rejected)
+            for i, (ship, rows) in enumerate(by_ship.items()):
+                if ship in failures:
+                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, rows,
+                                                              failures[ship])
+                    continue
+                cur.execute("SAVEPOINT widen_ship")
+                try:
+                    if layouts[ship] is None or not ships.lock_ship_for_write(cur, cat, ship):
+                        cur.execute("RELEASE SAVEPOINT widen_ship")
+                        state.layouts.pop(ship, None)
+                        result.skipped_ships[ship] = rows.num_rows
+                        log.info("batch %s: ship %r is rolled back: %s narrow rows skipped (resume it to "
+                                 "migrate it again)", batch_id, ship, rows.num_rows)
+                        continue
+                    wide, duplicates = kernels.pivot_rows(rows, layouts[ship], config.source.order_column is not None)
+                    target.merge_rows(cur, layouts[ship], wide, greatest, (delta_stream_app_id(query_name), batch_id), i)
+                    cur.execute("RELEASE SAVEPOINT widen_ship")
+                except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
+                    if not errors.is_ship_level(err):
+                        raise
+                    cur.execute("ROLLBACK TO SAVEPOINT widen_ship")
+                    state.layouts.pop(ship, None)
+                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, rows, err)
+                    continue
+                result.wide_rows += wide.num_rows
+                result.duplicate_rows += duplicates
+            result.ships = len(by_ship)
+            if valid.num_rows:
+                newest = pc.max(valid.column("created_time")).as_py()
+                result.newest_created_time = newest if newest.tzinfo else newest.replace(tzinfo=dt.UTC)
+            ledger.record_batch(cur, cat, query_name, batch_id, result.narrow_rows, result.wide_rows, result.ships,
+                                result.newest_created_time)
+        conn.commit()
+    except BaseException:
+        if not conn.closed:
+            conn.rollback()
+        raise
+    return result
+
+
+def record_ship_failure(cur: cursor, catalog_schema: str, query_name: str, batch_id: int, ship: str, rows: pa.Table,
+                        err: BaseException) -> dict:
+    """A ship whose rows of a micro-batch could not be written: why, how many, and the time range
+    ``reconcile --repair --ships <ship> --start <first> --end <last>`` brings them in from."""
+    first = pc.min(rows.column("created_time")).as_py()
+    last = pc.max(rows.column("created_time")).as_py()
+    failure = {"rows": rows.num_rows, "first": first, "last": last, "error": errors.describe(err)}
+    log.warning("batch %s: ship %r not written (%s narrow rows, %s .. %s): %s; the batch goes on without it "
+                "(reconcile --repair brings the rows in)", batch_id, ship, rows.num_rows, first, last,
+                failure["error"])
+    ledger.record_stream_failure(cur, catalog_schema, query_name, batch_id, ship, rows.num_rows, first, last,
+                                 failure["error"])
+    return failure
+
+
+def delta_stream_app_id(query_name: str) -> str:
+    """The Delta ``txnAppId`` of a stream query's micro-batches (their ``txnVersion``: the batch id)."""
+    return f"widen-stream:{query_name}"
+
+
+def batch_channels(rows: pa.Table) -> list[str]:
+    return pc.unique(rows.column("data_channel_id")).to_pylist()

@@ -1,0 +1,492 @@
+"""Wide tables in the target PostgreSQL database (``target.kind: postgres``).
+
+A backfill chunk: the executors (``ChunkWriter`` under ``mapInArrow``) unpack the source query's
+per-time arrays, de-duplicate and pivot each partition with the Arrow kernels and COPY the wide rows
+into the chunk's UNLOGGED staging tables (one per part) and its rejects into a staging rejects table;
+the driver then merges column-wise, in the chunk's catalog transaction with its ledger row, so a
+replayed chunk changes nothing. A stream micro-batch or a repair: a few timestamps in one
+parameterised upsert, more through COPY into temporary staging and the same MERGE, in the caller's
+transaction. MERGE on PostgreSQL 15+, ``INSERT … ON CONFLICT`` on 11–14 (``widen.pg.server``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg2 import sql
+from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+from widen.catalog import ledger
+from widen.config import TargetConfig
+from widen.core import kernels
+from widen.core.checksum import HASH_PG
+from widen.core.chunks import Chunk
+from widen.core.layout import LayoutRules, ShipLayout
+from widen.pg import checksums, db, server
+from widen.targets.base import ChunkWrite, WideChecksums, WideTarget, present_columns
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from psycopg2.extensions import connection, cursor
+    from pyspark.sql import DataFrame
+
+    from widen.core.layout import ShipLayout
+
+STATS_SCHEMA = StructType([
+    StructField("narrow_rows", LongType()), StructField("rejected_rows", LongType()),
+    StructField("duplicate_rows", LongType()), StructField("wide_rows", LongType()),
+    StructField("unknown_channels", StringType()),
+])
+
+
+#: wide rows per ship up to which a micro-batch is upserted directly rather than COPYed to staging
+DIRECT_ROWS = 500
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Names of one unit of work's staging tables (one per part, one for rejects)."""
+    schema: str
+    prefix: str
+
+    @classmethod
+    def for_key(cls, schema: str, *key) -> Staging:
+        digest = hashlib.md5("\x1f".join(map(str, key)).encode()).hexdigest()[:20]
+        return cls(schema, f"stg_{digest}")
+
+    def wide(self, part: int) -> sql.Composable:
+        return sql.Identifier(self.schema, f"{self.prefix}_p{part}")
+
+    def wide_name(self, part: int) -> str:
+        return f"{self.prefix}_p{part}"
+
+    @property
+    def rejects(self) -> sql.Composable:
+        return sql.Identifier(self.schema, f"{self.prefix}_rej")
+
+
+def create_staging(conn: connection, staging: Staging, layout: ShipLayout) -> None:
+    """(Re)create empty UNLOGGED staging tables for every part and for rejects; commits."""
+    with conn.cursor() as cur:
+        for part in layout.parts:
+            cols = [sql.SQL("{} text").format(sql.Identifier(c.column_name))
+                    for c in layout.part_channels(part)]
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.wide(part)))
+            cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (created_time timestamptz{}{})").format(
+                staging.wide(part), sql.SQL(", ") if cols else sql.SQL(""), sql.SQL(", ").join(cols)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.rejects))
+        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (ship_id text, created_time timestamptz, raw text)")
+                    .format(staging.rejects))
+    conn.commit()
+
+
+def drop_staging(conn: connection, staging: Staging, parts: list[int]) -> None:
+    with conn.cursor() as cur:
+        for part in parts:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.wide(part)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.rejects))
+
+
+class ChunkWriter:
+    """The per-partition function given to ``mapInArrow``: narrow Arrow batches in, one stats row out.
+
+    Holds the target's connection parameters (password included, resolved on the driver so a
+    cluster's executors need no secret of their own); its repr never shows them.
+    """
+
+    def __init__(self, conn_params: dict, staging: Staging, layout: ShipLayout, ship_id: str,
+                 has_order_key: bool):
+        self._conn_params = conn_params
+        self.staging = staging
+        self.ship_id = ship_id
+        self.has_order_key = has_order_key
+        self.parts = layout.parts
+        # Column order inside each staging table = layout.part_channels(part).
+        self.channel_index: dict[str, int] = {}
+        self.part_slices: dict[int, tuple[int, int]] = {}
+        for part in self.parts:
+            first = len(self.channel_index)
+            for c in layout.part_channels(part):
+                self.channel_index[c.data_channel_id] = len(self.channel_index)
+            self.part_slices[part] = (first, len(self.channel_index))
+
+    def __repr__(self) -> str:
+        return f"ChunkWriter(ship_id={self.ship_id!r}, staging={self.staging.prefix!r})"
+
+    @property
+    def channels(self) -> list[str]:
+        """Known channels in column order: the source query numbers them by this list."""
+        return list(self.channel_index)
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = list(batches)
+        if not batches:
+            yield self._stats(0, 0, 0, 0, [])
+            return
+        table = pa.Table.from_batches(batches)
+        del batches
+        unknown = table.column("unknown").combine_chunks().flatten()
+        rejects = self._reject_rows(table)
+        coded = self._valid_rows(table)
+        narrow_rows = coded.num_rows + rejects.num_rows
+        if len(unknown):
+            # Nothing is written: the driver adds the columns and runs the chunk again.
+            yield self._stats(narrow_rows, rejects.num_rows, 0, 0, sorted(set(unknown.to_pylist())))
+            return
+        wide, duplicates = kernels.dedup_and_pivot(coded, len(self.channel_index), self.has_order_key)
+        yield from self._write(wide, rejects)
+        yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [])
+
+    def _write(self, wide: kernels.Pivoted, rejects: pa.Table) -> list[pa.RecordBatch]:
+        """COPY the partition's wide rows and rejects into the chunk's staging tables."""
+        conn = db.open_session(self._conn_params)
+        try:
+            with conn.cursor() as cur:
+                times = kernels.timestamp_text(wide.times)
+                for part in self.parts:
+                    lo, hi = self.part_slices[part]
+                    if wide.num_rows:
+                        copy_into(cur, self.staging.wide(part), [times, *wide.columns[lo:hi]])
+                if rejects.num_rows:
+                    copy_into(cur, self.staging.rejects, self._reject_columns(rejects))
+            conn.commit()
+        finally:
+            conn.close()
+        return []
+
+    def _valid_rows(self, table: pa.Table) -> pa.Table:
+        """One row per valid reading: the time of its group, its column number, its value."""
+        values = table.column("value").combine_chunks()
+        times = pc.cast(table.column("created_us").combine_chunks(), pa.timestamp("us", tz="UTC"))
+        parents = pc.list_parent_indices(values)
+        columns = {"created_time": times.take(parents),
+                   "channel": table.column("channel_idx").combine_chunks().flatten(),
+                   "value": values.flatten()}
+        if self.has_order_key:
+            columns["order_key"] = table.column("order_key").combine_chunks().flatten()
+        return pa.table(columns)
+
+    def _reject_rows(self, table: pa.Table) -> pa.Table:
+        raw = table.column("rejects").combine_chunks()
+        times = pc.cast(table.column("created_us").combine_chunks(), pa.timestamp("us", tz="UTC"))
+        return pa.table({"created_time": times.take(pc.list_parent_indices(raw)), "raw": raw.flatten()})
+
+    def _reject_columns(self, rejects: pa.Table) -> list[pa.Array]:
+        n = rejects.num_rows
+        return [pa.array([self.ship_id] * n, pa.string()),
+                kernels.timestamp_text(rejects.column("created_time").combine_chunks()),
+                rejects.column("raw").combine_chunks()]
+
+    @staticmethod
+    def _stats(narrow: int, rejected: int, duplicates: int, wide: int,
+               unknown: list[str]) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pydict({
+            "narrow_rows": pa.array([narrow], pa.int64()), "rejected_rows": pa.array([rejected], pa.int64()),
+            "duplicate_rows": pa.array([duplicates], pa.int64()), "wide_rows": pa.array([wide], pa.int64()),
+            "unknown_channels": pa.array(["\x1f".join(unknown) if unknown else None], pa.string())})
+
+
+def copy_into(cur: cursor, table: sql.Composable, columns: list[pa.Array]) -> None:
+    data = kernels.copy_text(columns)
+    if len(data):
+        cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(table).as_string(cur),
+                        io.BytesIO(data), size=1 << 20)
+
+
+def merge_statement(server_version: int, target: sql.Composable, staging: sql.Composable,
+                    columns: list[str], greatest: bool = False) -> sql.Composable:
+    """Column-wise upsert: a NULL in the batch never overwrites a value already there.
+
+    By default a value in the batch replaces the one in the table (the backfill's chunk holds every
+    reading of its range; with an order column the later batch holds the later rows). With
+    ``greatest`` a cell keeps the greater of the two by byte order: DESIGN.md's duplicate rule
+    without an order column, applied across micro-batches. MERGE on PostgreSQL 15+,
+    ``INSERT … ON CONFLICT`` on 11–14.
+    """
+    cols = [sql.Identifier(c) for c in columns]
+    all_cols = sql.SQL(", ").join([sql.Identifier("created_time"), *cols])
+    combine = _combine(greatest)
+    wins = ('{new}.{c} IS NOT NULL AND (w.{c} IS NULL OR {new}.{c} COLLATE "C" > w.{c} COLLATE "C")' if greatest
+            else "{new}.{c} IS NOT NULL AND {new}.{c} IS DISTINCT FROM w.{c}")
+    if server.has_merge(server_version):
+        if not cols:
+            return sql.SQL(
+                "MERGE INTO {t} AS w USING {s} AS s ON w.created_time = s.created_time "
+                "WHEN NOT MATCHED THEN INSERT (created_time) VALUES (s.created_time)").format(
+                t=target, s=staging)
+        sets = sql.SQL(", ").join(sql.SQL("{c} = " + combine).format(c=c, new=sql.SQL("s")) for c in cols)
+        changed = sql.SQL(" OR ").join(sql.SQL("(" + wins + ")").format(c=c, new=sql.SQL("s")) for c in cols)
+        values = sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in [sql.Identifier("created_time"), *cols])
+        return sql.SQL(
+            "MERGE INTO {t} AS w USING {s} AS s ON w.created_time = s.created_time "
+            "WHEN MATCHED AND ({changed}) THEN UPDATE SET {sets} "
+            "WHEN NOT MATCHED THEN INSERT ({all_cols}) VALUES ({values})").format(
+            t=target, s=staging, changed=changed, sets=sets, all_cols=all_cols, values=values)
+    return upsert_statement(target, columns, staging, greatest)
+
+
+def _combine(greatest: bool) -> str:
+    """How a cell's new value ({new}.{c}) and old one (w.{c}) combine."""
+    return 'GREATEST({new}.{c} COLLATE "C", w.{c} COLLATE "C")' if greatest else "COALESCE({new}.{c}, w.{c})"
+
+
+def upsert_statement(target: sql.Composable, columns: list[str], staging: sql.Composable | None = None,
+                     greatest: bool = False) -> sql.Composable:
+    """The ``INSERT … ON CONFLICT`` form of ``merge_statement`` (same column-wise rule).
+
+    From ``staging``, or with ``staging=None`` from ``VALUES %s`` for ``execute_values`` (the
+    stream's small per-ship batches: one statement instead of staging, COPY and merge).
+    """
+    cols = [sql.Identifier(c) for c in columns]
+    all_cols = sql.SQL(", ").join([sql.Identifier("created_time"), *cols])
+    rows = (sql.SQL("VALUES %s") if staging is None
+            else sql.SQL("SELECT {} FROM {}").format(all_cols, staging))
+    if not cols:
+        return sql.SQL("INSERT INTO {t} (created_time) {rows} ON CONFLICT (created_time) DO NOTHING").format(
+            t=target, rows=rows)
+    sets = sql.SQL(", ").join(sql.SQL("{c} = " + _combine(greatest)).format(c=c, new=sql.SQL("EXCLUDED")) for c in cols)
+    return sql.SQL(
+        "INSERT INTO {t} AS w ({all_cols}) {rows} ON CONFLICT (created_time) DO UPDATE SET {sets}").format(
+        t=target, all_cols=all_cols, rows=rows, sets=sets)
+
+
+def merge_parts(cur: cursor, server_version: int, target_schema: str, staging: Staging,
+                layout: ShipLayout) -> int:
+    """MERGE every part's staging table into its wide table; returns the rows merged into part 1."""
+    merged = 0
+    for part in layout.parts:
+        columns = [c.column_name for c in layout.part_channels(part)]
+        cur.execute(merge_statement(server_version, sql.Identifier(target_schema, layout.tables[part]),
+                                    staging.wide(part), columns))
+        if part == layout.parts[0]:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(staging.wide(part)))
+            merged = cur.fetchone()[0]
+    return merged
+
+
+def ensure_wide_tables(conn: connection, target_schema: str, layout: ShipLayout) -> int:
+    """Create missing wide tables and columns, with COMMENTs naming ship and channel.
+
+    Runs inside the caller's transaction. Only missing objects are touched, so a chunk that brings
+    no new channel takes no exclusive lock. Returns the number of DDL statements run.
+    """
+    statements = 0
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target_schema)))
+        for part in layout.parts:
+            table = layout.tables[part]
+            ident = sql.Identifier(target_schema, table)
+            cur.execute("SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
+                        "c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+                        (target_schema, table))
+            existing = {r[0] for r in cur.fetchall()}
+            if not existing:
+                cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (created_time timestamptz PRIMARY KEY)")
+                            .format(ident))
+                cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(ident),
+                            (f"widen: ship_id={layout.ship_id} part={part}",))
+                statements += 2
+            for channel in layout.part_channels(part):
+                if channel.column_name in existing:
+                    continue
+                col = sql.Identifier(channel.column_name)
+                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text").format(ident, col))
+                cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS %s").format(ident, col),
+                            (f"data_channel_id={channel.data_channel_id}",))
+                statements += 2
+    return statements
+
+
+
+
+def wide_per_time(target_schema: str, layout: ShipLayout) -> tuple[sql.Composable, dict]:
+    """(created_time, cells, s) of one ship's wide rows in [%(lo)s, %(hi)s), all parts together.
+
+    Channel names go as parameters (``%(c0)s`` …): a literal ``%`` in a name would otherwise be
+    read as a placeholder."""
+    per_part = []
+    names: dict[str, str] = {}
+    for part in layout.parts:
+        members = layout.part_channels(part)
+        cells = sql.SQL(" + ").join(
+            sql.SQL("({} IS NOT NULL)::int").format(sql.Identifier(c.column_name)) for c in members) \
+            if members else sql.SQL("0")
+        terms = []
+        for c in members:
+            key = f"c{len(names)}"
+            names[key] = c.data_channel_id
+            text = sql.SQL("{ch}::text || {us} || {col}").format(ch=sql.Placeholder(key), us=checksums.US,
+                                                                 col=sql.Identifier(c.column_name))
+            terms.append(sql.SQL("coalesce({h}, 0)").format(h=checksums.Hashes().cell(text)))
+        sums = sql.SQL(" + ").join(terms) if terms else sql.SQL("0")
+        per_part.append(sql.SQL(
+            "SELECT created_time, {cells} AS cells, {sums} AS s, 1 AS valid_rows, 0 AS rejected FROM {t} "
+            "WHERE created_time >= %(lo)s AND created_time < %(hi)s").format(
+            cells=cells, sums=sums, t=sql.Identifier(target_schema, layout.tables[part])))
+    if len(per_part) == 1:
+        return per_part[0], names
+    return sql.SQL("SELECT created_time, sum(cells) AS cells, sum(s) AS s, 1 AS valid_rows, 0 AS rejected "
+                   "FROM ({}) parts GROUP BY created_time").format(sql.SQL(" UNION ALL ").join(per_part)), names
+
+
+class PostgresChecksums(WideChecksums):
+    """The wide side in a PostgreSQL target: the aggregates computed by its server."""
+
+    def __init__(self, cur: cursor, target_schema: str):
+        self.cur, self.schema = cur, target_schema
+
+    def groups(self, layout: ShipLayout, ship: str, lo: dt.datetime, hi: dt.datetime, grouping: str,
+               width: float | None = None) -> dict:
+        """group -> Aggregate; ``grouping`` is ``bucket`` (of ``width`` seconds), ``range`` (key 0)
+        or ``time`` (key created_time)."""
+        if layout is None or not layout.tables:
+            return {}
+        group = {"bucket": server.bucket_start(self.cur.connection.server_version, sql.Placeholder("width")),
+                 "range": sql.SQL("0"), "time": sql.SQL("created_time")}[grouping]
+        per_time, names = wide_per_time(self.schema, layout)
+        params = {"ship": ship, "lo": lo, "hi": hi, "width": width, **names}
+        return checksums.aggregates(self.cur, per_time, group, params, hashes=checksums.Hashes())
+
+    def row(self, layout: ShipLayout, created_time: dt.datetime) -> tuple[bool, dict]:
+        """(whether a wide row exists at created_time, its non-NULL cells by channel)."""
+        cur, target = self.cur, {}
+        has_row = False
+        for part in layout.parts:
+            members = layout.part_channels(part)
+            if not members:
+                continue
+            cur.execute(sql.SQL("SELECT {} FROM {} WHERE created_time = %s").format(
+                sql.SQL(", ").join(sql.Identifier(c.column_name) for c in members),
+                sql.Identifier(self.schema, layout.tables[part])), (created_time,))
+            found = cur.fetchone()
+            if found is None:
+                continue
+            has_row = True
+            target.update({c.data_channel_id: v for c, v in zip(members, found) if v is not None})
+        if not has_row:
+            cur.execute(sql.SQL("SELECT 1 FROM {} WHERE created_time = %s").format(
+                sql.Identifier(self.schema, layout.tables[1])), (created_time,))
+            has_row = cur.fetchone() is not None
+        return has_row, target
+
+
+
+
+class PostgresChunkWrite(ChunkWrite):
+    """A chunk through UNLOGGED staging tables in the catalog schema (named by the chunk's key)."""
+
+    def __init__(self, target: PostgresTarget, chunk: Chunk, layout: ShipLayout, has_order_key: bool):
+        self.target, self.chunk, self.layout = target, chunk, layout
+        self.staging = Staging.for_key(target.cfg.catalog_schema, *chunk.key)
+        self.writer = ChunkWriter(target.cfg.connection.psycopg_params(), self.staging, layout, chunk.ship_id,
+                                  has_order_key)
+        self.channels = self.writer.channels
+
+    def run(self, frame: DataFrame) -> list[dict]:
+        with db.connection(self.target.cfg.connection) as conn:
+            create_staging(conn, self.staging, self.layout)
+        return [row.asDict() for row in frame.mapInArrow(self.writer, STATS_SCHEMA).collect()]
+
+    def merge(self, cur: cursor) -> int:
+        return merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, self.layout)
+
+    def rejects(self, cur: cursor, catalog_schema: str, job: str, label: str) -> None:
+        ledger.replace_rejects(cur, catalog_schema, self.staging.rejects, job, label)
+
+    def close(self, cur: cursor | None = None) -> None:
+        """Dropped in ``cur``'s transaction (the chunk's: a kill after its commit leaves no staging
+        behind), else in a session of its own."""
+        if cur is not None:
+            drop_staging(cur.connection, self.staging, self.layout.parts)
+            return
+        with db.connection(self.target.cfg.connection, autocommit=True) as conn:
+            drop_staging(conn, self.staging, self.layout.parts)
+
+
+class _Statement:
+    """A rollback step: one statement, shown as it runs."""
+
+    def __init__(self, statement: sql.Composable, params: tuple = ()):
+        self.statement, self.params = statement, params
+
+    def text(self, cur: cursor) -> str:
+        return cur.mogrify(self.statement, self.params).decode()
+
+    def __call__(self, cur: cursor) -> int:
+        cur.execute(self.statement, self.params)
+        return max(cur.rowcount, 0)
+
+
+class PostgresTarget(WideTarget):
+    kind = "postgres"
+    checksum_hashes = HASH_PG
+    checksums_in_tasks = True
+
+    def __init__(self, cfg: TargetConfig):
+        self.cfg = cfg
+
+    @property
+    def rules(self) -> LayoutRules:
+        return LayoutRules(self.cfg.wide_table_template, self.cfg.max_columns_per_table, self.cfg.max_row_bytes)
+
+    @property
+    def location(self) -> str:
+        return self.cfg.schema
+
+    def ensure_tables(self, conn: connection, layout: ShipLayout) -> int:
+        return ensure_wide_tables(conn, self.cfg.schema, layout)
+
+    def ddl_tables(self, layout: ShipLayout) -> list[tuple[str, str]]:
+        return [(self.cfg.schema, t) for t in layout.tables.values()]
+
+    def chunk_write(self, chunk: Chunk, layout: ShipLayout, has_order_key: bool) -> ChunkWrite:
+        return PostgresChunkWrite(self, chunk, layout, has_order_key)
+
+    def merge_rows(self, cur: cursor, layout: ShipLayout, wide: kernels.Pivoted, greatest: bool,
+                   txn: tuple[str, int] | None = None, index: int = 0) -> None:
+        """In ``cur``'s transaction (with the stream's ledger row: ``txn`` is not needed)."""
+        times = kernels.timestamp_text(wide.times)
+        for part in layout.parts:
+            present = [(c.column_name, col) for c, col in present_columns(layout, wide, part)]
+            target = sql.Identifier(self.cfg.schema, layout.tables[part])
+            names = [name for name, _ in present]
+            if wide.num_rows <= DIRECT_ROWS:
+                # A few timestamps: one parameterised upsert beats staging + COPY + merge (measured:
+                # 100 ships x 200 channels a batch, 2.6 s -> see BENCHMARKS.md).
+                rows = list(zip(times.to_pylist(), *(col.to_pylist() for _, col in present)))
+                db.execute_values(cur, upsert_statement(target, names, None, greatest), rows, page_size=len(rows))
+                continue
+            # Named per ship and part and dropped at commit: no DROP round trip per ship.
+            staging = sql.Identifier(f"widen_stream_{index}_p{part}")
+            cols = [sql.SQL("{} text").format(sql.Identifier(name)) for name in names]
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} (created_time timestamptz{}{}) ON COMMIT DROP").format(
+                staging, sql.SQL(", ") if cols else sql.SQL(""), sql.SQL(", ").join(cols)))
+            copy_into(cur, staging, [times, *(col for _, col in present)])
+            cur.execute(merge_statement(cur.connection.server_version, target, staging, names, greatest=greatest))
+
+    def delete_rows(self, cur: cursor, layout: ShipLayout, times: list, ranges: list) -> None:
+        where = sql.SQL("(created_time = ANY(%(times)s) OR {})").format(
+            sql.SQL(" OR ").join([sql.SQL("(created_time >= {} AND created_time < {})").format(
+                sql.Placeholder(f"lo{i}"), sql.Placeholder(f"hi{i}")) for i in range(len(ranges))] or [sql.SQL("false")]))
+        params = {"times": list(times), **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
+                  **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
+        for part in layout.parts:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
+                sql.Identifier(self.cfg.schema, layout.tables[part]), where), params)
+
+    def rollback_actions(self, layout: ShipLayout, start: dt.datetime | None = None, end: dt.datetime | None = None) -> list:
+        tables = [sql.Identifier(self.cfg.schema, layout.tables[part]) for part in layout.parts]
+        if start is None and end is None:
+            return [_Statement(sql.SQL("DROP TABLE IF EXISTS {}").format(t)) for t in tables]
+        return [_Statement(sql.SQL("DELETE FROM {} WHERE created_time >= %s AND created_time < %s").format(t),
+                           (start or "-infinity", end or "infinity")) for t in tables]
+
+    def checksums(self, cur: cursor | None = None) -> WideChecksums:
+        return PostgresChecksums(cur, self.cfg.schema)
