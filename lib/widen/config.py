@@ -110,10 +110,14 @@ class Connection:
     statement_timeout_seconds: float = 0.0
 
     def session_options(self) -> str:
-        """Server settings every session of this connection starts with (libpq/JDBC ``options``)."""
+        """Server settings every session of this connection starts with (libpq/JDBC ``options``):
+        the rendering pinned whatever the server, database or role defaults say (doubles exact:
+        ``extra_float_digits`` 3 prints the shortest exact text from 12 on, and pgjdbc sets it only
+        on servers before 12; UTC; ISO dates), and the statement timeout."""
+        options = "-c extra_float_digits=3 -c TimeZone=UTC -c DateStyle=ISO,MDY"
         if self.statement_timeout_seconds > 0:
-            return f"-c statement_timeout={round(self.statement_timeout_seconds * 1000)}"
-        return ""
+            options += f" -c statement_timeout={round(self.statement_timeout_seconds * 1000)}"
+        return options
 
     def password(self) -> str | None:
         if self.password_file:
@@ -139,8 +143,7 @@ class Connection:
         if self.sslmode:
             params["sslmode"] = self.sslmode
         params["connect_timeout"] = max(1, round(self.connect_timeout_seconds))
-        if self.session_options():
-            params["options"] = self.session_options()
+        params["options"] = self.session_options()
         return params
 
     def jdbc_url(self) -> str:
@@ -159,8 +162,7 @@ class Connection:
             props["password"] = secret
         if self.sslmode:
             props["sslmode"] = self.sslmode
-        if self.session_options():
-            props["options"] = self.session_options()
+        props["options"] = self.session_options()
         return props
 
     def describe(self) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from psycopg2 import sql
 
 from widen.config import BadInput
+from widen.pg.server import Server
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection
@@ -81,6 +82,7 @@ def migrate(conn: connection, catalog_schema: str) -> int:
     """Bring the catalog schema to ``LATEST`` (creating it when missing); commits. Returns the
     version it found."""
     s = sql.Identifier(catalog_schema)
+    Server.of(conn).require_target(f"the target server {conn.info.user}@{conn.info.host}:{conn.info.port}")
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.catalog'), hashtext(%s))", (catalog_schema,))
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))

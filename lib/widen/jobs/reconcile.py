@@ -183,7 +183,8 @@ class BucketTask:
             with src.cursor() as sc, tgt.cursor() as tc:
                 checksums.prepare_session(sc)
                 checksums.prepare_session(tc)
-                sides = Sides(self.source, sc, self.target.checksums(tc) if self.target else None, self.hashes)
+                sides = Sides(self.source, sc, self.target.checksums(tc, self.hashes.flavour) if self.target else None,
+                              self.hashes)
                 for ship in ships:
                     try:
                         yield from list(self._ship(sides, tgt, ship))
@@ -232,7 +233,7 @@ def _sessions(config: Config, source: NarrowTable, target: WideTarget, hashes: c
             src.cursor() as sc, tgt.cursor() as tc:
         checksums.prepare_session(sc)
         checksums.prepare_session(tc)
-        yield tgt, Sides(source, sc, target.checksums(tc), hashes)
+        yield tgt, Sides(source, sc, target.checksums(tc, hashes.flavour), hashes)
 
 
 def with_target_side(config: Config, source: NarrowTable, target: WideTarget, hashes: checksums.Hashes,
@@ -323,7 +324,8 @@ def run(config: Config, spark: SparkSession, options: ReconcileOptions) -> Resul
     ship_ids = list_ships(config, source, options.ships)
     spark = get_spark(config, spark)
     target = open_target(config.target, spark)
-    hashes = checksums.Hashes(target.checksum_hashes)
+    source_hashes = source.checksum_hashes()
+    hashes = checksums.Hashes(next(h for h in target.checksum_hashes if h in source_hashes))
     task = BucketTask(config, source, target if target.checksums_in_tasks else None,
                       config.source.connection.psycopg_params(), config.target.connection.psycopg_params(),
                       lo, hi, width, hashes)

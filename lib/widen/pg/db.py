@@ -71,17 +71,21 @@ def execute_values(cur: cursor, query: sql.Composable | str, rows: Sequence, tem
 
 def session_params(params: dict) -> dict:
     """libpq parameters with widen's defaults: a connect timeout and TCP keepalives, so a server
-    that stops answering is noticed instead of hanging a job."""
+    that stops answering is noticed instead of hanging a job; text in UTF-8, as JDBC reads it."""
     return {"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 30,
-            "keepalives_interval": 10, "keepalives_count": 3, **params}
+            "keepalives_interval": 10, "keepalives_count": 3, "client_encoding": "UTF8", **params}
 
 
 def open_session(params: dict, autocommit: bool = False) -> connection:
-    """A connection from libpq parameters (``Connection.psycopg_params()``), in UTC, with ``Cursor``."""
+    """A connection from libpq parameters (``Connection.psycopg_params()``), with ``Cursor``, its
+    rendering pinned whatever the server, database or role defaults say (as
+    ``Connection.session_options`` does at start-up; again here for parameters built elsewhere): UTC,
+    ISO dates, and doubles printed exactly (``extra_float_digits`` 3: the shortest exact text from 12
+    on, 17 digits before; ``widen.pg.render`` never depends on it)."""
     conn = psycopg2.connect(**session_params(params), cursor_factory=Cursor)
     conn.autocommit = autocommit
     with conn.cursor() as cur:
-        cur.execute("SET TIME ZONE 'UTC'")
+        cur.execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 3")
     if not autocommit:
         conn.commit()
     return conn

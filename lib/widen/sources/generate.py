@@ -127,7 +127,7 @@ def _insert_ship(conn_cfg: Connection, schema: str, table: str, ship: str, seed:
                         [1 + floor(random() * 5)::int] END,
                    CASE WHEN c.fmt = 'Boolean' THEN random() < 0.5 END
             FROM generate_series(%(start)s::timestamptz, %(last)s::timestamptz,
-                                 make_interval(secs => %(cadence)s)) AS ts
+                                 %(cadence)s * interval '1 second') AS ts
             CROSS JOIN gen_channels c""").format(t=sql.Identifier(schema, table)),
             {"ship": ship, "start": start, "last": end - dt.timedelta(microseconds=1),
              "cadence": cadence_seconds})

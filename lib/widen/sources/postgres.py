@@ -21,10 +21,11 @@ from psycopg2 import sql
 
 from widen.config import ConfigError, SourceConfig
 from widen.core import kernels
-from widen.core.checksum import Aggregate
+from widen.core.checksum import HASH_MD5, HASH_PG, Aggregate
 from widen.core.chunks import Chunk, aligned_range, sub_ranges
 from widen.core.layout import NewChannels
-from widen.pg import checksums, db, render, server
+from widen.pg import checksums, db, render
+from widen.pg.server import Server
 from widen.sources.base import NarrowTable
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class PostgresSource(NarrowTable):
 
     def __init__(self, cfg: SourceConfig):
         self.cfg = cfg
+        self._double_type: str | None = None     # of double_v (float8 or float4), looked up once
 
     @property
     def table(self) -> sql.Composable:
@@ -88,6 +90,7 @@ class PostgresSource(NarrowTable):
         cfg = self.cfg
         where = f"{cfg.schema}.{cfg.table}"
         with self.connect() as conn, conn.cursor() as cur:
+            Server.of(conn).require_source(f"the source server {cfg.connection.describe()}")
             columns = narrow_columns(cur, cfg.schema, cfg.table)
         if columns is None:
             raise ConfigError(f"the narrow table {where} does not exist on {cfg.connection.describe()}: check "
@@ -104,6 +107,16 @@ class PostgresSource(NarrowTable):
                 key = " (source.order_column)" if name == cfg.order_column else ""
                 raise ConfigError(f"the narrow table's column {name}{key} is {columns[name]}; widen needs "
                                   f"{' or '.join(allowed)}")
+        self._double_type = columns["double_v"]
+
+    def rendered_value(self, conn: connection, alias: str | None = None) -> sql.Composable:
+        """The value as a wide cell holds it, in SQL for this server and this table's double_v type
+        (``widen.pg.render``: the same text from 9.3 to 18)."""
+        if self._double_type is None:
+            with conn.cursor() as cur:
+                columns = narrow_columns(cur, self.cfg.schema, self.cfg.table) or {}
+            self._double_type = columns.get("double_v", "float8")
+        return render.rendered_value(alias, Server.of(conn), self._double_type)
 
     def unknown_ships(self, conn: connection, ships: list[str]) -> list[str]:
         """The ships of ``ships`` with no row in the narrow table (an index probe each)."""
@@ -126,12 +139,12 @@ class PostgresSource(NarrowTable):
         cfg = self.cfg
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT array_agg(a.attname ORDER BY k.i) FROM pg_index x "
+                "SELECT a0.attname, a1.attname FROM pg_index x "
                 "JOIN pg_class c ON c.oid = x.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "CROSS JOIN LATERAL unnest(x.indkey[0:1]) WITH ORDINALITY AS k(attnum, i) "
-                "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
-                "WHERE n.nspname = %s AND c.relname = %s GROUP BY x.indexrelid", (cfg.schema, cfg.table))
-            leading = [tuple(r[0]) for r in cur.fetchall()]
+                "LEFT JOIN pg_attribute a0 ON a0.attrelid = c.oid AND a0.attnum = x.indkey[0] "
+                "LEFT JOIN pg_attribute a1 ON a1.attrelid = c.oid AND a1.attnum = x.indkey[1] "
+                "WHERE n.nspname = %s AND c.relname = %s", (cfg.schema, cfg.table))
+            leading = [tuple(r) for r in cur.fetchall()]
         if ("ship_id", "created_time") in leading:
             return None
         return (f"{cfg.schema}.{cfg.table} has no index on (ship_id, created_time): every chunk read will "
@@ -153,10 +166,10 @@ class PostgresSource(NarrowTable):
         query = sql.SQL(
             "SELECT ship_id, data_channel_id, value_format, count(*), min(created_time), max(created_time), "
             "avg(octet_length({value})) FROM {t} WHERE {w} GROUP BY 1, 2, 3").format(
-            value=render.rendered_value(), t=self.table, w=where)
+            value=self.rendered_value(conn), t=self.table, w=where)
         ships: dict[str, dict] = {}
         with conn.cursor() as cur:
-            cur.execute("SET jit = off")  # JIT makes wide GROUP BYs slower (DESIGN.md, Pitfalls)
+            cur.execute(Server.of(conn).no_jit())  # JIT makes wide GROUP BYs slower (DESIGN.md, Pitfalls)
             cur.execute(query, params)
             for ship, channel, fmt, rows, lo, hi, avg in cur.fetchall():
                 s = ships.setdefault(ship, {"rows": 0, "start": lo, "end": hi, "channels": {}})
@@ -223,7 +236,7 @@ class PostgresSource(NarrowTable):
         if end:
             where.append(sql.SQL("created_time < %(end)s"))
             params["end"] = end
-        bucket = server.bucket_start(conn.server_version, sql.Placeholder("width"))
+        bucket = Server.of(conn).bucket_start(sql.Placeholder("width"))
         query = sql.SQL("SELECT ship_id, {b} AS bucket, count(*) FROM {t} WHERE {w} GROUP BY 1, 2 "
                         "ORDER BY 1, 2").format(b=bucket, t=self.table, w=sql.SQL(" AND ").join(where))
         with conn.cursor() as cur:
@@ -249,27 +262,43 @@ class PostgresSource(NarrowTable):
         - ``rejects``: one raw-reject text array per rejected row (``values.RAW_REJECT_FIELDS``).
 
         Rows of one group reach every ``array_agg`` in the same order, so the arrays stay aligned.
+        A server without aggregate ``FILTER`` (9.3) groups the valid and the rejected rows in two
+        subqueries joined on created_time: the same columns, two index range scans.
         """
         cfg = self.cfg
         valid = render.valid_row("t")
-        order = ([sql.SQL("array_agg(t.{}) FILTER (WHERE {v}) AS order_key, ").format(
-            sql.Identifier(cfg.order_column), v=valid)] if cfg.order_column else [])
         if channels:
             known = sql.SQL("(VALUES {}) AS m(name, idx)").format(sql.SQL(", ").join(
                 sql.SQL("({}, {})").format(sql.Literal(name), sql.Literal(i)) for i, name in enumerate(channels)))
         else:
             known = sql.SQL("(SELECT NULL::text AS name, NULL::integer AS idx WHERE false) AS m")
-        query = sql.SQL(
-            "(SELECT (extract(epoch FROM t.created_time) * 1000000)::bigint AS created_us, "
-            "array_agg(m.idx) FILTER (WHERE {v}) AS channel_idx, "
-            "array_agg({value}) FILTER (WHERE {v}) AS value, "
-            "array_agg(t.data_channel_id) FILTER (WHERE {v} AND m.idx IS NULL) AS unknown, {order}"
-            "array_agg({raw}) FILTER (WHERE NOT {v}) AS rejects "
-            "FROM {t} AS t LEFT JOIN {known} ON m.name = t.data_channel_id "
-            "WHERE t.ship_id = {ship} AND t.created_time >= {lo} AND t.created_time < {hi} "
-            "GROUP BY t.created_time) AS narrow_chunk").format(
-            v=valid, value=render.rendered_value("t"), order=sql.SQL("").join(order), raw=render.raw_reject("t"),
-            t=self.table, known=known, ship=sql.Literal(ship_id), lo=sql.Literal(lo), hi=sql.Literal(hi))
+        parts = dict(v=valid, value=self.rendered_value(conn, "t"), raw=render.raw_reject("t"), t=self.table,
+                     known=known, ship=sql.Literal(ship_id), lo=sql.Literal(lo), hi=sql.Literal(hi),
+                     o=sql.Identifier(cfg.order_column or "created_time"))
+        in_range = "t.ship_id = {ship} AND t.created_time >= {lo} AND t.created_time < {hi}"
+        if Server.of(conn).aggregate_filter:
+            order = "array_agg(t.{o}) FILTER (WHERE {v}) AS order_key, " if cfg.order_column else ""
+            query = sql.SQL(
+                "(SELECT (extract(epoch FROM t.created_time) * 1000000)::bigint AS created_us, "
+                "array_agg(m.idx) FILTER (WHERE {v}) AS channel_idx, "
+                "array_agg({value}) FILTER (WHERE {v}) AS value, "
+                "array_agg(t.data_channel_id) FILTER (WHERE {v} AND m.idx IS NULL) AS unknown, " + order +
+                "array_agg({raw}) FILTER (WHERE NOT {v}) AS rejects "
+                "FROM {t} AS t LEFT JOIN {known} ON m.name = t.data_channel_id "
+                "WHERE " + in_range + " GROUP BY t.created_time) AS narrow_chunk").format(**parts)
+        else:
+            order = ("array_agg(t.{o}) AS order_key, ", "g.order_key, ") if cfg.order_column else ("", "")
+            query = sql.SQL(
+                "(SELECT (extract(epoch FROM coalesce(g.created_time, r.created_time)) * 1000000)::bigint AS created_us, "
+                "g.channel_idx, g.value, g.unknown, " + order[1] + "r.rejects FROM "
+                "(SELECT t.created_time, array_agg(m.idx) AS channel_idx, array_agg({value}) AS value, "
+                "nullif(array_remove(array_agg(CASE WHEN m.idx IS NULL THEN t.data_channel_id END), NULL), '{{}}') "
+                "AS unknown, " + order[0] + "count(*) AS n "
+                "FROM {t} AS t LEFT JOIN {known} ON m.name = t.data_channel_id "
+                "WHERE " + in_range + " AND {v} GROUP BY t.created_time) AS g "
+                "FULL JOIN (SELECT t.created_time, array_agg({raw}) AS rejects FROM {t} AS t "
+                "WHERE " + in_range + " AND NOT {v} GROUP BY t.created_time) AS r "
+                "ON r.created_time = g.created_time) AS narrow_chunk").format(**parts)
         return query.as_string(conn)
 
     def read_chunk(self, spark: SparkSession, chunk: Chunk, partitions: int, channels: list[str]) -> DataFrame:
@@ -294,7 +323,7 @@ class PostgresSource(NarrowTable):
             "SELECT data_channel_id, value_format, count(*), avg(octet_length({v})) FROM {t} "
             "WHERE ship_id = %s AND created_time >= %s AND created_time < %s "
             "AND data_channel_id = ANY(%s) AND {valid} GROUP BY 1, 2").format(
-            v=render.rendered_value(), t=self.table, valid=render.valid_row())
+            v=self.rendered_value(conn), t=self.table, valid=render.valid_row())
         found: dict[str, tuple[str, float, int]] = {}
         with conn.cursor() as cur:
             cur.execute(query, (chunk.ship_id, chunk.range_start, chunk.range_end, channels))
@@ -322,13 +351,13 @@ class PostgresSource(NarrowTable):
                 yield from rows
 
     # -- reconcile: the narrow side of the checksums -----------------------------------------------
-    def _cells(self, exact: bool) -> sql.Composable:
+    def _cells(self, conn: connection, exact: bool) -> sql.Composable:
         """(created_time, ch, v, ok) of one ship's rows in [%(lo)s, %(hi)s): with ``exact`` valid rows
         only, one per (created_time, channel) by the duplicate rule; without, every row, ``ok``
         telling the valid ones."""
         in_range = sql.SQL("ship_id = %(ship)s AND created_time >= %(lo)s AND created_time < %(hi)s")
         where = sql.SQL("{} AND {}").format(in_range, render.valid_row())
-        value = render.rendered_value()
+        value = self.rendered_value(conn)
         if not exact:
             return sql.SQL("SELECT created_time, data_channel_id AS ch, {v} AS v, {ok} AS ok FROM {t} WHERE {w}").format(
                 v=value, ok=render.valid_row(), t=self.table, w=in_range)
@@ -339,13 +368,13 @@ class PostgresSource(NarrowTable):
         return sql.SQL("SELECT created_time, data_channel_id AS ch, max(({v}) COLLATE \"C\") AS v, true AS ok "
                        "FROM {t} WHERE {w} GROUP BY 1, 2").format(v=value, t=self.table, w=where)
 
-    def _per_time(self, exact: bool, hashes: checksums.Hashes) -> sql.Composable:
+    def _per_time(self, conn: connection, exact: bool, hashes: checksums.Hashes) -> sql.Composable:
         return sql.SQL(
-            "SELECT created_time, count(v) FILTER (WHERE ok) AS cells, "
-            "coalesce(sum({cell}) FILTER (WHERE ok), 0) AS s, "
-            "count(*) FILTER (WHERE ok) AS valid_rows, count(*) FILTER (WHERE NOT ok) AS rejected "
+            "SELECT created_time, count(CASE WHEN ok THEN v END) AS cells, "
+            "coalesce(sum(CASE WHEN ok THEN {cell} END), 0) AS s, "
+            "count(CASE WHEN ok THEN 1 END) AS valid_rows, count(CASE WHEN NOT ok THEN 1 END) AS rejected "
             "FROM ({c}) cells GROUP BY created_time").format(
-            cell=hashes.cell(sql.SQL("ch || {us} || v").format(us=checksums.US)), c=self._cells(exact))
+            cell=hashes.cell(sql.SQL("ch || {us} || v").format(us=checksums.US)), c=self._cells(conn, exact))
 
     def bucket_aggregates(self, cur: cursor, ship: str, lo: dt.datetime, hi: dt.datetime, width_seconds: float,
                           hashes: checksums.Hashes,
@@ -353,16 +382,22 @@ class PostgresSource(NarrowTable):
         """bucket start -> Aggregate in the fast form (duplicates not grouped; a differing bucket is
         checked again exactly); rejected rows per bucket into ``rejected``."""
         params = {"ship": ship, "lo": lo, "hi": hi, "width": width_seconds}
-        return checksums.aggregates(cur, self._per_time(False, hashes),
-                                    server.bucket_start(cur.connection.server_version, sql.Placeholder("width")),
+        return checksums.aggregates(cur, self._per_time(cur.connection, False, hashes),
+                                    Server.of(cur.connection).bucket_start(sql.Placeholder("width")),
                                     params, rejected, hashes)
 
     def aggregates(self, cur: cursor, ship: str, lo: dt.datetime, hi: dt.datetime, grouping: str,
                    hashes: checksums.Hashes) -> dict:
         """Exact aggregates of [lo, hi): ``range`` (key 0) or per ``time`` (key created_time)."""
         group = {"range": sql.SQL("0"), "time": sql.SQL("created_time")}[grouping]
-        return checksums.aggregates(cur, self._per_time(True, hashes), group, {"ship": ship, "lo": lo, "hi": hi},
+        return checksums.aggregates(cur, self._per_time(cur.connection, True, hashes), group, {"ship": ship, "lo": lo, "hi": hi},
                                     hashes=hashes)
+
+    def checksum_hashes(self) -> tuple[str, ...]:
+        """The hash flavours this server computes (``core.checksum``), fastest first: PostgreSQL's
+        ``hashtextextended`` from 11, ``md5`` on every version."""
+        with self.connect() as conn:
+            return (HASH_PG, HASH_MD5) if Server.of(conn).hashtextextended else (HASH_MD5,)
 
     def range_aggregate(self, cur: cursor, ship: str, lo: dt.datetime, hi: dt.datetime, hashes: checksums.Hashes) -> Aggregate:
         return self.aggregates(cur, ship, lo, hi, "range", hashes).get(0, Aggregate())
@@ -370,8 +405,8 @@ class PostgresSource(NarrowTable):
     def cells_at(self, cur: cursor, ship: str, created_time: dt.datetime) -> tuple[bool, dict[str, str]]:
         """(whether the ship has a valid row at created_time, its non-NULL cells by channel, after
         the duplicate rule)."""
-        cur.execute(self._cells(True), {"ship": ship, "lo": created_time,
-                                        "hi": created_time + dt.timedelta(microseconds=1)})
+        cur.execute(self._cells(cur.connection, True),
+                    {"ship": ship, "lo": created_time, "hi": created_time + dt.timedelta(microseconds=1)})
         rows = cur.fetchall()
         return bool(rows), {ch: v for _, ch, v, _ in rows if v is not None}
 
@@ -425,7 +460,7 @@ class PostgresSource(NarrowTable):
         order = sql.Identifier(self.cfg.order_column) if self.cfg.order_column else sql.SQL("NULL::bigint")
         query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, NULL::text, {o} FROM {t} "
                         "WHERE ship_id = %(ship)s AND {valid} AND {w}").format(
-            v=render.rendered_value(), o=order, t=self.table, valid=render.valid_row(), w=where)
+            v=self.rendered_value(conn), o=order, t=self.table, valid=render.valid_row(), w=where)
         batches = []
         with conn.cursor(name="widen_ship_rows") as cur:
             cur.itersize = 20_000
@@ -441,7 +476,10 @@ class PostgresSource(NarrowTable):
     def stream_options(self, **extra) -> dict[str, str]:
         from widen.sources import postgres_stream
 
-        return postgres_stream.stream_options(self.cfg, **extra)
+        if self._double_type is None:
+            with self.connect() as conn:
+                self.rendered_value(conn)             # looks the type of double_v up
+        return postgres_stream.stream_options(self.cfg, double_type=self._double_type, **extra)
 
     def initial_offset(self, options: dict[str, str]) -> dict:
         from widen.sources import postgres_stream
@@ -459,13 +497,13 @@ class PostgresSource(NarrowTable):
         """Cells that differ between the wide tables and a SQL pivot of the narrow rows (both ways)."""
         diffs = 0
         with conn.cursor() as cur:
-            cur.execute("SET jit = off")
+            cur.execute(Server.of(conn).no_jit())
             for part in layout.parts:
                 members = layout.part_channels(part)
                 cols = sql.SQL(", ").join(sql.Identifier(c.column_name) for c in members)
                 pivots = sql.SQL(", ").join(
-                    sql.SQL("max({v} COLLATE \"C\") FILTER (WHERE data_channel_id = {ch})").format(
-                        v=render.rendered_value(), ch=sql.Literal(c.data_channel_id)) for c in members)
+                    sql.SQL("max(CASE WHEN data_channel_id = {ch} THEN {v} END COLLATE \"C\")").format(
+                        v=self.rendered_value(conn), ch=sql.Literal(c.data_channel_id)) for c in members)
                 wide = sql.SQL("SELECT created_time, {c} FROM {t}").format(
                     c=cols, t=sql.Identifier(target_schema, layout.tables[part]))
                 narrow = sql.SQL("SELECT created_time, {p} FROM {t} WHERE ship_id = {s} AND {valid} "

@@ -97,6 +97,8 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.start = options.get("start") or "earliest"
         self.start_wait = float(options.get("start_wait_seconds", "60"))
         self.max_rows = int(options.get("max_rows_per_batch", "0")) or None
+        #: the type of the narrow table's double_v (float8 or float4), for the rendering
+        self.double_type = options.get("double_type") or "float8"
         #: with Trigger.AvailableNow: the offset no batch goes beyond (set when the query starts)
         self.target: dict | None = None
 
@@ -140,7 +142,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             conn = self._connect()
             try:
                 with conn.cursor() as cur:
-                    cur.execute("SELECT now() - make_interval(secs => %s)", (self.settle,))
+                    cur.execute("SELECT now() - %s * interval '1 second'", (self.settle,))
                     return {"t": cur.fetchone()[0].isoformat()}
             finally:
                 conn.close()
@@ -201,7 +203,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         sql.Identifier(self.order_column), self._table()))
                     self.target = {"id": cur.fetchone()[0]}
                 else:
-                    cur.execute("SELECT now() - make_interval(secs => %s)", (self.settle,))
+                    cur.execute("SELECT now() - %s * interval '1 second'", (self.settle,))
                     self.target = {"t": cur.fetchone()[0].isoformat()}
         finally:
             conn.close()
@@ -235,7 +237,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 # Advance only to the newest settled row, so an idle table gives no new batch.
                 cap = sql.SQL(" AND created_time <= %s") if self.target else sql.SQL("")
                 cur.execute(sql.SQL("SELECT max(created_time) FROM {} WHERE created_time >= %s AND "
-                                    "created_time <= now() - make_interval(secs => %s){}").format(
+                                    "created_time <= now() - %s * interval '1 second'{}").format(
                     self._table(), cap), (start["t"], self.settle, *([self.target["t"]] if self.target else [])))
                 newest = cur.fetchone()[0]
                 if newest is None:
@@ -273,15 +275,18 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """
         from psycopg2 import sql
 
+        from widen.pg.server import Server
+
         # Running transactions: the snapshot's in-progress list misses those with an xid at or
         # above its xmax, so they come from pg_locks (every transaction holds the lock on its own
         # xid), read in the same statement, after the snapshot was taken.
         cur.execute(sql.SQL(
             "SELECT coalesce(max({o}), %s), ARRAY(SELECT x FROM ("
-            "SELECT x::text::bigint %% 4294967296 AS x FROM pg_snapshot_xip(pg_current_snapshot()) AS x "
+            "SELECT x::text::bigint %% 4294967296 AS x FROM {xip} AS x "
             "UNION SELECT transactionid::text::bigint FROM pg_locks WHERE locktype = 'transactionid' "
             "AND mode = 'ExclusiveLock' AND granted) r ORDER BY 1) FROM {t} WHERE {o} > %s").format(
-            o=sql.Identifier(self.order_column), t=self._table()), (start["id"], start["id"]))
+            o=sql.Identifier(self.order_column), t=self._table(), xip=Server.of(cur.connection).snapshot_xip()),
+            (start["id"], start["id"]))
         latest, running = cur.fetchone()
         floors = {xid: floor for xid, floor in start["pending"]}
         pending = [[int(x), floors.get(int(x), start["id"])] for x in sorted(running)]
@@ -300,6 +305,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         from psycopg2 import sql
 
         from widen.pg import render
+        from widen.pg.server import Server
 
         raw = sql.SQL("CASE WHEN {r} IS NOT NULL THEN {a} END").format(r=render.reject_reason(), a=render.raw_reject())
         bucket = sql.SQL("(hashtext(coalesce(ship_id, '')) & 2147483647) %% %s = %s")
@@ -322,15 +328,15 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             where = sql.SQL("created_time >= %s AND created_time < %s AND ") + bucket
             params = [lo, partition.end["t"], partition.buckets, partition.bucket]
             order_key = sql.SQL("NULL::bigint")
-        query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {ok} FROM {t} "
-                        "WHERE {w}").format(v=render.rendered_value(), raw=raw, ok=order_key,
-                                            t=self._table(), w=where)
         from widen.core.kernels import ROW_SCHEMA
 
         names, types = ROW_SCHEMA.names, ROW_SCHEMA.types
         conn = self._connect()
-        conn.autocommit = False
         try:
+            value = render.rendered_value(None, Server.of(conn), self.double_type)
+            query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {ok} FROM {t} "
+                            "WHERE {w}").format(v=value, raw=raw, ok=order_key, t=self._table(), w=where)
+            conn.autocommit = False
             with conn.cursor(name="widen_stream_read") as cur:
                 cur.itersize = 20_000
                 cur.execute(query, params)

@@ -66,8 +66,9 @@ class WideChecksums(ABC):
 class WideTarget(ABC):
     kind: str
     cfg: TargetConfig
-    #: the hash flavour both sides of reconcile use (``core.checksum.HASH_PG`` / ``HASH_MD5``)
-    checksum_hashes: str
+    #: the hash flavours it can compute for reconcile, fastest first (``core.checksum.HASH_PG`` /
+    #: ``HASH_MD5``); reconcile uses the first the source can compute too
+    checksum_hashes: tuple[str, ...]
     #: whether reconcile's Spark tasks compute this target's side with the source's (else the driver does)
     checksums_in_tasks: bool
     #: whether the target reaches its tables through a Spark session (jobs start one for it)
@@ -119,8 +120,9 @@ class WideTarget(ABC):
         [start, end); run in the rollback's transaction, before the catalog rows go."""
 
     @abstractmethod
-    def checksums(self, cur: cursor | None = None) -> WideChecksums:
-        """The wide side of reconcile (``cur``: a target session, where the target is PostgreSQL)."""
+    def checksums(self, cur: cursor | None, hashes: str) -> WideChecksums:
+        """The wide side of reconcile with the hash flavour ``hashes`` (``cur``: a target session,
+        where the target is PostgreSQL)."""
 
 
 def present_columns(layout: ShipLayout, wide: Pivoted, part: int) -> list[tuple[Any, pa.Array]]:

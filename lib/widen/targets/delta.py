@@ -96,7 +96,7 @@ class DeltaTarget(WideTarget):
     """The Delta wide tables of one configuration, reached through one Spark session."""
 
     kind = "delta"
-    checksum_hashes = HASH_MD5          # Spark has md5, not PostgreSQL's hashtextextended
+    checksum_hashes = (HASH_MD5,)       # Spark has md5, not PostgreSQL's hashtextextended
     checksums_in_tasks = False          # Spark aggregates the Delta side on the driver
     needs_spark = True
 
@@ -309,7 +309,8 @@ class DeltaTarget(WideTarget):
                         lambda cur, t=t: (self.delete(t, condition) if self.exists(t) else None) or 0)
                 for t in layout.tables.values()]
 
-    def checksums(self, cur: cursor | None = None) -> WideChecksums:
+    def checksums(self, cur: cursor | None, hashes: str) -> WideChecksums:
+        assert hashes == HASH_MD5, hashes
         return DeltaChecksums(self)
 
 

@@ -24,10 +24,11 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 from widen.catalog import ledger
 from widen.config import TargetConfig
 from widen.core import kernels
-from widen.core.checksum import HASH_PG
+from widen.core.checksum import HASH_MD5, HASH_PG
 from widen.core.chunks import Chunk
 from widen.core.layout import LayoutRules, ShipLayout
-from widen.pg import checksums, db, server
+from widen.pg import checksums, db
+from widen.pg.server import Server
 from widen.targets.base import ChunkWrite, WideChecksums, WideTarget, present_columns
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def merge_statement(server_version: int, target: sql.Composable, staging: sql.Co
     combine = _combine(greatest)
     wins = ('{new}.{c} IS NOT NULL AND (w.{c} IS NULL OR {new}.{c} COLLATE "C" > w.{c} COLLATE "C")' if greatest
             else "{new}.{c} IS NOT NULL AND {new}.{c} IS DISTINCT FROM w.{c}")
-    if server.has_merge(server_version):
+    if Server(server_version).merge:
         if not cols:
             return sql.SQL(
                 "MERGE INTO {t} AS w USING {s} AS s ON w.created_time = s.created_time "
@@ -306,7 +307,7 @@ def ensure_wide_tables(conn: connection, target_schema: str, layout: ShipLayout)
 
 
 
-def wide_per_time(target_schema: str, layout: ShipLayout) -> tuple[sql.Composable, dict]:
+def wide_per_time(target_schema: str, layout: ShipLayout, hashes: checksums.Hashes) -> tuple[sql.Composable, dict]:
     """(created_time, cells, s) of one ship's wide rows in [%(lo)s, %(hi)s), all parts together.
 
     Channel names go as parameters (``%(c0)s`` …): a literal ``%`` in a name would otherwise be
@@ -324,7 +325,7 @@ def wide_per_time(target_schema: str, layout: ShipLayout) -> tuple[sql.Composabl
             names[key] = c.data_channel_id
             text = sql.SQL("{ch}::text || {us} || {col}").format(ch=sql.Placeholder(key), us=checksums.US,
                                                                  col=sql.Identifier(c.column_name))
-            terms.append(sql.SQL("coalesce({h}, 0)").format(h=checksums.Hashes().cell(text)))
+            terms.append(sql.SQL("coalesce({h}, 0)").format(h=hashes.cell(text)))
         sums = sql.SQL(" + ").join(terms) if terms else sql.SQL("0")
         per_part.append(sql.SQL(
             "SELECT created_time, {cells} AS cells, {sums} AS s, 1 AS valid_rows, 0 AS rejected FROM {t} "
@@ -339,8 +340,8 @@ def wide_per_time(target_schema: str, layout: ShipLayout) -> tuple[sql.Composabl
 class PostgresChecksums(WideChecksums):
     """The wide side in a PostgreSQL target: the aggregates computed by its server."""
 
-    def __init__(self, cur: cursor, target_schema: str):
-        self.cur, self.schema = cur, target_schema
+    def __init__(self, cur: cursor, target_schema: str, hashes: checksums.Hashes):
+        self.cur, self.schema, self.hashes = cur, target_schema, hashes
 
     def groups(self, layout: ShipLayout, ship: str, lo: dt.datetime, hi: dt.datetime, grouping: str,
                width: float | None = None) -> dict:
@@ -348,11 +349,11 @@ class PostgresChecksums(WideChecksums):
         or ``time`` (key created_time)."""
         if layout is None or not layout.tables:
             return {}
-        group = {"bucket": server.bucket_start(self.cur.connection.server_version, sql.Placeholder("width")),
+        group = {"bucket": Server.of(self.cur.connection).bucket_start(sql.Placeholder("width")),
                  "range": sql.SQL("0"), "time": sql.SQL("created_time")}[grouping]
-        per_time, names = wide_per_time(self.schema, layout)
+        per_time, names = wide_per_time(self.schema, layout, self.hashes)
         params = {"ship": ship, "lo": lo, "hi": hi, "width": width, **names}
-        return checksums.aggregates(self.cur, per_time, group, params, hashes=checksums.Hashes())
+        return checksums.aggregates(self.cur, per_time, group, params, hashes=self.hashes)
 
     def row(self, layout: ShipLayout, created_time: dt.datetime) -> tuple[bool, dict]:
         """(whether a wide row exists at created_time, its non-NULL cells by channel)."""
@@ -426,7 +427,7 @@ class _Statement:
 
 class PostgresTarget(WideTarget):
     kind = "postgres"
-    checksum_hashes = HASH_PG
+    checksum_hashes = (HASH_PG, HASH_MD5)
     checksums_in_tasks = True
 
     def __init__(self, cfg: TargetConfig):
@@ -488,5 +489,5 @@ class PostgresTarget(WideTarget):
         return [_Statement(sql.SQL("DELETE FROM {} WHERE created_time >= %s AND created_time < %s").format(t),
                            (start or "-infinity", end or "infinity")) for t in tables]
 
-    def checksums(self, cur: cursor | None = None) -> WideChecksums:
-        return PostgresChecksums(cur, self.cfg.schema)
+    def checksums(self, cur: cursor | None, hashes: str) -> WideChecksums:
+        return PostgresChecksums(cur, self.cfg.schema, checksums.Hashes(hashes))
