@@ -8,12 +8,17 @@
   spark-native  spark.read JDBC (partitioned by created_time) + groupBy().pivot() + write.jdbc
   widen-delta   (with --delta) the same backfill into Delta tables (target.kind delta) under
                 <home>/lake; checked against widen's PostgreSQL tables by rows and non-NULL cells
+  widen-<ver>   (with --old-source pgbuilds/11.22) the same narrow rows copied bit-exact into an
+                old PostgreSQL server started from that build, backfilled from there into the same
+                target (the compatibility path: doubles rendered by render.shortest_float_text on
+                the source); its tables must equal widen's byte for byte
 
 Prints narrow rows/s and the ratios, and checks that every competitor's tables equal widen's
 (EXCEPT both ways). Default data: 8 ships x 150 channels x 48 h at 15 s = 13.8M narrow rows;
 --small gives 2 ships x 40 channels x 6 h.
 
     .venv/bin/python bench/backfill.py [--small] [--skip spark-native] [--reuse-data]
+                                       [--old-source pgbuilds/11.22]
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +43,10 @@ from psycopg2 import sql  # noqa: E402
 from widen import config as widen_config, embedded  # noqa: E402
 from widen.catalog import layouts as catalog  # noqa: E402
 from widen.jobs import backfill  # noqa: E402
-from widen.pg import render  # noqa: E402
+from widen.pg import (
+    db,  # noqa: E402
+    render,  # noqa: E402
+)
 from widen.session import get_spark  # noqa: E402
 from widen.sources import generate  # noqa: E402
 
@@ -239,6 +248,47 @@ def run_spark_native(cfg, spark, ship_layouts) -> float:
     return time.monotonic() - began
 
 
+def old_source_config(cfg, build: Path, home: str):
+    """The bench's config with the narrow table on an old server started from ``build``."""
+    from dataclasses import replace
+
+    old = embedded.ensure_running(Path(home) / f"pg-{build.name}", build=build)
+    conn = replace(cfg.source.connection, host=old.host, port=old.port, database=old.database, user=old.user)
+    return replace(cfg, source=replace(cfg.source, connection=conn),
+                   target=replace(cfg.target, schema=f"{SCHEMAS['widen']}_old", catalog_schema=f"{CATALOG}_old"))
+
+
+def copy_narrow_table(cfg, old_cfg) -> float:
+    """The narrow table from the bench's server to the old one, bit-exact (COPY text with
+    extra_float_digits 3), streamed through a pipe; returns seconds."""
+    began = time.monotonic()
+    table = sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries")
+    with db.connection(old_cfg.source.connection) as dst:
+        generate.ensure_narrow_table(dst, SRC_SCHEMA, "tbl_data_timeseries")
+        with dst.cursor() as cur:
+            cur.execute(sql.SQL("TRUNCATE {}").format(table))
+            cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries_ship_time")))
+        dst.commit()
+        read_end, write_end = os.pipe()
+        columns = sql.SQL("(ship_id, data_channel_id, created_time, value_format, double_v, long_v, str_v, bool_v)")
+
+        def send() -> None:
+            with db.connection(cfg.source.connection) as src, src.cursor() as cur, open(write_end, "wb") as out:
+                cur.copy_expert(sql.SQL("COPY {} {} TO STDOUT").format(table, columns).as_string(cur), out)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        with dst.cursor() as cur, open(read_end, "rb") as incoming:
+            cur.copy_expert(sql.SQL("COPY {} {} FROM STDIN").format(table, columns).as_string(cur), incoming)
+            cur.execute(sql.SQL("CREATE INDEX {} ON {} (ship_id, created_time)").format(
+                sql.Identifier("tbl_data_timeseries_ship_time"), table))
+        dst.commit()
+        sender.join()
+        dst.autocommit = True
+        dst.cursor().execute(sql.SQL("VACUUM ANALYZE {}").format(table))
+    return time.monotonic() - began
+
+
 def same_tables(conn, schema: str, ship_layouts) -> bool:
     with conn.cursor() as cur:
         for layout in ship_layouts.values():
@@ -263,6 +313,8 @@ def main() -> int:
     parser.add_argument("--reuse-data", action="store_true", help="keep the narrow table of the last run")
     parser.add_argument("--home", default=str(ROOT / ".local" / "bench"))
     parser.add_argument("--delta", action="store_true", help="also backfill into Delta tables (widen-delta)")
+    parser.add_argument("--old-source", type=Path, metavar="BUILD",
+                        help="also backfill from an old server started from this build (e.g. pgbuilds/11.22)")
     args = parser.parse_args()
     if args.small:
         args.ships, args.channels, args.hours = 2, 40, 6
@@ -277,7 +329,11 @@ def main() -> int:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries")))
         narrow_rows = cur.fetchone()[0]
         cur.execute("VACUUM ANALYZE " + sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries").as_string(cur))
-    reset(conn, [CATALOG, CATALOG + "_delta", *SCHEMAS.values()])
+    old_cfg = old_source_config(cfg, args.old_source, args.home) if args.old_source else None
+    if old_cfg:
+        print(f"copied the narrow table to PostgreSQL {args.old_source.name} in "
+              f"{copy_narrow_table(cfg, old_cfg):.0f} s", flush=True)
+    reset(conn, [CATALOG, CATALOG + "_delta", CATALOG + "_old", *SCHEMAS.values(), SCHEMAS["widen"] + "_old"])
     began = time.monotonic()
     spark = get_spark(cfg)
     spark_start = time.monotonic() - began
@@ -296,6 +352,11 @@ def main() -> int:
             timings[name] = run_spark_native(cfg, spark, ship_layouts)
         print(f"{name}: {timings[name]:.1f} s", flush=True)
     equal = {name: same_tables(conn, SCHEMAS[name], ship_layouts) for name in timings if name != "widen"}
+    if old_cfg:
+        name = f"widen-{args.old_source.name}"
+        timings[name] = run_widen(old_cfg, spark)
+        print(f"{name}: {timings[name]:.1f} s", flush=True)
+        equal[name] = same_tables(conn, old_cfg.target.schema, ship_layouts)
     if args.delta:
         delta_cfg = delta_config(cfg, args.home)
         timings["widen-delta"] = run_widen(delta_cfg, spark)

@@ -138,3 +138,46 @@ def fresh_fleet(pg_server):
                 cur.execute(sql.SQL("CREATE INDEX ON {} (ingest_id)").format(narrow))
         return conn
     return make
+
+
+#: the old server builds ``make setup`` unpacks into pgbuilds/ (build/pg-servers-pom.xml)
+PGBUILDS = ROOT / "pgbuilds"
+
+
+@pytest.fixture(scope="session")
+def old_server(tmp_path_factory):
+    """Start (once per run) a real old PostgreSQL server from pgbuilds/<version>: ``old_server("9.3")``.
+
+    Each runs with hostile defaults a production database may have, which widen must override:
+    ``extra_float_digits = 0`` (15-digit doubles before 12), DateStyle SQL/DMY, a time zone five
+    and three quarter hours from UTC, and before 12 ``standard_conforming_strings = off``.
+    Returns a pg_server-like dict plus ``version`` (server_version_num)."""
+    from widen import embedded
+
+    started: dict[str, dict] = {}
+    homes = []
+
+    def start(version: str) -> dict:
+        if version in started:
+            return started[version]
+        builds = sorted(PGBUILDS.glob(f"{version}.*"))
+        assert builds, f"no PostgreSQL {version} build in {PGBUILDS}: run `make setup`"
+        home = tmp_path_factory.mktemp(f"pg{version}")
+        server = embedded.ensure_running(home, build=builds[-1])
+        homes.append(home)
+        conn = psycopg2.connect(**server.dsn_params())
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("ALTER DATABASE widen SET extra_float_digits = 0")
+            cur.execute("ALTER DATABASE widen SET DateStyle = 'SQL, DMY'")
+            cur.execute("ALTER DATABASE widen SET TimeZone = 'Asia/Kathmandu'")
+            if conn.server_version < 120000:
+                cur.execute("ALTER DATABASE widen SET standard_conforming_strings = off")
+        started[version] = {"host": server.host, "port": server.port, "user": server.user,
+                            "database": server.database, "version": conn.server_version}
+        conn.close()
+        return started[version]
+
+    yield start
+    for home in homes:
+        embedded.stop(home)

@@ -39,15 +39,16 @@ def catalog_mapping(cur, catalog_schema: str, ship: str) -> dict[str, list[tuple
 
 def narrow_rows(src_schema: str, order_column: str | None = None,
                 exclude: sql.Composable | None = None) -> sql.Composable:
-    """The narrow rows the pivot reads: all of them, or with an order column only the last row per
-    (ship, created_time, channel); ``exclude`` is a condition for rows left out (e.g. late rows)."""
+    """The narrow rows the pivot reads: all of them, or with an order column only the last valid row
+    per (ship, created_time, channel); ``exclude`` is a condition for rows left out (e.g. late rows)."""
     table = sql.Identifier(src_schema, "tbl_data_timeseries")
     keep = sql.SQL("NOT ({})").format(exclude) if exclude is not None else sql.SQL("true")
     if order_column is None:
         return sql.SQL("(SELECT * FROM {} WHERE {}) n").format(table, keep)
-    return sql.SQL("(SELECT DISTINCT ON (ship_id, created_time, data_channel_id) * FROM {t} WHERE {k} "
+    # a rejected row is not a reading: it never replaces the last valid one
+    return sql.SQL("(SELECT DISTINCT ON (ship_id, created_time, data_channel_id) * FROM {t} WHERE {k} AND {v} "
                    "ORDER BY ship_id, created_time, data_channel_id, {o} DESC) n").format(
-        t=table, k=keep, o=sql.Identifier(order_column))
+        t=table, k=keep, v=VALID, o=sql.Identifier(order_column))
 
 
 def differences(cur, src_schema: str, tgt_schema: str, catalog_schema: str, ship: str,
