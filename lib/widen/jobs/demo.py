@@ -41,11 +41,8 @@ DEMO_CATALOG_SCHEMA = "widen_demo_catalog"
 
 
 @dataclass(frozen=True)
-class DemoOptions:
-    fleet_ships: int = 4
-    channels: int = 50
-    hours: float = 6.0
-    seed: int = 7
+class DemoOptions(generate.FleetOptions):
+    pass
 
 
 def forget_earlier_demo(config: Config, spark: SparkSession) -> None:

@@ -14,11 +14,16 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class GenerateOptions:
+class FleetOptions:
+    """The shape of a synthetic fleet (generate, demo)."""
     fleet_ships: int = 4
     channels: int = 50
     hours: float = 6.0
     seed: int = 7
+
+
+@dataclass(frozen=True)
+class GenerateOptions(FleetOptions):
     start: dt.datetime | None = None
     #: empty the narrow table first (only a table generate made)
     replace: bool = False
