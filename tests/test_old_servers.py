@@ -8,7 +8,8 @@ The builds come from Maven Central (``make setup`` -> pgbuilds/) and run with ho
   is byte for byte what this run's PostgreSQL 18 prints for the same bits (hypothesis draws them).
 - The journey, per source version (9.3, 9.6, 11, 13 into the PostgreSQL 18 target; 9.3 into an 11
   target): plan, the stream's hand-off at the live tail, backfill, stream ``--once``, reconcile, a
-  tampered and a deleted cell found and repaired, rollback of one ship. After each step the wide
+  tampered and a deleted cell found and repaired, rollback of one ship and its resume; after each step
+  the ships' lifecycle states as ``status`` reports them, and at the end how they got there. After each step the wide
   tables equal the oracle: the narrow table copied (bit-exact) into PostgreSQL 18 and pivoted there
   by tests/oracle.py, so the expected text of a double is what PostgreSQL 18 prints.
 - A target older than 11 is refused by ``plan`` and ``backfill`` with one clear line (exit 2).
@@ -36,7 +37,7 @@ from psycopg2.extensions import AsIs
 from psycopg2.extras import execute_values
 
 from widen import cli, config as widen_config
-from widen.jobs import backfill, plan, reconcile, rollback, stream
+from widen.jobs import backfill, plan, reconcile, resume, rollback, status, stream
 from widen.pg import render
 
 UTC = dt.UTC
@@ -182,6 +183,12 @@ def assert_equal_to_oracle(src, tgt, pg, name: str, same_server: bool) -> None:
         oracle.assert_equal_to_oracle(cur, s, w, c, order_column="ingest_id")
 
 
+def states(config) -> dict[str, str]:
+    """Each ship's lifecycle state, as ``status`` reports it."""
+    report = status.run(config)
+    return {r["ship_id"]: r["state"] for r in report.summary["ship_status"]}
+
+
 def tamper(tgt, name: str, ship: str) -> None:
     """One cell changed and one cell emptied in the ship's wide table."""
     with tgt.cursor() as cur:
@@ -210,7 +217,8 @@ def test_journey_from_an_old_source(source_version, target_version, old_server, 
                          database=source_server["database"], schema="src", order_column="ingest_id")
     config = widen_config.parse(raw)
     config = replace(config, stream=replace(config.stream, start="latest", settle_seconds=0.0, query_name=name,
-                                            checkpoint=str(tmp_path / "cp")))
+                                            checkpoint=str(tmp_path / "cp")),
+                     cutover=replace(config.cutover, max_lag_seconds=1e9))   # the readings are from March
     src, tgt = connect(source_server), connect(target_server)
     try:
         make_source(src)
@@ -223,6 +231,7 @@ def test_journey_from_an_old_source(source_version, target_version, old_server, 
         planned = plan.run(config)
         assert planned.exit_code == 0, planned.report
         assert planned.summary["ships"] == len(SHIPS)
+        assert states(config) == dict.fromkeys(SHIPS, "planned")
 
         # The hand-off: the stream starts at the live tail, the backfill takes the history, and
         # rows written in between (a new minute, a correction of an existing cell) are the backfill's.
@@ -233,6 +242,7 @@ def test_journey_from_an_old_source(source_version, target_version, old_server, 
             (SHIPS[0], "state", T0, "String", None, None, "corrected", None)])
         filled = backfill.run(config, spark)
         assert filled.exit_code == 0, filled.report
+        assert states(config) == dict.fromkeys(SHIPS, "backfilled")
         assert_equal_to_oracle(src, tgt, pg, name, same)
 
         insert(src, readings(range(4, 6), seed=3))
@@ -241,17 +251,24 @@ def test_journey_from_an_old_source(source_version, target_version, old_server, 
         with src.cursor() as cur:      # every row after the tail, each read once
             cur.execute("SELECT count(*) FROM src.tbl_data_timeseries WHERE ingest_id > %s", (tail,))
             assert streamed.summary["narrow_rows"] == cur.fetchone()[0]
+        assert states(config) == dict.fromkeys(SHIPS, "live")
         assert_equal_to_oracle(src, tgt, pg, name, same)
 
         checked = reconcile.run(config, spark)
         assert checked.exit_code == 0 and checked.summary["ships_mismatched"] == [], checked.report
+        assert states(config) == dict.fromkeys(SHIPS, "verified")
 
         tamper(tgt, name, SHIPS[1])
         found = reconcile.run(config, spark)
         assert found.exit_code == 1 and found.summary["ships_mismatched"] == [SHIPS[1]], found.report
         assert found.summary["cells_different"] + found.summary["cells_missing"] == 2, found.summary
+        assert states(config) == {SHIPS[0]: "verified", SHIPS[1]: "live"}
+        needs = status.run(config)
+        assert needs.exit_code == 1 and len(needs.summary["attention"]) == 1, needs.summary["attention"]
+        assert needs.summary["attention"][0].startswith(f"{SHIPS[1]}: the last reconcile"), needs.summary
         repaired = reconcile.run(config, spark, repair=True)
         assert repaired.exit_code == 0, repaired.report
+        assert states(config) == dict.fromkeys(SHIPS, "verified")
         assert_equal_to_oracle(src, tgt, pg, name, same)
 
         undone = rollback.run(config, spark, ships=[SHIPS[0]])
@@ -260,6 +277,15 @@ def test_journey_from_an_old_source(source_version, target_version, old_server, 
             cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s").format(
                 sql.Identifier(f"cat_{name}", "wide_tables")), (SHIPS[0],))
             assert cur.fetchone()[0] == 0
+        assert states(config) == {SHIPS[0]: "rolled_back", SHIPS[1]: "verified"}
+        assert resume.run(config, spark, ships=[SHIPS[0]]).exit_code == 0
+        assert states(config)[SHIPS[0]] == "planned"
+        with tgt.cursor() as cur:       # how each ship got where it is
+            cur.execute(sql.SQL("SELECT ship_id, string_agg(to_state, ' ' ORDER BY at) FROM {} GROUP BY 1").format(
+                sql.Identifier(f"cat_{name}", "ship_transitions")))
+            assert dict(cur.fetchall()) == {
+                SHIPS[0]: "planned backfilling backfilled live verified rolled_back planned",
+                SHIPS[1]: "planned backfilling backfilled live verified live verified"}
         with src.cursor() as cur:
             cur.execute("DELETE FROM src.tbl_data_timeseries WHERE ship_id = %s", (SHIPS[0],))
         assert_equal_to_oracle(src, tgt, pg, name, same)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from widen.config import Config
 
-JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "demo", "generate")
+JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "status", "demo", "generate")
 EXIT_INTERRUPTED = 130
 logger = logging.getLogger(__name__)
 

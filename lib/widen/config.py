@@ -320,6 +320,13 @@ class ReconcileConfig:
 
 
 @dataclass(frozen=True)
+class CutoverConfig:
+    #: the stream's freshness lag (now - the newest created_time it wrote) above which ``status``
+    #: asks for attention
+    max_lag_seconds: float = field(default=60.0, metadata=_meta(above=0))
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     master: str = "local[*]"
     conf: dict = field(default_factory=dict)
@@ -333,6 +340,7 @@ class Config:
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    cutover: CutoverConfig = field(default_factory=CutoverConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     embedded: str = "auto"
     home: str = ".local"
@@ -506,7 +514,8 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
     for name in secret_names:
         secrets.remember(env.get(name))
     raw = _interpolate_tree(raw, env, "", secret_names)
-    top = {"source", "target", "backfill", "stream", "reconcile", "spark", "embedded", "home", "jars_dir"}
+    top = {"source", "target", "backfill", "stream", "reconcile", "cutover", "spark", "embedded", "home",
+           "jars_dir"}
     _check_keys(raw, "config", top)
     src, tgt = _section(raw, "source"), _section(raw, "target")
     _check_keys(src, "source", _CONNECTION_KEYS | _fields(SourceConfig) | {"password"},
@@ -525,7 +534,7 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
                           "database)")
     sections = {}
     for name, cls in (("backfill", BackfillConfig), ("stream", StreamConfig), ("reconcile", ReconcileConfig),
-                      ("spark", SparkConfig)):
+                      ("cutover", CutoverConfig), ("spark", SparkConfig)):
         section = _section(raw, name)
         _check_keys(section, name, _fields(cls))
         sections[name] = _build(cls, section, name)

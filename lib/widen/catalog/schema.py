@@ -70,6 +70,24 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             query_name text NOT NULL, checkpoint text NOT NULL, start_offset text NOT NULL,
             recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (query_name, checkpoint))""",
     ]),
+    (4, "each ship's lifecycle (ship_lifecycle) and how it got there (ship_transitions)", [
+        # the facts of widen.core.lifecycle.FACTS; state is derived from them (lifecycle.state_of)
+        """CREATE TABLE IF NOT EXISTS {s}.ship_lifecycle (
+            ship_id text PRIMARY KEY, state text NOT NULL, since timestamptz NOT NULL DEFAULT now(),
+            backfill_started_at timestamptz, backfill_chunks_total integer, backfilled_at timestamptz,
+            backfilled_through timestamptz, live_since timestamptz, last_streamed_at timestamptz,
+            verified_at timestamptz, verified_from timestamptz, verified_through timestamptz,
+            last_reconcile_at timestamptz, last_reconcile_from timestamptz, last_reconcile_through timestamptz,
+            last_reconcile_result text, switched_at timestamptz, rolled_back_at timestamptz)""",
+        """CREATE TABLE IF NOT EXISTS {s}.ship_transitions (
+            ship_id text NOT NULL, from_state text, to_state text NOT NULL, job text NOT NULL,
+            figures jsonb, at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+        "CREATE INDEX IF NOT EXISTS ship_transitions_ship ON {s}.ship_transitions (ship_id, at)",
+        # ships rolled back before this version
+        """INSERT INTO {s}.ship_lifecycle (ship_id, state, since, rolled_back_at)
+            SELECT ship_id, 'rolled_back', since, since FROM {s}.ship_states WHERE state = 'rolled_back'
+            ON CONFLICT (ship_id) DO NOTHING""",
+    ]),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 import psycopg2
 
 from widen import errors
-from widen.catalog import ledger, schema, ships as ship_states
+from widen.catalog import ledger, lifecycle, schema, ships as ship_states
 from widen.catalog.layouts import LazyFleetNamer, lock_layout
-from widen.config import Config
+from widen.config import Config, Connection
 from widen.core.chunks import Chunk, interleave_by_ship, partitions_for
 from widen.core.layout import ShipLayout
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
@@ -237,6 +237,34 @@ class Breaker:
             return self.tripped
 
 
+def record_started(conn_cfg: Connection, catalog_schema: str, planned: dict[str, list[Chunk]],
+                   done: set) -> None:
+    """Ships with chunks left to do have a backfill started (a ship once backfilled stays so: a
+    rerun only adds the history that arrived since)."""
+    with db.connection(conn_cfg) as tgt, tgt.cursor() as cur:
+        for ship, chunks in sorted(planned.items()):
+            left = sum(1 for c in chunks if c.key not in done)
+            if left:
+                lifecycle.record(cur, catalog_schema, ship, JOB, {"chunks": len(chunks), "chunks_left": left},
+                                 backfill_started_at=lifecycle.NOW, backfill_chunks_total=len(chunks))
+        tgt.commit()
+
+
+def record_backfilled(conn_cfg: Connection, catalog_schema: str, planned: dict[str, list[Chunk]]) -> None:
+    """A ship all of whose chunks the ledger holds as done is backfilled through its last chunk's
+    end: read from the ledger in the transaction that records it."""
+    with db.connection(conn_cfg) as tgt:
+        done = ledger.done_chunks(tgt, catalog_schema, sorted(planned))
+        with tgt.cursor() as cur:
+            for ship, chunks in sorted(planned.items()):
+                if chunks and all(c.key in done for c in chunks):
+                    through = max(c.range_end for c in chunks)
+                    lifecycle.record(cur, catalog_schema, ship, JOB, {"chunks": len(chunks), "through": through},
+                                     backfill_chunks_total=len(chunks), backfilled_at=lifecycle.NOW,
+                                     backfilled_through=through)
+        tgt.commit()
+
+
 @job(JOB, BackfillOptions)
 def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result:
     began = time.monotonic()
@@ -267,6 +295,8 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     for ship in skipped_ships:
         log.warning("ship %r skipped: it is rolled back (resume --ships to migrate it again)", ship)
     skipped = sum(1 for c in chunks if c.key in done)
+    planned = {ship: [c for c in chunks if c.ship_id == ship] for ship in ship_ids if ship not in work.problems}
+    record_started(tgt_cfg.connection, tgt_cfg.catalog_schema, planned, done)
     results = []
     if todo:
         work.spark = get_spark(config, spark)
@@ -279,6 +309,8 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     failed = [r for r in results if not r["ok"] and not r["not_started"]]
     not_started = [r for r in results if not r["ok"] and r["not_started"]]
     skipped_ships += sorted({r["chunk"].ship_id for r in results if r.get("rolled_back")})
+    if ships is None and start is None and end is None:          # the whole history of every ship
+        record_backfilled(tgt_cfg.connection, tgt_cfg.catalog_schema, planned)
     seconds = time.monotonic() - began
     narrow = sum(r["narrow_rows"] for r in ok)
     summary = {

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from widen.catalog import schema, ships as ship_states
+from widen.catalog import lifecycle, schema, ships as ship_states
 from widen.config import Config
 from widen.core.layout import estimated_row_bytes
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
@@ -50,6 +50,11 @@ def run(config: Config, spark: SparkSession, options: PlanOptions) -> Result:
         layouts, ship_problems = target.layouts.plan(
             tgt, {s: source.new_channels(v) for s, v in stats.items() if s not in rolled_back})
         problems = list(ship_problems.values())
+        with tgt.cursor() as cur:          # every ship seen is in the lifecycle (planned, if new)
+            for ship in sorted(set(stats) - set(rolled_back)):
+                lifecycle.record(cur, config.target.catalog_schema, ship, "plan",
+                                 {"narrow_rows": stats[ship]["rows"], "channels": len(stats[ship]["channels"])})
+        tgt.commit()
     rows = []
     for ship in sorted(stats):
         s = stats[ship]

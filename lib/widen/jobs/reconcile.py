@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from widen import errors
-from widen.catalog import ledger, schema, ships as ship_states
+from widen.catalog import ledger, lifecycle, schema, ships as ship_states
 from widen.catalog.layouts import load_layout
 from widen.config import Config
 from widen.core import kernels
@@ -314,7 +314,7 @@ def repair_ship(config: Config, source: NarrowTable, target: WideTarget, report:
 
 @job(JOB, ReconcileOptions)
 def run(config: Config, spark: SparkSession, options: ReconcileOptions) -> Result:
-    began = time.monotonic()
+    began, started_at = time.monotonic(), dt.datetime.now(UTC)
     rc = config.reconcile
     lo, hi = options.start or EARLIEST, options.end or LATEST
     width = rc.bucket_hours * 3600.0
@@ -364,7 +364,7 @@ def run(config: Config, spark: SparkSession, options: ReconcileOptions) -> Resul
                              len(report.drill.ranges))
         _recheck(config, source, target, hashes, reports, lo, hi, width)
     run_id = dt.datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    _record(config, run_id, rows, reports, width, hi)
+    _record(config, run_id, rows, reports, width, (lo, min(hi, started_at)))
     left = {s: len(r.mismatched) for s, r in reports.items() if r.mismatched}
     failed = {s: r.error for s, r in reports.items() if r.error}
     text = format_report(reports, rc.max_reported_cells)
@@ -434,7 +434,11 @@ def _recheck(config: Config, source: NarrowTable, target: WideTarget, hashes: ch
             report.mismatched = still
 
 
-def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, width: float, hi: dt.datetime) -> None:
+def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, width: float,
+            checked: tuple[dt.datetime, dt.datetime]) -> None:
+    """The buckets' results and, in the same transaction, each ship's lifecycle: verified through
+    the run's start (or --end) when nothing is left different, else no longer verified."""
+    lo, hi = checked
     fixed = {(s, b) for s, r in reports.items() for b in r.fixed}
     left = {(s, b) for s, r in reports.items() for b, _, _ in r.mismatched}
     values = []
@@ -444,8 +448,24 @@ def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, w
         values.append((run_id, r.ship_id, r.bucket, min(r.bucket + dt.timedelta(seconds=width), hi),
                        r.source.times, r.target.times, r.source.cells, r.target.cells, r.source.checksum,
                        r.target.checksum, status))
+    first = {}
+    for r in rows:
+        first[r.ship_id] = min(first.get(r.ship_id, r.bucket), r.bucket)
+    cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn, conn.cursor() as cur:
-        ledger.record_reconcile_results(cur, config.target.catalog_schema, values)
+        ledger.record_reconcile_results(cur, cat, values)
+        for ship, report in sorted(reports.items()):
+            result = "error" if report.error else "mismatch" if report.mismatched else \
+                "repaired" if report.fixed else "clean"
+            since = max(lo, first[ship]) if ship in first else None
+            clean = {"verified_at": lifecycle.NOW, "verified_from": since, "verified_through": hi} \
+                if result in ("clean", "repaired") else {} if report.error else \
+                {"verified_at": None, "verified_from": None, "verified_through": None}
+            lifecycle.record(cur, cat, ship, JOB, {"run_id": run_id, "result": result, "buckets": report.buckets,
+                                                   "mismatched_buckets": len(report.mismatched),
+                                                   "through": hi},
+                             last_reconcile_at=lifecycle.NOW, last_reconcile_from=since,
+                             last_reconcile_through=hi, last_reconcile_result=result, **clean)
         conn.commit()
 
 

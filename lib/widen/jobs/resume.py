@@ -6,8 +6,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from widen.catalog import schema, ships as ship_states
+from widen.catalog import lifecycle, schema, ships as ship_states
 from widen.config import BadInput, Config
+from widen.core import lifecycle as core_lifecycle
 from widen.jobs import EXIT_OK, Result, job
 from widen.pg import db
 
@@ -37,6 +38,7 @@ def run(config: Config, spark: SparkSession, options: ResumeOptions) -> Result:
         with conn.cursor() as cur:
             for ship in options.ships:
                 ship_states.set_ship_state(cur, cat, ship, None)
+                lifecycle.record(cur, cat, ship, "resume", None, **dict.fromkeys(core_lifecycle.FACTS))
         conn.commit()
     for ship in options.ships:
         log.info("ship %r resumed: the stream writes it again; run backfill --ships for its history", ship)

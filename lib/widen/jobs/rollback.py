@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from widen import errors
-from widen.catalog import schema, ships as ship_states
+from widen.catalog import lifecycle, schema, ships as ship_states
 from widen.catalog.layouts import load_layout
 from widen.config import BadInput, Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
@@ -87,9 +87,15 @@ def _rollback_ship(config: Config, spark: SparkSession, ship: str, options: Roll
                 done.append("ran: " + cur.mogrify(statement, params).decode())
                 cur.execute(statement, params)
                 affected += max(cur.rowcount, 0)
+            figures = {"start": start, "end": end, "rows_and_tables_affected": affected}
             if start is None and end is None:
                 ship_states.set_ship_state(cur, tgt_cfg.catalog_schema, ship, ship_states.ROLLED_BACK,
                                            "rolled back; resume --ships to migrate it again")
+                lifecycle.record(cur, tgt_cfg.catalog_schema, ship, "rollback", figures,
+                                 rolled_back_at=lifecycle.NOW, switched_at=None)
+            else:                          # a range is gone: neither backfilled nor verified any more
+                lifecycle.record(cur, tgt_cfg.catalog_schema, ship, "rollback", figures, backfilled_at=None,
+                                 verified_at=None, verified_from=None, verified_through=None)
             lines.extend(done)
             return affected
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from widen import errors
-from widen.catalog import ledger, schema, ships
+from widen.catalog import ledger, lifecycle, schema, ships
 from widen.config import Config
 from widen.core import kernels
 from widen.core.layout import ShipLayout
@@ -138,6 +138,7 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                 return BatchResult(batch_id, skipped=True)
             rejected = ledger.write_rejects(cur, cat, table.filter(is_reject), batch_id, job=REJECTS_JOB)
             result = BatchResult(batch_id, False, narrow_rows=table.num_rows, rejected_rows=rejected)
+            written: list[str] = []
             for i, (ship, rows) in enumerate(by_ship.items()):
                 if ship in failures:
                     result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, rows,
@@ -164,6 +165,8 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                     continue
                 result.wide_rows += wide.num_rows
                 result.duplicate_rows += duplicates
+                written.append(ship)
+            lifecycle.record_streamed(cur, cat, written, query_name, batch_id)
             result.ships = len(by_ship)
             if valid.num_rows:
                 newest = pc.max(valid.column("created_time")).as_py()
