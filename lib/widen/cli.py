@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from widen.config import Config
 
-JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "status", "demo", "generate")
+JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "status", "cutover", "demo", "generate")
 EXIT_INTERRUPTED = 130
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", type=parse_time, help="first created_time to include")
     parser.add_argument("--end", "--cutoff", dest="end", type=parse_time,
                         help="created_time to stop before (the backfill/stream hand-off)")
-    parser.add_argument("--dry-run", action="store_true", help="rollback: print what would be done")
+    parser.add_argument("--dry-run", action="store_true", help="rollback, cutover: print what would be done")
+    parser.add_argument("--undo", action="store_true", help="cutover: switch the ships' readers back to the narrow table")
     parser.add_argument("--once", action="store_true", help="stream: process what is there, then stop")
     parser.add_argument("--repair", action="store_true",
                         help="reconcile: re-merge what differs from the source, then check again")

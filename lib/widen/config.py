@@ -322,8 +322,21 @@ class ReconcileConfig:
 @dataclass(frozen=True)
 class CutoverConfig:
     #: the stream's freshness lag (now - the newest created_time it wrote) above which ``status``
-    #: asks for attention
+    #: asks for attention and ``cutover`` refuses
     max_lag_seconds: float = field(default=60.0, metadata=_meta(above=0))
+    #: ``cutover`` needs a clean reconcile of the ship's whole history through a bound at most this
+    #: old; when the last one is older it runs that reconcile itself
+    max_verify_age_seconds: float = field(default=900.0, metadata=_meta(minimum=0))
+    #: reader views (one per ship, over the narrow table until the switch, over its wide tables
+    #: after): ``auto`` makes them for a PostgreSQL target that can read the narrow table, ``off``
+    views: str = field(default="auto", metadata=_meta(choices=("auto", "off")))
+    #: where the views live (default: ``target.schema``) and their names (the naming rules of tables)
+    view_schema: str | None = None
+    view_template: str = "v_data_timeseries_{ship_id}"
+    #: the narrow table as the target database sees it (e.g. a postgres_fdw foreign table), when
+    #: source and target are not the same database
+    narrow_schema: str | None = None
+    narrow_table: str | None = None
 
 
 @dataclass(frozen=True)
@@ -545,6 +558,14 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
         # counted as late instead of being recognised as re-reads.
         raise ConfigError(f"stream.watermark_seconds ({stream.watermark_seconds:g}) must be at least "
                           f"stream.overlap_seconds ({stream.overlap_seconds:g}) without source.order_column")
+    cutover: CutoverConfig = sections["cutover"]
+    if "{ship_id}" not in cutover.view_template:
+        raise ConfigError(f"cutover.view_template: must contain {{ship_id}}, got {cutover.view_template!r}")
+    if (cutover.view_schema or target.schema) == target.schema and cutover.view_template == target.wide_table_template:
+        raise ConfigError("cutover.view_template: the views would take the wide tables' names "
+                          "(target.wide_table_template) in the same schema; give them another template or schema")
+    if bool(cutover.narrow_schema) != bool(cutover.narrow_table):
+        raise ConfigError("cutover.narrow_schema and cutover.narrow_table: set both or neither")
     embedded = _value("embedded", raw.get("embedded") or "auto", str, {"choices": ("auto", "always", "never")})
     return Config(source=source, target=target, **sections, embedded=embedded,
                   home=_value("home", raw.get("home") or ".local", str, {}),

@@ -78,7 +78,10 @@ def fleet_namer(conn: connection, catalog_schema: str, rules: LayoutRules,
         cur.execute(sql.SQL("SELECT ship_id, part, table_name FROM {}").format(
             sql.Identifier(catalog_schema, "wide_tables")))
         rows = cur.fetchall()
-    return rules.namer({rules.storage_key(t): (s, p) for s, p, t in rows}, reserved_ships)
+        # a reader view's name is never a table's (they may share a schema)
+        cur.execute(sql.SQL("SELECT view_name FROM {}").format(sql.Identifier(catalog_schema, "reader_views")))
+        views = {rules.storage_key(v): ("", 0) for (v,) in cur.fetchall()}
+    return rules.namer({**views, **{rules.storage_key(t): (s, p) for s, p, t in rows}}, reserved_ships)
 
 
 class LazyFleetNamer:

@@ -70,7 +70,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             query_name text NOT NULL, checkpoint text NOT NULL, start_offset text NOT NULL,
             recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (query_name, checkpoint))""",
     ]),
-    (4, "each ship's lifecycle (ship_lifecycle) and how it got there (ship_transitions)", [
+    (4, "each ship's lifecycle (ship_lifecycle) and how it got there (ship_transitions); reader views "
+        "(reader_views, reader_view_columns)", [
         # the facts of widen.core.lifecycle.FACTS; state is derived from them (lifecycle.state_of)
         """CREATE TABLE IF NOT EXISTS {s}.ship_lifecycle (
             ship_id text PRIMARY KEY, state text NOT NULL, since timestamptz NOT NULL DEFAULT now(),
@@ -83,6 +84,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             ship_id text NOT NULL, from_state text, to_state text NOT NULL, job text NOT NULL,
             figures jsonb, at timestamptz NOT NULL DEFAULT clock_timestamp())""",
         "CREATE INDEX IF NOT EXISTS ship_transitions_ship ON {s}.ship_transitions (ship_id, at)",
+        # one view per ship: what it reads now (narrow | wide) and its columns in their fixed order
+        """CREATE TABLE IF NOT EXISTS {s}.reader_views (
+            ship_id text PRIMARY KEY, view_schema text NOT NULL, view_name text NOT NULL, name_note text,
+            reads text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),
+            changed_at timestamptz NOT NULL DEFAULT now(), UNIQUE (view_schema, view_name))""",
+        """CREATE TABLE IF NOT EXISTS {s}.reader_view_columns (
+            ship_id text NOT NULL, position integer NOT NULL, column_name text NOT NULL,
+            data_channel_id text NOT NULL, added_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (ship_id, position), UNIQUE (ship_id, column_name))""",
         # ships rolled back before this version
         """INSERT INTO {s}.ship_lifecycle (ship_id, state, since, rolled_back_at)
             SELECT ship_id, 'rolled_back', since, since FROM {s}.ship_states WHERE state = 'rolled_back'

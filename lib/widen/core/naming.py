@@ -119,8 +119,9 @@ class TableNamer:
             if owner in (None, (ship_id, part)) and holder in (None, ship_id):
                 break
             if candidate == natural:
-                other = f"ship {owner[0]!r} part {owner[1]}" if owner else f"ship {holder!r}"
-                self.notes[(ship_id, part)] = f"{natural!r} is the table of {other}"
+                other = ("a reader view" if owner == ("", 0) else f"the table of ship {owner[0]!r} part {owner[1]}"
+                         if owner else f"the table of ship {holder!r}")
+                self.notes[(ship_id, part)] = f"{natural!r} is {other}"
             salt = "\x00".join((ship_id, str(part), str(attempt)))
             candidate = f"{_utf8_prefix(natural, PREFIX_BYTES)}_{_md5_8(salt)}"
             attempt += 1

@@ -34,6 +34,7 @@ from widen.progress import Progress
 from widen.session import get_spark
 from widen.sources import NarrowTable, open_table
 from widen.targets import WideTarget, ensure_tables_ddl, open_target
+from widen.targets.views import configure as reader_views
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection
@@ -250,15 +251,16 @@ def record_started(conn_cfg: Connection, catalog_schema: str, planned: dict[str,
         tgt.commit()
 
 
-def record_backfilled(conn_cfg: Connection, catalog_schema: str, planned: dict[str, list[Chunk]]) -> None:
-    """A ship all of whose chunks the ledger holds as done is backfilled through its last chunk's
-    end: read from the ledger in the transaction that records it."""
+def record_backfilled(conn_cfg: Connection, catalog_schema: str, planned: dict[str, list[Chunk]],
+                      through: dt.datetime) -> None:
+    """A ship all of whose chunks the ledger holds as done (read in the transaction that records
+    it) is backfilled through ``through``: every row committed before the run planned its chunks
+    (or, with --end, before the earlier of that and --end)."""
     with db.connection(conn_cfg) as tgt:
         done = ledger.done_chunks(tgt, catalog_schema, sorted(planned))
         with tgt.cursor() as cur:
             for ship, chunks in sorted(planned.items()):
                 if chunks and all(c.key in done for c in chunks):
-                    through = max(c.range_end for c in chunks)
                     lifecycle.record(cur, catalog_schema, ship, JOB, {"chunks": len(chunks), "through": through},
                                      backfill_chunks_total=len(chunks), backfilled_at=lifecycle.NOW,
                                      backfilled_through=through)
@@ -272,12 +274,17 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     ships, start, end = options.ships, options.start, options.end
     source = open_table(config.source, JOB)
     target = open_target(tgt_cfg, spark)
+    reader_views(target, config, source)
     work = Backfill(config, None, source, target)
     with source.connect() as src, db.connection(tgt_cfg.connection) as tgt:
         schema.migrate(tgt, tgt_cfg.catalog_schema)
         index_warning = source.index_warning(src)
         if index_warning:
             log.warning(index_warning)
+        with tgt.cursor() as cur:
+            cur.execute("SELECT now()")
+            through = cur.fetchone()[0] if end is None else min(end, cur.fetchone()[0])
+        tgt.rollback()
         chunks = source.plan_chunks(src, ships, start, end, bf.chunk_hours)
         src.rollback()
         rolled_back = ship_states.ships_in_state(tgt, tgt_cfg.catalog_schema, ship_states.ROLLED_BACK)
@@ -301,6 +308,7 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     if todo:
         work.spark = get_spark(config, spark)
         work.target = open_target(tgt_cfg, work.spark)
+        work.target.views = target.views
         progress = Progress(JOB, len(todo), sum(c.narrow_rows for c in todo), bf.progress_seconds)
         with progress, ThreadPoolExecutor(max_workers=bf.parallel_chunks,
                                           thread_name_prefix="widen-chunk") as pool:
@@ -309,8 +317,14 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     failed = [r for r in results if not r["ok"] and not r["not_started"]]
     not_started = [r for r in results if not r["ok"] and r["not_started"]]
     skipped_ships += sorted({r["chunk"].ship_id for r in results if r.get("rolled_back")})
-    if ships is None and start is None and end is None:          # the whole history of every ship
-        record_backfilled(tgt_cfg.connection, tgt_cfg.catalog_schema, planned)
+    if start is None and not work.breaker.tripped:               # the ships' whole history
+        try:
+            record_backfilled(tgt_cfg.connection, tgt_cfg.catalog_schema, planned, through)
+        except Exception as err:
+            if not errors.is_connection_failure(err):
+                raise
+            log.warning("the lifecycle could not be recorded (%s): the next backfill records it",
+                        errors.describe(err))
     seconds = time.monotonic() - began
     narrow = sum(r["narrow_rows"] for r in ok)
     summary = {

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from psycopg2 import sql
 
-from widen.catalog import schema
+from widen.catalog import schema, views as catalog_views
 from widen.catalog.layouts import load_layout
 from widen.config import Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, backfill, generate, job, plan, reconcile, stream
@@ -58,6 +58,7 @@ def forget_earlier_demo(config: Config, spark: SparkSession) -> None:
             for ship in ships:
                 for step in target.rollback_actions(load_layout(conn, cat, ship)):
                     step(cur)
+            catalog_views.drop_all(cur, cat)
             cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(cat)))
         conn.commit()
 

@@ -19,6 +19,7 @@ from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
 from widen.pg import db
 from widen.sources import open_table
 from widen.targets import open_target
+from widen.targets.views import configure as reader_views
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -55,6 +56,10 @@ def run(config: Config, spark: SparkSession, options: PlanOptions) -> Result:
                 lifecycle.record(cur, config.target.catalog_schema, ship, "plan",
                                  {"narrow_rows": stats[ship]["rows"], "channels": len(stats[ship]["channels"])})
         tgt.commit()
+        views = reader_views(target, config, source)
+        if views is not None:
+            view_problems = views.make(tgt, [layouts[s] for s in sorted(layouts)])
+            problems += [f"ship {s!r}: {why}" for s, why in view_problems.items()]
     rows = []
     for ship in sorted(stats):
         s = stats[ship]

@@ -34,6 +34,7 @@ from widen.session import get_spark
 from widen.sources import NarrowTable, open_table
 from widen.streaming.sink import batch_channels
 from widen.targets import WideTarget, open_target, prepare_ship
+from widen.targets.views import configure as reader_views
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -324,6 +325,7 @@ def run(config: Config, spark: SparkSession, options: ReconcileOptions) -> Resul
     ship_ids = list_ships(config, source, options.ships)
     spark = get_spark(config, spark)
     target = open_target(config.target, spark)
+    reader_views(target, config, source)
     source_hashes = source.checksum_hashes()
     hashes = checksums.Hashes(next(h for h in target.checksum_hashes if h in source_hashes))
     task = BucketTask(config, source, target if target.checksums_in_tasks else None,
@@ -448,16 +450,13 @@ def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, w
         values.append((run_id, r.ship_id, r.bucket, min(r.bucket + dt.timedelta(seconds=width), hi),
                        r.source.times, r.target.times, r.source.cells, r.target.cells, r.source.checksum,
                        r.target.checksum, status))
-    first = {}
-    for r in rows:
-        first[r.ship_id] = min(first.get(r.ship_id, r.bucket), r.bucket)
     cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn, conn.cursor() as cur:
         ledger.record_reconcile_results(cur, cat, values)
         for ship, report in sorted(reports.items()):
             result = "error" if report.error else "mismatch" if report.mismatched else \
                 "repaired" if report.fixed else "clean"
-            since = max(lo, first[ship]) if ship in first else None
+            since = None if lo == EARLIEST else lo      # None: from the ship's first row
             clean = {"verified_at": lifecycle.NOW, "verified_from": since, "verified_through": hi} \
                 if result in ("clean", "repaired") else {} if report.error else \
                 {"verified_at": None, "verified_from": None, "verified_through": None}

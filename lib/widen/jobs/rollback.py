@@ -4,7 +4,9 @@ Whole ship: drop its wide (part) tables and delete its catalog, ledger and rejec
 rolled back (writers leave it alone until ``resume``). With ``--start``/``--end``: delete the wide
 rows in that range and the ledger chunks that overlap it, so a later backfill redoes exactly that
 range. The transaction holds the ship's write lock exclusively (it waits, each try bounded by
-``target.lock_timeout_seconds``, for the writers' transactions on the ship). ``--dry-run`` prints
+``target.lock_timeout_seconds``, for the writers' transactions on the ship). A ship whose reader
+view reads its wide tables (switched by ``cutover``) has the view pointed back at the narrow table
+first, in the same transaction: readers never see a missing table or a hole. ``--dry-run`` prints
 what would be done and changes nothing.
 """
 from __future__ import annotations
@@ -14,13 +16,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from widen import errors
-from widen.catalog import lifecycle, schema, ships as ship_states
+from widen.catalog import lifecycle, schema, ships as ship_states, views as catalog_views
 from widen.catalog.layouts import load_layout
 from widen.config import BadInput, Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
 from widen.pg import db
 from widen.session import get_spark
+from widen.sources import open_source
 from widen.targets import needs_spark, open_target
+from widen.targets.views import configure as reader_views
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor
@@ -67,10 +71,17 @@ def _rollback_ship(config: Config, spark: SparkSession, ship: str, options: Roll
         if not layout.tables:
             raise BadInput(f"ship {ship!r} has no wide tables in the catalog: nothing to roll back")
         target = open_target(tgt_cfg, get_spark(config, spark) if needs_spark(tgt_cfg) else spark)
+        views = reader_views(target, config, open_source(config.source))
+        with conn.cursor() as cur:
+            view = views.relation(cur, ship) if views else None
+        conn.rollback()
+        reads_wide = view is not None and view[2] == catalog_views.WIDE
         steps = target.rollback_actions(layout, start, end)
         forget = ship_states.forget_statements(tgt_cfg.catalog_schema, ship, start, end)
         if options.dry_run:
             with conn.cursor() as cur:
+                if reads_wide:
+                    lines.append(f"would switch the reader view {'.'.join(view[:2])} back to the narrow table")
                 lines += ["would run: " + step.text(cur) for step in steps]
                 lines += ["would run: " + cur.mogrify(statement, params).decode() for statement, params in forget]
             conn.rollback()
@@ -80,6 +91,9 @@ def _rollback_ship(config: Config, spark: SparkSession, ship: str, options: Roll
             ship_states.lock_ship_exclusive(cur, ship)
             done: list[str] = []
             affected = 0
+            if reads_wide:                 # readers go back to the narrow table before the tables go
+                switched = views.switch(conn, layout, catalog_views.NARROW)
+                done.append(f"switched the reader view {'.'.join(switched)} back to the narrow table")
             for step in steps:             # the wide tables first (Delta: a rollback cut short reruns)
                 done.append("ran: " + step.text(cur))
                 affected += step(cur)
@@ -95,7 +109,7 @@ def _rollback_ship(config: Config, spark: SparkSession, ship: str, options: Roll
                                  rolled_back_at=lifecycle.NOW, switched_at=None)
             else:                          # a range is gone: neither backfilled nor verified any more
                 lifecycle.record(cur, tgt_cfg.catalog_schema, ship, "rollback", figures, backfilled_at=None,
-                                 verified_at=None, verified_from=None, verified_through=None)
+                                 verified_at=None, verified_from=None, verified_through=None, switched_at=None)
             lines.extend(done)
             return affected
 

@@ -31,11 +31,13 @@ def _columns(alias: str | None):
 
 
 def rendered_value(alias: str | None = None, server: Server = NEWEST,
-                   double_type: str = "float8") -> sql.Composable:
+                   double_type: str = "float8", any_session: bool = False) -> sql.Composable:
     """``CASE value_format WHEN 'Decimal' THEN double_v::text … END`` (optionally qualified), on
-    ``server`` whose ``double_v`` is of ``double_type`` (float8 or float4)."""
+    ``server`` whose ``double_v`` is of ``double_type`` (float8 or float4). ``any_session``: the
+    same text whatever the reading session's ``extra_float_digits`` (for a view, whose readers'
+    sessions widen does not set)."""
     col = _columns(alias)
-    double = (sql.SQL("{}::text").format(col("double_v")) if server.shortest_floats
+    double = (sql.SQL("{}::text").format(col("double_v")) if server.shortest_floats and not any_session
               else shortest_float_text(col("double_v"), double_type))
     return sql.SQL(
         "CASE {fmt} WHEN 'Decimal' THEN {d} WHEN 'Integer' THEN {l}::text "

@@ -118,6 +118,30 @@ class PostgresSource(NarrowTable):
             self._double_type = columns.get("double_v", "float8")
         return render.rendered_value(alias, Server.of(conn), self._double_type)
 
+    def pivot_select(self, conn: connection, ship: str, columns: list[tuple[str, str]],
+                     relation: tuple[str, str] | None = None) -> sql.Composable:
+        """An exact pivot of the ship's narrow rows, for a reader view: created_time (timestamptz)
+        and one text column per (column, channel) of ``columns``, by the rendering and duplicate
+        rules of the wide tables, whatever the reading session's settings. ``relation`` is the
+        narrow table as the view's database sees it (default: this table)."""
+        with conn.cursor() as cur:
+            types = narrow_columns(cur, *(relation or (self.cfg.schema, self.cfg.table))) or {}
+        table = sql.Identifier(*relation) if relation else self.table
+        value = render.rendered_value(None, Server.of(conn), types.get("double_v", "float8"), any_session=True)
+        time = sql.SQL("created_time AT TIME ZONE 'UTC'" if types.get("created_time") == "timestamp" else "created_time")
+        where = sql.SQL("ship_id = {} AND {}").format(sql.Literal(ship), render.valid_row())
+        if self.cfg.order_column:
+            rows = sql.SQL("SELECT DISTINCT ON (created_time, data_channel_id) created_time, data_channel_id AS ch, "
+                           "{v} AS v FROM {t} WHERE {w} ORDER BY created_time, data_channel_id, {o} DESC").format(
+                v=value, t=table, w=where, o=sql.Identifier(self.cfg.order_column))
+        else:
+            rows = sql.SQL("SELECT created_time, data_channel_id AS ch, ({v}) COLLATE \"C\" AS v FROM {t} WHERE {w}"
+                           ).format(v=value, t=table, w=where)
+        cells = [sql.SQL("(max(v) FILTER (WHERE ch = {ch})) COLLATE \"default\" AS {c}").format(
+            ch=sql.Literal(channel), c=sql.Identifier(column)) for column, channel in columns]
+        return sql.SQL("SELECT {time} AS created_time{sep}{cells} FROM ({rows}) n GROUP BY n.created_time").format(
+            time=time, sep=sql.SQL(", ") if cells else sql.SQL(""), cells=sql.SQL(", ").join(cells), rows=rows)
+
     def unknown_ships(self, conn: connection, ships: list[str]) -> list[str]:
         """The ships of ``ships`` with no row in the narrow table (an index probe each)."""
         with conn.cursor() as cur:

@@ -25,7 +25,9 @@ from widen.config import Config
 from widen.core import kernels
 from widen.core.layout import ShipLayout
 from widen.pg import db
+from widen.sources import open_source
 from widen.targets import WideTarget, open_target, prepare_ship
+from widen.targets.views import configure as reader_views
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor
@@ -102,6 +104,7 @@ def write_batch(config: Config, table: pa.Table, batch_id: int, query_name: str,
 
     state = _state(config)
     target = open_target(config.target, spark)
+    reader_views(target, config, open_source(config.source))
     try:
         return _write_batch(state, config, target, table, batch_id, query_name)
     except (psycopg2.Error, KeyError, AnalysisException):

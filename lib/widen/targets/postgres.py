@@ -442,7 +442,8 @@ class PostgresTarget(WideTarget):
         return self.cfg.schema
 
     def ensure_tables(self, conn: connection, layout: ShipLayout) -> int:
-        return ensure_wide_tables(conn, self.cfg.schema, layout)
+        made = ensure_wide_tables(conn, self.cfg.schema, layout)
+        return made + (self.views.refresh(conn, layout) if self.views else 0)
 
     def ddl_tables(self, layout: ShipLayout) -> list[tuple[str, str]]:
         return [(self.cfg.schema, t) for t in layout.tables.values()]
@@ -481,6 +482,29 @@ class PostgresTarget(WideTarget):
         for part in layout.parts:
             cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
                 sql.Identifier(self.cfg.schema, layout.tables[part]), where), params)
+
+    def reader_select(self, layout: ShipLayout, columns: list[tuple[str, str]]) -> sql.Composable:
+        """The ship's wide rows as a reader view shows them: created_time and the (column, channel)
+        pairs of ``columns`` in that order, from every part table (each has a row for every
+        time the first part has since it was made; a channel no table holds is NULL)."""
+        first = layout.parts[0]
+        alias = {part: f"p{part}" for part in layout.parts}
+        cells, used = [], {first}
+        for column, channel in columns:
+            placed = layout.channels.get(channel)
+            if placed is None:
+                cells.append(sql.SQL("NULL::text AS {}").format(sql.Identifier(column)))
+                continue
+            used.add(placed.part)
+            cells.append(sql.SQL("{} AS {}").format(sql.Identifier(alias[placed.part], placed.column_name),
+                                                   sql.Identifier(column)))
+        joins = [sql.SQL("LEFT JOIN {t} {a} ON {a}.created_time = {a1}.created_time").format(
+            t=sql.Identifier(self.cfg.schema, layout.tables[part]), a=sql.Identifier(alias[part]),
+            a1=sql.Identifier(alias[first])) for part in sorted(used - {first})]
+        return sql.SQL("SELECT {a1}.created_time{sep}{cells} FROM {t1} {a1} {joins}").format(
+            a1=sql.Identifier(alias[first]), sep=sql.SQL(", ") if cells else sql.SQL(""),
+            cells=sql.SQL(", ").join(cells), t1=sql.Identifier(self.cfg.schema, layout.tables[first]),
+            joins=sql.SQL(" ").join(joins))
 
     def rollback_actions(self, layout: ShipLayout, start: dt.datetime | None = None, end: dt.datetime | None = None) -> list:
         tables = [sql.Identifier(self.cfg.schema, layout.tables[part]) for part in layout.parts]
