@@ -55,7 +55,7 @@ def raw_config(pg: dict, name: str, **overrides) -> dict:
     }
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
-        raw[section][key] = value
+        raw.setdefault(section, {})[key] = value
     return raw
 
 
