@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from psycopg2.extensions import connection, cursor
     from pyspark.sql import DataFrame
 
-    from widen.targets.views import ReaderViews
-
 
 class ChunkWrite(ABC):
     """One backfill chunk on its way into the target: ``run`` is the Spark job (the executors
@@ -75,8 +73,9 @@ class WideTarget(ABC):
     checksums_in_tasks: bool
     #: whether the target reaches its tables through a Spark session (jobs start one for it)
     needs_spark: bool = False
-    #: the ship's reader views, kept in step with its tables (``widen.targets.views.configure``)
-    views: ReaderViews | None = None
+    #: the ships' reader views (``widen.targets.views.ReaderViews``), kept in step with the tables
+    #: when ``widen.targets.views.configure`` attached them
+    views: Any = None
 
     @property
     @abstractmethod
