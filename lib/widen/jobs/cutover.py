@@ -101,9 +101,9 @@ def _fleet(cur: cursor, config: Config) -> Fleet:
 
 
 def _facts(cur: cursor, cat: str, ships: list[str]) -> dict[str, dict[str, Any]]:
-    cur.execute(sql.SQL("SELECT l.*, (SELECT min(range_start) FROM {c} b WHERE b.ship_id = l.ship_id) AS history_start "
+    cur.execute(sql.SQL("SELECT l.*, (SELECT max(failed_at) FROM {f} f WHERE f.ship_id = l.ship_id) AS last_stream_failure "
                         "FROM {l} l WHERE l.ship_id = ANY(%s)").format(
-        l=sql.Identifier(cat, "ship_lifecycle"), c=sql.Identifier(cat, "backfill_chunks")), (ships,))
+        l=sql.Identifier(cat, "ship_lifecycle"), f=sql.Identifier(cat, "stream_failures")), (ships,))
     names = [d.name for d in cur.description]
     return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
 
@@ -144,6 +144,10 @@ def _verified_gate(config: Config, fleet: Fleet, f: dict[str, Any]) -> Gate:
                     "--ships it, then cutover again")
     if through is None:
         return Gate("reconciled", False, "never reconciled clean", stale=True)
+    failed = f.get("last_stream_failure")
+    if failed is not None and (f.get("verified_at") is None or failed > f["verified_at"]):
+        return Gate("reconciled", False, f"the stream could not write some of its rows at {_at(failed)}, after "
+                    "the last clean reconcile", stale=True)
     if f.get("verified_from") is not None:
         return Gate("reconciled", False, f"verified only from {_at(f['verified_from'])}, not its whole history",
                     stale=True)
@@ -237,11 +241,16 @@ def _switch(config: Config, views: Any, ship: str, undo: bool) -> str | None:
 
     def switch(cur: cursor) -> str | None:
         ship_states.lock_ship_exclusive(cur, ship)
-        cur.execute(sql.SQL("SELECT state FROM {} WHERE ship_id = %s FOR UPDATE").format(
-            sql.Identifier(cat, "ship_lifecycle")), (ship,))
-        now = cur.fetchone()[0]
-        if undo and now != states.SWITCHED or not undo and now not in (states.VERIFIED, states.LIVE, states.BACKFILLED):
-            raise RuntimeError(f"its state changed to {now} while the gates were checked: run cutover again")
+        # the facts again, under the lock: a reconcile that found a difference since the gates were
+        # read (or a rollback) keeps the ship where it is
+        cur.execute(sql.SQL("SELECT state, verified_through, last_reconcile_result FROM {} WHERE ship_id = %s "
+                            "FOR UPDATE").format(sql.Identifier(cat, "ship_lifecycle")), (ship,))
+        now, verified, result = cur.fetchone()
+        if undo and now != states.SWITCHED or not undo and (
+                now not in (states.VERIFIED, states.LIVE, states.BACKFILLED) or verified is None
+                or result not in ("clean", "repaired")):
+            raise RuntimeError(f"its lifecycle changed while the gates were checked (state {now}, last reconcile "
+                               f"{result}): run cutover again")
         name = None
         if views is not None:
             layout = load_layout(conn, cat, ship)

@@ -54,11 +54,11 @@ def forget_earlier_demo(config: Config, spark: SparkSession) -> None:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(sql.Identifier(cat, "wide_tables")))
             ships = [r[0] for r in cur.fetchall()]
+            catalog_views.drop_all(cur, cat)        # before the tables a switched view reads
             target = open_target(config.target, spark)
             for ship in ships:
                 for step in target.rollback_actions(load_layout(conn, cat, ship)):
                     step(cur)
-            catalog_views.drop_all(cur, cat)
             cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(cat)))
         conn.commit()
 

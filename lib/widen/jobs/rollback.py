@@ -73,9 +73,12 @@ def _rollback_ship(config: Config, spark: SparkSession, ship: str, options: Roll
         target = open_target(tgt_cfg, get_spark(config, spark) if needs_spark(tgt_cfg) else spark)
         views = reader_views(target, config, open_source(config.source))
         with conn.cursor() as cur:
-            view = views.relation(cur, ship) if views else None
+            view = catalog_views.recorded(cur, tgt_cfg.catalog_schema, ship)
         conn.rollback()
         reads_wide = view is not None and view[2] == catalog_views.WIDE
+        if reads_wide and views is None:
+            raise BadInput(f"ship {ship!r}: its reader view {'.'.join(view[:2])} reads its wide tables, and reader "
+                           "views are off in this config: cutover --undo it with views on first")
         steps = target.rollback_actions(layout, start, end)
         forget = ship_states.forget_statements(tgt_cfg.catalog_schema, ship, start, end)
         if options.dry_run:
@@ -91,7 +94,9 @@ def _rollback_ship(config: Config, spark: SparkSession, ship: str, options: Roll
             ship_states.lock_ship_exclusive(cur, ship)
             done: list[str] = []
             affected = 0
-            if reads_wide:                 # readers go back to the narrow table before the tables go
+            now = catalog_views.recorded(cur, tgt_cfg.catalog_schema, ship)   # under the lock
+            if views is not None and now is not None and now[2] == catalog_views.WIDE:
+                # readers go back to the narrow table before the tables go
                 switched = views.switch(conn, layout, catalog_views.NARROW)
                 done.append(f"switched the reader view {'.'.join(switched)} back to the narrow table")
             for step in steps:             # the wide tables first (Delta: a rollback cut short reruns)

@@ -22,6 +22,7 @@ from psycopg2 import sql
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from widen.catalog import ledger
+from widen.catalog.layouts import lock_layout
 from widen.config import TargetConfig
 from widen.core import kernels
 from widen.core.checksum import HASH_MD5, HASH_PG
@@ -442,6 +443,9 @@ class PostgresTarget(WideTarget):
         return self.cfg.schema
 
     def ensure_tables(self, conn: connection, layout: ShipLayout) -> int:
+        if self.views:      # the view's lock order: the ship's layout lock before any table lock
+            with conn.cursor() as cur:
+                lock_layout(cur, layout.ship_id)
         made = ensure_wide_tables(conn, self.cfg.schema, layout)
         return made + (self.views.refresh(conn, layout) if self.views else 0)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg2 import sql
 
 from widen.catalog import views as catalog
+from widen.catalog.layouts import lock_layout
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -47,30 +48,49 @@ class ReaderViews:
 
     def refresh(self, conn: connection, layout: ShipLayout) -> int:
         """Make the ship's view, or append the channels of ``layout`` it lacks (in the caller's DDL
-        transaction, which holds the ship's write lock). Returns the DDL statements run."""
+        transaction, which holds the ship's write lock). Returns the DDL statements run.
+
+        The view never makes the caller's work fail: its statements run under a savepoint, and
+        if a reader holds the view past the lock timeout (or anything else goes wrong) they are
+        undone, logged, and tried again at the ship's next layout change, cutover or plan."""
+        import psycopg2
+
         ship = layout.ship_id
         known = self._known.get(ship)
         if known is not None and known.issuperset(layout.channels):
             return 0
         with conn.cursor() as cur:
-            recorded = catalog.recorded(cur, self.catalog_schema, ship)
-            columns = catalog.columns(cur, self.catalog_schema, ship)
-            have = {channel for _, channel in columns}
-            new = sorted((c.column_name, c.data_channel_id) for c in layout.channels.values()
-                         if c.data_channel_id not in have)
-            if recorded is not None and not new and _exists(cur, recorded[0], recorded[1]):
-                self._known[ship] = have
+            cur.execute("SAVEPOINT widen_view")
+            try:
+                statements = self._refresh(conn, cur, layout)
+            except psycopg2.Error as err:
+                cur.execute("ROLLBACK TO SAVEPOINT widen_view")
+                log.warning("ship %r: its reader view is not brought up to date now (%s); the next layout "
+                            "change, cutover or plan does it", ship, str(err).strip().splitlines()[0])
                 return 0
-            if recorded is None:
-                name, note = catalog.name_view(cur, self.catalog_schema, self.view_schema, self.template, ship)
-                catalog.record(cur, self.catalog_schema, ship, self.view_schema, name, note, catalog.NARROW)
-                if note:
-                    log.info("ship %r: reader view %s (%s)", ship, name, note)
-                recorded = (self.view_schema, name, catalog.NARROW)
-            catalog.append_columns(cur, self.catalog_schema, ship, len(columns), new)
-            statements = self._define(conn, cur, recorded, ship, columns + new, layout, new)
-        self._known[ship] = have | {channel for _, channel in new}
+            cur.execute("RELEASE SAVEPOINT widen_view")
         return statements
+
+    def _refresh(self, conn: connection, cur: cursor, layout: ShipLayout) -> int:
+        ship = layout.ship_id
+        lock_layout(cur, ship)           # one writer at a time appends the ship's view columns
+        recorded = catalog.recorded(cur, self.catalog_schema, ship)
+        columns = catalog.columns(cur, self.catalog_schema, ship)
+        have = {channel for _, channel in columns}
+        new = sorted((c.column_name, c.data_channel_id) for c in layout.channels.values()
+                     if c.data_channel_id not in have)
+        if recorded is not None and not new and _exists(cur, recorded[0], recorded[1]):
+            self._known[ship] = have
+            return 0
+        if recorded is None:
+            name, note = catalog.name_view(cur, self.catalog_schema, self.view_schema, self.template, ship)
+            catalog.record(cur, self.catalog_schema, ship, self.view_schema, name, note, catalog.NARROW)
+            if note:
+                log.info("ship %r: reader view %s (%s)", ship, name, note)
+            recorded = (self.view_schema, name, catalog.NARROW)
+        catalog.append_columns(cur, self.catalog_schema, ship, len(columns), new)
+        # cached only once committed: the next call finds nothing to do and caches it
+        return self._define(conn, cur, recorded, ship, columns + new, layout, new)
 
     def make(self, conn: connection, layouts: Iterable[ShipLayout]) -> dict[str, str]:
         """Each layout's view made or brought up to date, one DDL transaction per ship (under its
