@@ -104,7 +104,8 @@ def wait_until_streamed(run, pg, moment: dt.datetime, deadline: float = 60) -> N
     """The stream has written rows newer than ``moment`` (deadline-bounded)."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        run.query.processAllAvailable()
+        # not processAllAvailable(): with a writer inserting all the time it may never return
+        assert run.query.isActive, run.query.exception()
         with pg.cursor() as cur:
             cur.execute(sql.SQL("SELECT max(newest_created_time) FROM {}").format(
                 sql.Identifier(CAT, "stream_batches")))
@@ -175,7 +176,8 @@ def test_cutover_journey(fresh_fleet, make_config, spark, pg, pg_server, tmp_pat
             assert view_of(cur, SHIP_A)[1] == "wide" and view_of(cur, SHIP_B)[1] == "narrow"
 
         # repaired, then switched while one reader holds the view open and another keeps reading
-        assert reconcile.run(config, spark, ships=[SHIP_B], repair=True).exit_code == 0
+        settled = wait_streamed_time(pg) - dt.timedelta(seconds=config.stream.settle_seconds)
+        assert reconcile.run(config, spark, ships=[SHIP_B], repair=True, end=settled).exit_code == 0
         held = replace(config, cutover=replace(config.cutover, max_verify_age_seconds=3600))
         latencies = switch_under_readers(held, spark, pg_server, pg)
         assert max(latencies) < 0.5 + 0.5, latencies      # lock timeout per try + slack
@@ -212,6 +214,15 @@ def test_cutover_journey(fresh_fleet, make_config, spark, pg, pg_server, tmp_pat
                 assert differing_rows(cur, ship, dt.datetime.now(dt.UTC)) == 0
         result = status.run(config)
         assert {r["state"] for r in result.summary["ship_status"]} == {"verified"}, result.report
+
+        # rows the stream could not write after the last clean reconcile make its proof stale
+        with pg.cursor() as cur:
+            cur.execute(sql.SQL("INSERT INTO {} (query_name, batch_id, ship_id, narrow_rows, failed_at) "
+                                "VALUES (%s, 0, %s, 1, now())").format(sql.Identifier(CAT, "stream_failures")),
+                        (NAME, SHIP_B))
+        dry = cutover.run(config, spark, ships=[SHIP_B], dry_run=True)
+        gate = {g["gate"]: g for g in dry.summary["gates"][SHIP_B]}["reconciled"]
+        assert gate["stale"] and "could not write" in gate["detail"], dry.report
 
         # a switched ship rolled back: its view goes back to the narrow table with its tables
         assert cutover.run(held, spark, ships=[SHIP_A]).exit_code == 0
