@@ -39,6 +39,7 @@ bench: setup
 	$(PY) bench/backfill.py
 	$(PY) bench/stream.py
 	$(PY) bench/reconcile.py
+	$(PY) bench/rollback.py
 
 db-start: setup
 	$(PY) -m widen.embedded start
