@@ -33,7 +33,8 @@ def pg_server(tmp_path_factory):
     from widen import embedded
 
     home = tmp_path_factory.mktemp("pg")
-    server = embedded.ensure_running(home)
+    # wal_level logical: the change-capture tests read replication slots (tests/test_cdc.py)
+    server = embedded.ensure_running(home, settings={"wal_level": "logical"})
     try:
         yield {"host": server.host, "port": server.port, "user": server.user, "database": server.database}
     finally:

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="rollback, cutover: print what would be done")
     parser.add_argument("--undo", action="store_true", help="cutover: switch the ships' readers back to the narrow table")
     parser.add_argument("--once", action="store_true", help="stream: process what is there, then stop")
+    parser.add_argument("--drop-slot", action="store_true",
+                        help="stream (source.mode cdc): drop widen's replication slot and publication, then stop")
     parser.add_argument("--repair", action="store_true",
                         help="reconcile: re-merge what differs from the source, then check again")
     parser.add_argument("--no-duplicates", action="store_true",

@@ -218,6 +218,14 @@ class SourceConfig:
     kind: str = field(default="postgres", metadata=_meta(choices=("postgres", "delta")))
     delta_path: str | None = None
     delta_table: str | None = None
+    #: how the stream reads a PostgreSQL source: ``poll`` (new rows by ``order_column`` or
+    #: created_time) or ``cdc`` (every insert, update and delete from a logical replication slot,
+    #: PostgreSQL 10+ with wal_level = logical; README "Change data capture")
+    mode: str = field(default="poll", metadata=_meta(choices=("poll", "cdc")))
+    #: ``cdc``: the replication slot and publication widen makes and reads (default: from
+    #: ``stream.query_name``, ``widen_<name>_<hash>``)
+    slot: str | None = None
+    publication: str | None = None
 
 
 @dataclass(frozen=True)
@@ -297,6 +305,9 @@ class StreamConfig:
     #: admission control: a micro-batch reads at most about this many narrow rows, so a backlog
     #: drains in bounded batches (one created_time holding more rows is read whole)
     max_rows_per_batch: int = field(default=100_000, metadata=_meta(minimum=1))
+    #: source.mode cdc: WAL the replication slot keeps on the source (bytes) above which every
+    #: batch logs a warning (also the metric ``widen_stream_slot_retained_wal_bytes``)
+    slot_wal_warn_bytes: int = field(default=1 << 30, metadata=_meta(minimum=1))
     #: a failed micro-batch is retried (the query restarted from its checkpoint) this many times,
     #: with backoff, before the stream exits 1
     max_batch_attempts: int = field(default=5, metadata=_meta(minimum=1))
@@ -538,7 +549,15 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
     source = _build(SourceConfig, src, "source", connection=_connection(src, "source", env))
     if source.kind == "delta" and not (source.delta_path or source.delta_table):
         raise ConfigError("source.kind is delta: set source.delta_path or source.delta_table")
+    if source.mode == "cdc" and source.kind != "postgres":
+        raise ConfigError("source.mode cdc reads a PostgreSQL replication slot: source.kind must be postgres")
+    if source.slot is not None and not re.fullmatch(r"[a-z0-9_]{1,63}", source.slot):
+        raise ConfigError(f"source.slot: a replication slot name is 1-63 lower-case letters, digits and "
+                          f"underscores, got {source.slot!r}")
     target = _build(TargetConfig, tgt, "target", connection=_connection(tgt, "target", env))
+    if source.mode == "cdc" and target.is_delta:
+        raise ConfigError("source.mode cdc writes updates and deletes into PostgreSQL wide tables; a Delta "
+                          "target (target.kind delta) takes source.mode poll for now")
     if "{ship_id}" not in target.wide_table_template:
         raise ConfigError("target.wide_table_template: must contain {ship_id}")
     if target.is_delta and bool(target.delta_root) == bool(target.delta_database):

@@ -119,8 +119,10 @@ def build_version(build: Path | None = None) -> tuple[int, ...]:
     return tuple(int(p) for p in re.search(r"(\d+(?:\.\d+)+)", out).group(1).split("."))
 
 
-def ensure_running(home: Path | None = None, port: int | None = None, build: Path | None = None) -> EmbeddedServer:
-    """Start the server under ``home`` unless it already runs; return how to reach it."""
+def ensure_running(home: Path | None = None, port: int | None = None, build: Path | None = None,
+                   settings: dict[str, str] | None = None) -> EmbeddedServer:
+    """Start the server under ``home`` unless it already runs; return how to reach it.
+    ``settings`` are extra server settings (e.g. ``{"wal_level": "logical"}``)."""
     running = status(home)
     if running:
         return running
@@ -152,6 +154,7 @@ def ensure_running(home: Path | None = None, port: int | None = None, build: Pat
     options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={data_dir} "
                "-c max_connections=100 -c shared_buffers=256MB -c fsync=off "
                f"-c synchronous_commit=off -c full_page_writes=off {wal} -c timezone=UTC")
+    options += "".join(f" -c {key}={value}" for key, value in (settings or {}).items())
     started = subprocess.run(
         _run_as() + [_bin("pg_ctl", build), "-D", str(data_dir), "-l", str(log), "-o", options, "-w",
                      "-t", "60", "start"],

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from psycopg2 import sql
+
 from widen import errors
 from widen.catalog import ledger, schema
 from widen.config import BadInput, Config
@@ -136,8 +138,10 @@ def start(config: Config, spark: SparkSession, once: bool = False) -> StreamRun:
     cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
         schema.migrate(conn, cat)
+    if config.source.mode == "cdc":
+        _check_slot(config, spark, checkpoint)
     source = open_source(config.source)
-    options = source.stream_options(buckets=st.buckets, settle_seconds=st.settle_seconds,
+    options = source.stream_options(query_name=st.query_name, buckets=st.buckets, settle_seconds=st.settle_seconds,
                                     overlap_seconds=st.overlap_seconds, start=st.start,
                                     max_rows_per_batch=st.max_rows_per_batch)
     start_offset = None
@@ -208,6 +212,8 @@ def start(config: Config, spark: SparkSession, once: bool = False) -> StreamRun:
 class StreamOptions:
     #: process what is there now (in bounded batches), then stop (schedulers, tests)
     once: bool = False
+    #: source.mode cdc: drop widen's replication slot and publication (the WAL they keep), then stop
+    drop_slot: bool = False
 
 
 @job(JOB, StreamOptions, what="query", keys=lambda config, options: [config.stream.query_name], ships_from=None)
@@ -218,6 +224,8 @@ def run(config: Config, spark: SparkSession, options: StreamOptions) -> Result:
     began = time.monotonic()
     once = options.once
     st = config.stream
+    if options.drop_slot:
+        return _drop_slot(config)
     spark = get_spark(config, spark)
     stop = _stop_on_signals()
     totals: dict = {}
@@ -248,6 +256,46 @@ def run(config: Config, spark: SparkSession, options: StreamOptions) -> Result:
                        "(reconcile --repair brings them in)" for ship, fs in failed.items())
     return Result(JOB, EXIT_PROBLEM if failed else EXIT_OK,
                   {**totals, "seconds": round(time.monotonic() - began, 2)}, report)
+
+
+def _check_slot(config: Config, spark: SparkSession, checkpoint: str) -> None:
+    """source.mode cdc, before every start: the source's checks, and a checkpoint whose slot is gone
+    or invalidated refused with when its changes stopped (what reconcile --repair must cover)."""
+    from widen.sources import postgres_cdc
+
+    st = config.stream
+    slot, publication = postgres_cdc.slot_names(config.source, st.query_name)
+    with db.connection(config.target.connection) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT max(committed_at) FROM {} WHERE query_name = %s").format(
+            sql.Identifier(config.target.catalog_schema, "stream_batches")), (st.query_name,))
+        last = cur.fetchone()[0]
+    since = (f"changes committed after its last batch ({last:%Y-%m-%d %H:%M:%S}Z) never reached the wide tables"
+             if last else "no batch of it was written")
+    with db.connection(config.source.connection) as conn:
+        try:
+            found = postgres_cdc.preflight(conn, config.source, slot, publication)
+        except BadInput as err:
+            if postgres_cdc.INVALIDATED in str(err):
+                raise BadInput(f"{err}; {since}") from None
+            raise
+    if found["slot"] is None and _has_offsets(spark, checkpoint):
+        raise BadInput(f"stream.checkpoint {checkpoint} reads replication slot {slot}, which is gone (dropped?): "
+                       f"{since}. Start the stream with a new stream.checkpoint (a new slot) and run "
+                       "reconcile --repair over the time the application changed rows since")
+
+
+def _drop_slot(config: Config) -> Result:
+    from widen.sources import postgres_cdc
+
+    if config.source.mode != "cdc" or config.source.kind != "postgres":
+        raise BadInput("stream --drop-slot: source.mode is not cdc, so widen has no replication slot here")
+    slot, publication = postgres_cdc.slot_names(config.source, config.stream.query_name)
+    with db.connection(config.source.connection) as conn:
+        dropped = postgres_cdc.drop_slot(conn, config.source, slot, publication)
+    report = f"dropped {' and '.join(dropped)}" if dropped else f"no slot {slot} or publication {publication} to drop"
+    log.info("%s; the query's checkpoint now points at a slot that is gone: start the stream with a new "
+             "stream.checkpoint (and backfill or reconcile --repair the time since its last batch)", report)
+    return Result(JOB, EXIT_OK, {"dropped": dropped, "slot": slot, "publication": publication}, report)
 
 
 def _add(totals: dict, summary: dict) -> None:

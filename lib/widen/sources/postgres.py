@@ -78,7 +78,7 @@ class PostgresSource(NarrowTable):
 
     @property
     def exactly_once(self) -> bool:
-        return self.cfg.order_column is not None
+        return self.cfg.order_column is not None or self.cfg.mode == "cdc"
 
     def connect(self, autocommit: bool = False) -> contextlib.AbstractContextManager:
         return db.connection(self.cfg.connection, autocommit)
@@ -498,23 +498,29 @@ class PostgresSource(NarrowTable):
 
     # -- the stream ----------------------------------------------------------------------------------
     def stream_options(self, **extra) -> dict[str, str]:
-        from widen.sources import postgres_stream
+        from widen.sources import postgres_cdc, postgres_stream
 
+        if self.cfg.mode == "cdc":
+            return postgres_cdc.stream_options(self.cfg, **extra)
         if self._double_type is None:
             with self.connect() as conn:
                 self.rendered_value(conn)             # looks the type of double_v up
         return postgres_stream.stream_options(self.cfg, double_type=self._double_type, **extra)
 
     def initial_offset(self, options: dict[str, str]) -> dict:
-        from widen.sources import postgres_stream
+        from widen.sources import postgres_cdc, postgres_stream
 
+        if self.cfg.mode == "cdc":       # the slot (and publication) made here, after the checks
+            with self.connect() as conn:
+                return postgres_cdc.ensure_slot(conn, self.cfg, options["slot"], options["publication"])
         return postgres_stream.initial_offset(options)
 
     def stream(self, spark: SparkSession, options: dict[str, str]) -> DataFrame:
-        from widen.sources import postgres_stream
+        from widen.sources import postgres_cdc, postgres_stream
 
-        spark.dataSource.register(postgres_stream.NarrowStreamSource)
-        return spark.readStream.format(postgres_stream.NAME).options(**options).load()
+        kind = postgres_cdc.CdcStreamSource if self.cfg.mode == "cdc" else postgres_stream.NarrowStreamSource
+        spark.dataSource.register(kind)
+        return spark.readStream.format(kind.name()).options(**options).load()
 
     # -- a cross-check for the demo (source and target in one database) -----------------------------
     def pivot_differences(self, conn: connection, target_schema: str, layout: ShipLayout) -> int:

@@ -50,6 +50,8 @@ class StreamMetrics:
         self.lag = gauge("widen_stream_freshness_lag_seconds",
                          "now minus the newest created_time merged, at the end of the last micro-batch")
         self.last_batch = gauge("widen_stream_last_batch_id", "id of the last micro-batch")
+        self.retained_wal = gauge("widen_stream_slot_retained_wal_bytes",
+                                  "WAL the replication slot keeps on the source (source.mode cdc)")
         self.server = None
         if port:
             self.server, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -65,6 +67,8 @@ class StreamMetrics:
         if report.get("lag_seconds") is not None:
             self.lag.set(report["lag_seconds"])
         self.last_batch.set(report["batch_id"])
+        if report.get("retained_wal_bytes") is not None:
+            self.retained_wal.set(report["retained_wal_bytes"])
         if self.textfile:
             write_to_textfile(self.textfile, self.registry)
 
@@ -131,7 +135,8 @@ class BatchListener(StreamingQueryListener):
                   **({"narrow_rows": result.narrow_rows, "wide_rows": result.wide_rows,
                       "ships": result.ships, "rejected_rows": result.rejected_rows,
                       "duplicate_rows": result.duplicate_rows, "skipped": result.skipped,
-                      "skipped_rows": result.skipped_rows, "failed_rows": result.failed_rows}
+                      "skipped_rows": result.skipped_rows, "failed_rows": result.failed_rows,
+                      "retained_wal_bytes": result.retained_wal_bytes}
                      if result is not None else {})}
         self.reports.append(report)
         self.metrics.observe(report)

@@ -52,6 +52,8 @@ class BatchResult:
     failed: dict = field(default_factory=dict)
     #: rolled-back ship -> narrow rows of this batch left alone
     skipped_ships: dict = field(default_factory=dict)
+    #: source.mode cdc: WAL the slot keeps on the source after this batch (bytes)
+    retained_wal_bytes: int | None = None
 
     @property
     def failed_rows(self) -> int:
@@ -106,10 +108,33 @@ def write_batch(config: Config, table: pa.Table, batch_id: int, query_name: str,
     target = open_target(config.target, spark)
     reader_views(target, config, open_source(config.source))
     try:
-        return _write_batch(state, config, target, table, batch_id, query_name)
+        result = _write_batch(state, config, target, table, batch_id, query_name)
     except (psycopg2.Error, KeyError, AnalysisException):
         state.reset()
-        return _write_batch(state, config, target, table, batch_id, query_name)
+        result = _write_batch(state, config, target, table, batch_id, query_name)
+    if config.source.mode == "cdc":
+        result.retained_wal_bytes = slot_retained_wal(config, query_name)
+    return result
+
+
+def slot_retained_wal(config: Config, query_name: str) -> int | None:
+    """WAL the query's slot keeps on the source, with a warning above ``stream.slot_wal_warn_bytes``
+    (never fails the batch: it is a measurement)."""
+    from widen.sources import postgres_cdc
+
+    slot, _ = postgres_cdc.slot_names(config.source, query_name)
+    try:
+        with db.connection(config.source.connection) as conn:
+            retained = postgres_cdc.retained_wal_bytes(conn, slot)
+    except (psycopg2.Error, ConnectionError) as err:
+        log.warning("could not measure the WAL slot %s keeps: %s", slot, errors.describe(err))
+        return None
+    if retained is not None and retained > config.stream.slot_wal_warn_bytes:
+        log.warning("replication slot %s keeps %s MB of WAL on the source (stream.slot_wal_warn_bytes %s MB): "
+                    "the stream is behind or was stopped; a slot left behind fills the source's disk (stream "
+                    "--drop-slot removes it; max_slot_wal_keep_size bounds it)", slot, f"{retained >> 20:,}",
+                    f"{config.stream.slot_wal_warn_bytes >> 20:,}")
+    return retained
 
 
 def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: pa.Table, batch_id: int,
@@ -118,15 +143,18 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
     conn = state.connection(config)
     if ledger.in_ledger(conn, cat, query_name, batch_id):
         return BatchResult(batch_id, skipped=True)          # a replay: checked again under the lock below
+    table, recompute = split_changes(table)
     is_reject = pc.is_valid(table.column("reject"))
     valid = table.filter(pc.invert(is_reject))
+    fresh = current_rows(config, recompute)
     by_ship = {ship: valid.filter(pc.equal(valid.column("ship_id"), ship))
-               for ship in sorted(pc.unique(valid.column("ship_id")).to_pylist())}
+               for ship in sorted(set(pc.unique(valid.column("ship_id")).to_pylist()) | set(fresh))}
     layouts: dict[str, ShipLayout | None] = {}
     failures: dict[str, BaseException] = {}
     for ship, rows in by_ship.items():
+        channels = batch_channels(rows) + (batch_channels(fresh[ship][1]) if ship in fresh else [])
         try:
-            layouts[ship] = prepare_ship(conn, target, ship, batch_channels(rows), state.layouts)
+            layouts[ship] = prepare_ship(conn, target, ship, channels, state.layouts)
         except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
             if not errors.is_ship_level(err):
                 raise
@@ -143,8 +171,10 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
             result = BatchResult(batch_id, False, narrow_rows=table.num_rows, rejected_rows=rejected)
             written: list[str] = []
             for i, (ship, rows) in enumerate(by_ship.items()):
+                # what a failure names: the rows, or else the timestamps to recompute
+                named = fresh[ship][2] if ship in fresh and not rows.num_rows else rows
                 if ship in failures:
-                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, rows,
+                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, named,
                                                               failures[ship])
                     continue
                 cur.execute("SAVEPOINT widen_ship")
@@ -157,22 +187,31 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                                  "migrate it again)", batch_id, ship, rows.num_rows)
                         continue
                     wide, duplicates = kernels.pivot_rows(rows, layouts[ship], config.source.order_column is not None)
-                    target.merge_rows(cur, layouts[ship], wide, greatest, (delta_stream_app_id(query_name), batch_id), i)
+                    if rows.num_rows:
+                        target.merge_rows(cur, layouts[ship], wide, greatest,
+                                          (delta_stream_app_id(query_name), batch_id), i)
+                    if ship in fresh:       # updated or deleted: those timestamps again, from the source
+                        times, current, _ = fresh[ship]
+                        target.delete_rows(cur, layouts[ship], times, [])
+                        if current.num_rows:
+                            again, _ = kernels.pivot_rows(current, layouts[ship], config.source.order_column is not None)
+                            target.merge_rows(cur, layouts[ship], again, greatest, None, i)
                     cur.execute("RELEASE SAVEPOINT widen_ship")
                 except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
                     if not errors.is_ship_level(err):
                         raise
                     cur.execute("ROLLBACK TO SAVEPOINT widen_ship")
                     state.layouts.pop(ship, None)
-                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, rows, err)
+                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, named, err)
                     continue
                 result.wide_rows += wide.num_rows
                 result.duplicate_rows += duplicates
                 written.append(ship)
             lifecycle.record_streamed(cur, cat, written, query_name, batch_id)
             result.ships = len(by_ship)
-            if valid.num_rows:
-                newest = pc.max(valid.column("created_time")).as_py()
+            if valid.num_rows or recompute.num_rows:
+                newest = pc.max(pa.concat_arrays([valid.column("created_time").combine_chunks(),
+                                                  recompute.column("created_time").combine_chunks()])).as_py()
                 result.newest_created_time = newest if newest.tzinfo else newest.replace(tzinfo=dt.UTC)
             ledger.record_batch(cur, cat, query_name, batch_id, result.narrow_rows, result.wide_rows, result.ships,
                                 result.newest_created_time)
@@ -182,6 +221,35 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
             conn.rollback()
         raise
     return result
+
+
+def split_changes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """A change-capture batch (``postgres_cdc``: a ``change`` column) as (the rows to write: inserts
+    and the rejected new rows of updates; the ``recompute`` rows: ship and created_time of updated
+    or deleted rows). Any other batch: (itself, no rows)."""
+    if "change" not in table.column_names:
+        return table, table.slice(0, 0)
+    change = table.column("change")
+    recompute = pc.fill_null(pc.equal(change, "recompute"), False)
+    rejected_update = pc.and_(pc.fill_null(pc.equal(change, "update"), False), pc.is_valid(table.column("reject")))
+    rows = table.filter(pc.or_(pc.is_null(change), rejected_update)).drop_columns(["change"])
+    return rows, table.filter(recompute).drop_columns(["change"])
+
+
+def current_rows(config: Config, recompute: pa.Table) -> dict[str, tuple[list, pa.Table, pa.Table]]:
+    """Per ship with updated or deleted rows: (their timestamps, the narrow table's valid rows at
+    those timestamps now, the recompute rows), read from the source before the batch's
+    transaction."""
+    if not recompute.num_rows:
+        return {}
+    source = open_source(config.source)
+    out = {}
+    with source.connect() as src:
+        for ship in sorted(pc.unique(recompute.column("ship_id")).to_pylist()):
+            keys = recompute.filter(pc.equal(recompute.column("ship_id"), ship))
+            times = sorted(set(keys.column("created_time").to_pylist()))
+            out[ship] = (times, source.ship_rows(src, ship, times, []), keys)
+    return out
 
 
 def record_ship_failure(cur: cursor, catalog_schema: str, query_name: str, batch_id: int, ship: str, rows: pa.Table,
