@@ -53,23 +53,30 @@ TABLE = "tbl_data_timeseries"
 PROBE_SECONDS = 0.05
 
 
-def make_config(server, home: Path, rate: int) -> widen_config.Config:
+def make_config(server, home: Path, rate: int, mode: str = "poll") -> widen_config.Config:
     conn = {"host": server.host, "port": server.port, "database": server.database, "user": server.user}
+    source = {"order_column": "ingest_id"} if mode == "poll" else {"mode": "cdc"}
     return widen_config.parse({
         "embedded": "never", "jars_dir": str(ROOT / "jars"), "home": str(home),
-        "source": {**conn, "schema": SRC, "order_column": "ingest_id"},
+        "source": {**conn, "schema": SRC, **source},
         "target": {**conn, "schema": TGT, "catalog_schema": CAT},
-        "stream": {"query_name": f"bench-{rate}x", "checkpoint": str(home / f"bench-stream-{rate}x"),
+        "stream": {"query_name": f"bench-{mode}-{rate}x", "checkpoint": str(home / f"bench-stream-{mode}-{rate}x"),
                    "trigger_seconds": 0.25, "start": "latest", "buckets": 2},
         "spark": {"master": "local[*]", "conf": {"spark.sql.shuffle.partitions": "2",
                                                  "spark.driver.memory": "4g"}},
     })
 
 
-def reset(params: dict) -> None:
+def reset(params: dict, mode: str = "poll") -> None:
     conn = psycopg2.connect(**params)
     conn.autocommit = True
     with conn.cursor() as cur:
+        # an earlier cdc run's slot would keep WAL (and its publication a dropped table's name)
+        cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name LIKE 'widen_bench_%%' AND NOT active")
+        cur.execute("SELECT pubname FROM pg_publication WHERE pubname LIKE 'widen_bench_%%'")
+        for (name,) in cur.fetchall():
+            cur.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
         for schema in (SRC, TGT, CAT):
             cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
     generate.ensure_narrow_table(conn, SRC, TABLE)
@@ -77,16 +84,29 @@ def reset(params: dict) -> None:
         narrow = sql.Identifier(SRC, TABLE)
         cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN ingest_id bigserial").format(narrow))
         cur.execute(sql.SQL("CREATE INDEX ON {} (ingest_id)").format(narrow))
+        if mode == "cdc":
+            cur.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(narrow))
     conn.close()
 
 
 def writer(params: dict, ships: list[str], channels: list[tuple[str, str]], interval: float,
-           seconds: float, out_path: str) -> None:
-    """One transaction per ship per ``interval``; logs (ship, created_time, commit time)."""
+           seconds: float, out_path: str, corrections: bool = False) -> None:
+    """One transaction per ship per ``interval``; logs (ship, created_time, commit time). With
+    ``corrections``, each transaction also updates 1 % of its row count of earlier readings of the
+    ship and deletes 0.1 % (the application correcting and removing readings)."""
+    import random
+
     conn = psycopg2.connect(**params)
     cur = conn.cursor()
     cur.execute("SET TIME ZONE 'UTC'")
     conn.commit()
+    rng = random.Random(3)
+    earlier: dict[str, list] = {}
+    update = sql.SQL("UPDATE {} SET double_v = double_v + 1, str_v = str_v || '!' WHERE ship_id = %s AND "
+                     "created_time = %s AND data_channel_id = %s").format(sql.Identifier(SRC, TABLE))
+    delete = sql.SQL("DELETE FROM {} WHERE ship_id = %s AND created_time = %s AND data_channel_id = %s").format(
+        sql.Identifier(SRC, TABLE))
+    debt = {"update": 0.0, "delete": 0.0}
     insert = sql.SQL("INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, double_v, long_v, "
                      "str_v, bool_v) VALUES %s").format(sql.Identifier(SRC, TABLE)).as_string(cur)
     log = []
@@ -104,6 +124,14 @@ def writer(params: dict, ships: list[str], channels: list[tuple[str, str]], inte
                  f"v{k}" if fmt == "String" else None, k % 2 == 0 if fmt == "Boolean" else None)
                 for name, fmt in channels]
         execute_values(cur, insert, rows, page_size=len(rows))
+        if corrections and earlier.get(ship):
+            debt["update"] += len(rows) * 0.01
+            debt["delete"] += len(rows) * 0.001
+            for kind, statement in (("update", update), ("delete", delete)):
+                while debt[kind] >= 1:
+                    debt[kind] -= 1
+                    cur.execute(statement, (ship, rng.choice(earlier[ship]), rng.choice(channels)[0]))
+        earlier.setdefault(ship, []).append(now)
         conn.commit()
         log.append((ship, now.isoformat(), time.time()))
         k += 1
@@ -148,8 +176,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_rate(server, spark, home: Path, rate: int, args) -> dict:
     params = {"host": server.host, "port": server.port, "dbname": server.database, "user": server.user}
-    reset(params)
-    config = make_config(server, home, rate)
+    reset(params, args.mode)
+    config = make_config(server, home, rate, args.mode)
     ships = generate.ship_ids(args.ships)
     channels = generate.channel_names(args.channels, seed=11)
     interval = 15.0 / rate
@@ -161,14 +189,15 @@ def run_rate(server, spark, home: Path, rate: int, args) -> dict:
     log_path = home / f"bench-stream-writer-{rate}x.json"
     seconds = args.warmup + args.minutes * 60
     proc = mp.get_context("spawn").Process(target=writer, args=(params, ships, channels, interval, seconds,
-                                                                str(log_path)))
+                                                                str(log_path), args.corrections))
     seen: dict = {}
     stop = threading.Event()
     probe = threading.Thread(target=prober, args=(params, tables, stop, seen), daemon=True)
     began = time.time()
     probe.start()
     proc.start()
-    print(f"[bench] {rate}x: {len(ships)} ships x {len(channels)} channels every {interval:g} s "
+    print(f"[bench] {args.mode}{' + corrections' if args.corrections else ''} "
+          f"{rate}x: {len(ships)} ships x {len(channels)} channels every {interval:g} s "
           f"= {len(ships) * len(channels) / interval:,.0f} rows/s for {seconds:.0f} s "
           f"({args.warmup:.0f} s warm-up)", flush=True)
     proc.join()
@@ -196,7 +225,8 @@ def run_rate(server, spark, home: Path, rate: int, args) -> dict:
         per_minute.setdefault(int((committed - began - args.warmup) // 60), []).append(lag)
     finite = [f for f in fresh if f != float("inf")]
     result = {
-        "rate": f"{rate}x", "ships": len(ships), "channels": len(channels), "interval_s": interval,
+        "mode": args.mode, "corrections": args.corrections, "rate": f"{rate}x", "ships": len(ships),
+        "channels": len(channels), "interval_s": interval,
         "narrow_rows_per_s": len(ships) * len(channels) / interval, "measured_minutes": args.minutes,
         "samples": len(fresh), "missing": len(fresh) - len(finite),
         "p50_s": round(statistics.median(finite), 3), "p95_s": round(percentile(finite, 0.95), 3),
@@ -308,13 +338,23 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=200)
     parser.add_argument("--sample", type=int, default=20, help="ships whose wide tables the prober polls")
     parser.add_argument("--home", default=str(ROOT / ".local" / "bench"))
+    parser.add_argument("--mode", choices=("poll", "cdc"), default="poll",
+                        help="source.mode: poll (exact mode, ingestion id) or cdc (replication slot)")
+    parser.add_argument("--corrections", action="store_true",
+                        help="the writer also updates 1 %% and deletes 0.1 %% of earlier readings")
     parser.add_argument("--backlog", help="backlog mode: millions of narrow rows, e.g. 1,4")
     parser.add_argument("--max-rows", type=int, default=100_000, help="backlog mode: stream.max_rows_per_batch")
     parser.add_argument("--unbounded", default="", help="backlog mode: also drain these sizes in one batch, e.g. 1")
     args = parser.parse_args()
     home = Path(args.home)
     home.mkdir(parents=True, exist_ok=True)
-    server = embedded.ensure_running(home)
+    server = embedded.ensure_running(home, settings={"wal_level": "logical"})
+    with psycopg2.connect(**server.dsn_params()) as conn, conn.cursor() as cur:
+        cur.execute("SHOW wal_level")
+        logical = cur.fetchone()[0] == "logical"
+    if args.mode == "cdc" and not logical:        # started earlier without it: restart with it
+        embedded.stop(home)
+        server = embedded.ensure_running(home, settings={"wal_level": "logical"})
     if args.backlog:
         results = [run_backlog(server, home, float(m), args.max_rows) for m in args.backlog.split(",")]
         results += [run_backlog(server, home, float(m), 0) for m in args.unbounded.split(",") if m]
@@ -331,7 +371,8 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     for result in results:
-        (out / f"stream-{result['rate']}.json").write_text(json.dumps({**result, "machine": machine}, indent=2))
+        label = f"{result['mode']}{'-corrections' if result['corrections'] else ''}-" if result["mode"] != "poll" else ""
+        (out / f"stream-{label}{result['rate']}.json").write_text(json.dumps({**result, "machine": machine}, indent=2))
     print(json.dumps(results))
     return 0
 
