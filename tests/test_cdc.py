@@ -113,8 +113,8 @@ def no_slots_left(pg):
 def test_cdc_journey(fresh_fleet, make_config, spark, pg, pg_server, tmp_path, no_slots_left):
     fresh_fleet(NAME, ship_list=SHIPS, channels=3, hours=0.5, start=T0, cadence_seconds=60).close()
     config = make_config(NAME, source__mode="cdc", stream__query_name="cdc q", stream__start="latest",
-                         stream__checkpoint=str(tmp_path / "cp"), stream__max_rows_per_batch=50)
-    slot, publication = postgres_cdc.slot_names(config.source, "cdc q")
+                         stream__checkpoint=str(tmp_path / "cp"), stream__max_rows_per_batch=5000)
+    slot, publication = postgres_cdc.slot_names(config)
     narrow = sql.Identifier(SRC, "tbl_data_timeseries")
 
     # no replica identity that names a row's cell: refused, nothing made
@@ -128,7 +128,7 @@ def test_cdc_journey(fresh_fleet, make_config, spark, pg, pg_server, tmp_path, n
         # a publication of that name that is not what widen would make is never changed
         cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')").format(
             sql.Identifier(publication), narrow))
-    with pytest.raises(BadInput, match="does not publish inserts, updates and deletes"):
+    with pytest.raises(BadInput, match="does not publish every insert, update, delete and truncate"):
         stream.run(config, spark, once=True)
     with pg.cursor() as cur:
         cur.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
@@ -203,6 +203,21 @@ def test_cdc_journey(fresh_fleet, make_config, spark, pg, pg_server, tmp_path, n
             streamed(config, spark, pg)
         finally:
             other.conn.close()
+
+        # a re-sent batch replacing another (more than 500 timestamps each way: staged merges)
+        with writer.conn.cursor() as cur:
+            cur.execute(sql.SQL("INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, double_v) "
+                                "SELECT %s, 'resent', %s + k * interval '1 second', 'Decimal', k FROM "
+                                "generate_series(1, 600) k").format(narrow), (SHIPS[0], at(300)))
+        writer.conn.commit()
+        streamed(config, spark, pg)
+        with writer.conn.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE data_channel_id = 'resent'").format(narrow))
+            cur.execute(sql.SQL("INSERT INTO {} (ship_id, data_channel_id, created_time, value_format, double_v) "
+                                "SELECT %s, 'resent', %s + k * interval '1 second', 'Decimal', -k FROM "
+                                "generate_series(1, 1200) k").format(narrow), (SHIPS[0], at(300)))
+        writer.conn.commit()
+        streamed(config, spark, pg)
 
         # a bad row is rejected, not lost
         writer.insert(SHIPS[1], cb, at(52), "Float128", "?")

@@ -138,10 +138,14 @@ def start(config: Config, spark: SparkSession, once: bool = False) -> StreamRun:
     cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
         schema.migrate(conn, cat)
+    names = {}
     if config.source.mode == "cdc":
+        from widen.sources import postgres_cdc
+
         _check_slot(config, spark, checkpoint)
+        names = dict(zip(("slot", "publication"), postgres_cdc.slot_names(config), strict=True))
     source = open_source(config.source)
-    options = source.stream_options(query_name=st.query_name, buckets=st.buckets, settle_seconds=st.settle_seconds,
+    options = source.stream_options(**names, buckets=st.buckets, settle_seconds=st.settle_seconds,
                                     overlap_seconds=st.overlap_seconds, start=st.start,
                                     max_rows_per_batch=st.max_rows_per_batch)
     start_offset = None
@@ -264,7 +268,7 @@ def _check_slot(config: Config, spark: SparkSession, checkpoint: str) -> None:
     from widen.sources import postgres_cdc
 
     st = config.stream
-    slot, publication = postgres_cdc.slot_names(config.source, st.query_name)
+    slot, publication = postgres_cdc.slot_names(config)
     with db.connection(config.target.connection) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT max(committed_at) FROM {} WHERE query_name = %s").format(
             sql.Identifier(config.target.catalog_schema, "stream_batches")), (st.query_name,))
@@ -280,8 +284,8 @@ def _check_slot(config: Config, spark: SparkSession, checkpoint: str) -> None:
             raise
     if found["slot"] is None and _has_offsets(spark, checkpoint):
         raise BadInput(f"stream.checkpoint {checkpoint} reads replication slot {slot}, which is gone (dropped?): "
-                       f"{since}. Start the stream with a new stream.checkpoint (a new slot) and run "
-                       "reconcile --repair over the time the application changed rows since")
+                       f"{since}. Start the stream under a new stream.query_name (a new slot, ledger and checkpoint) "
+                       "and run reconcile --repair over the time the application changed rows since")
 
 
 def _drop_slot(config: Config) -> Result:
@@ -289,12 +293,12 @@ def _drop_slot(config: Config) -> Result:
 
     if config.source.mode != "cdc" or config.source.kind != "postgres":
         raise BadInput("stream --drop-slot: source.mode is not cdc, so widen has no replication slot here")
-    slot, publication = postgres_cdc.slot_names(config.source, config.stream.query_name)
+    slot, publication = postgres_cdc.slot_names(config)
     with db.connection(config.source.connection) as conn:
         dropped = postgres_cdc.drop_slot(conn, config.source, slot, publication)
     report = f"dropped {' and '.join(dropped)}" if dropped else f"no slot {slot} or publication {publication} to drop"
-    log.info("%s; the query's checkpoint now points at a slot that is gone: start the stream with a new "
-             "stream.checkpoint (and backfill or reconcile --repair the time since its last batch)", report)
+    log.info("%s; this query cannot go on without its slot: start the stream under a new stream.query_name "
+             "(and reconcile --repair the time since its last batch)", report)
     return Result(JOB, EXIT_OK, {"dropped": dropped, "slot": slot, "publication": publication}, report)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,35 +41,49 @@ from typing import TYPE_CHECKING
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
-from widen.config import BadInput, Connection, SourceConfig
+from widen.config import BadInput, Config, Connection, SourceConfig
 from widen.core import values
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection
     from pyspark.sql.types import StructType
 
 NAME = "widen_cdc"
+#: the comment on a publication widen made (``--drop-slot`` drops no other)
+MADE_BY = "widen: change capture of the narrow table (stream --drop-slot removes it)"
 SCHEMA = values.ROW_SPARK_SCHEMA + ", change string"
 #: pgoutput is 10+; a slot is moved on with pg_replication_slot_advance from 11 (10 consumes)
 MIN_VERSION = 100000
 INSERT, UPDATE, RECOMPUTE = None, "update", "recompute"
 INVALIDATED = "was invalidated"
+#: pgoutput message kinds (their first byte): row changes, and the commit
+CHANGE_KINDS, COMMIT = frozenset(b"IUDT"), ord("C")
+#: how a query starts again on a new slot (a new query name: new slot, new ledger, new checkpoint)
+RESTART = ("run stream --drop-slot, then start the stream under a new stream.query_name (a new slot, ledger and "
+           "checkpoint: the old checkpoint's batch ids are in the ledger)")
+#: a slot with no change for the table is moved on (an empty batch) once this much WAL is behind it
+HEARTBEAT_BYTES = 16 << 20
 #: the columns of the narrow table a change carries (the order column, if any, is added)
 COLUMNS = ("ship_id", "data_channel_id", "created_time", "value_format", "double_v", "long_v", "str_v", "bool_v")
 KEY = ("ship_id", "data_channel_id", "created_time")
 
 
-def default_names(query_name: str) -> str:
-    """widen's slot and publication name for a stream query: lower-case letters, digits and
-    underscores (what a slot name allows), unique per query name."""
+def default_name(query_name: str, scope: str) -> str:
+    """widen's slot and publication name for a stream query writing into ``scope`` (the target
+    database and catalog): lower-case letters, digits and underscores (what a slot name allows),
+    so a staging setup reading the same source never shares production's slot."""
     readable = re.sub(r"[^a-z0-9_]+", "_", query_name.lower()).strip("_")[:40]
-    return f"widen_{readable}_{hashlib.md5(query_name.encode()).hexdigest()[:8]}"
+    return f"widen_{readable}_{hashlib.md5(f'{query_name}|{scope}'.encode()).hexdigest()[:8]}"
 
 
-def slot_names(cfg: SourceConfig, query_name: str) -> tuple[str, str]:
-    """(slot, publication) of a query: ``source.slot`` / ``source.publication`` or widen's default."""
-    default = default_names(query_name)
-    return cfg.slot or default, cfg.publication or default
+def slot_names(config: Config) -> tuple[str, str]:
+    """(slot, publication) of the config's stream query: ``source.slot`` / ``source.publication``
+    or widen's default for the query name and target."""
+    scope = f"{config.target.connection.describe()}/{config.target.catalog_schema}"
+    default = default_name(config.stream.query_name, scope)
+    return config.source.slot or default, config.source.publication or default
 
 
 # -- checks before anything is created --------------------------------------------------------------
@@ -97,12 +112,18 @@ def preflight(conn: connection, cfg: SourceConfig, slot: str, publication: str) 
         if not may_replicate:
             raise BadInput("source.mode cdc: the source role may not read replication slots: ALTER ROLE … "
                            "REPLICATION (or use a role that has it)")
-        cur.execute("SELECT c.oid, c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = %s AND c.relname = %s", (cfg.schema, cfg.table))
+        cur.execute("SELECT c.oid, c.relreplident, c.relkind, pg_has_role(c.relowner, 'USAGE'), EXISTS (SELECT 1 "
+                    "FROM pg_inherits i WHERE i.inhparent = c.oid) FROM pg_class c JOIN pg_namespace n ON "
+                    "n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (cfg.schema, cfg.table))
         found = cur.fetchone()
         if found is None:
             raise BadInput(f"source.mode cdc: no table {table}")
-        oid, identity = found
+        oid, identity, relkind, owner, parent = found
+        if relkind != "r" or parent:
+            what = {"p": "a partitioned table", "v": "a view", "m": "a materialized view",
+                    "f": "a foreign table"}.get(relkind, "a table with inheritance children")
+            raise BadInput(f"source.mode cdc: {table} is {what}; its changes are not published under its own name, "
+                           "so widen reads only plain tables this way for now: use source.mode poll")
         key: list[str] = []
         if identity in ("d", "i"):
             cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND "
@@ -126,22 +147,32 @@ def preflight(conn: connection, cfg: SourceConfig, slot: str, publication: str) 
         existing = cur.fetchone()
         if existing is not None:
             kind, plugin, database, status, _ = existing
-            if kind != "logical" or plugin != "pgoutput" or database != conn.get_dsn_parameters().get("dbname"):
+            cur.execute("SELECT current_database()")
+            if kind != "logical" or plugin != "pgoutput" or database != cur.fetchone()[0]:
                 raise BadInput(f"source.slot {slot!r} exists and is not a pgoutput slot of this database "
                                f"({kind}, {plugin}, {database}): choose another source.slot")
             if status == "lost":
                 raise BadInput(f"replication slot {slot!r} {INVALIDATED} (WAL it needed was removed, "
-                               "max_slot_wal_keep_size): run stream --drop-slot, start the stream again with a "
-                               "new stream.checkpoint (a new slot), and reconcile --repair the time since its "
-                               "last batch")
-        cur.execute("SELECT p.pubinsert AND p.pubupdate AND p.pubdelete, p.puballtables OR EXISTS (SELECT 1 "
-                    "FROM pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = %s) FROM pg_publication p "
-                    "WHERE p.pubname = %s", (oid, publication))
+                               f"max_slot_wal_keep_size): {RESTART}, and reconcile --repair the time since its last "
+                               "batch")
+        whole = "r.prqual IS NULL AND r.prattrs IS NULL" if conn.server_version >= 150000 else "true"
+        cur.execute("SELECT p.pubinsert AND p.pubupdate AND p.pubdelete"
+                    + (" AND p.pubtruncate" if conn.server_version >= 110000 else "")
+                    + f", p.puballtables OR EXISTS (SELECT 1 FROM pg_publication_rel r WHERE r.prpubid = p.oid AND "
+                    f"r.prrelid = %s AND {whole}) FROM pg_publication p WHERE p.pubname = %s", (oid, publication))
         pub = cur.fetchone()
         if pub is not None and not all(pub):
-            raise BadInput(f"publication {publication!r} exists but does not publish inserts, updates and deletes "
-                           f"of {table}: widen does not change a publication it did not make; choose another "
-                           "source.publication")
+            raise BadInput(f"publication {publication!r} exists but does not publish every insert, update, delete "
+                           f"and truncate of the whole of {table}: widen does not change a publication it did not "
+                           "make; choose another source.publication")
+        if existing is not None and pub is None:
+            raise BadInput(f"replication slot {slot!r} exists but its publication {publication!r} does not (a slot "
+                           f"cannot read a publication made after it): {RESTART}")
+        if pub is None and not owner:
+            ident = sql.Identifier(cfg.schema, cfg.table).as_string(cur)
+            raise BadInput(f"source.mode cdc: the source role does not own {table}, so it cannot publish it: have "
+                           f"its owner run CREATE PUBLICATION {sql.Identifier(publication).as_string(cur)} FOR TABLE "
+                           f"{ident} (or set source.publication to an existing one)")
     conn.rollback()
     return {"slot": existing, "publication": pub is not None}
 
@@ -156,8 +187,11 @@ def ensure_slot(conn: connection, cfg: SourceConfig, slot: str, publication: str
         if not found["publication"]:
             cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
                 sql.Identifier(publication), sql.Identifier(cfg.schema, cfg.table)))
+            cur.execute(sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
+                sql.Identifier(publication), sql.Literal(MADE_BY)))
             conn.commit()
         if found["slot"] is None:
+            log.info("creating replication slot %s (it waits for the write transactions running now to end)", slot)
             cur.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             lsn = cur.fetchone()[0]
         else:
@@ -181,10 +215,14 @@ def drop_slot(conn: connection, cfg: SourceConfig, slot: str, publication: str) 
                 raise BadInput(f"replication slot {slot!r} is in use by process {row[0]}: stop the stream first")
             cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             done.append(f"replication slot {slot}")
-        cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
-        if cur.fetchone() is not None:
+        cur.execute("SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = %s",
+                    (publication,))
+        row = cur.fetchone()
+        if row is not None and row[0] == MADE_BY:       # never a publication someone else made
             cur.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
             done.append(f"publication {publication}")
+        elif row is not None:
+            log.info("publication %s was not made by widen: left as it is", publication)
     conn.commit()
     return done
 
@@ -201,13 +239,13 @@ def retained_wal_bytes(conn: connection, slot: str) -> int | None:
 
 # -- the Spark source -------------------------------------------------------------------------------
 
-def stream_options(cfg: SourceConfig, query_name: str, **extra) -> dict[str, str]:
+def stream_options(cfg: SourceConfig, **extra) -> dict[str, str]:
+    """Options for ``readStream.format("widen_cdc")``; ``extra`` holds ``slot`` and ``publication``
+    (``slot_names``) and the stream's settings."""
     import dataclasses
 
-    slot, publication = slot_names(cfg, query_name)
     options = {"connection": json.dumps(dataclasses.asdict(cfg.connection)), "schema": cfg.schema,
-               "table": cfg.table, "order_column": cfg.order_column or "", "slot": slot,
-               "publication": publication}
+               "table": cfg.table, "order_column": cfg.order_column or ""}
     options.update({k: str(v) for k, v in extra.items()})
     return options
 
@@ -250,15 +288,20 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         params = Connection(**json.loads(self.options["connection"])).psycopg_params()
         return db.open_session({**params, "application_name": "widen-cdc"}, autocommit=autocommit)
 
-    def _peek(self, conn: connection, upto_lsn: int | None, upto_changes: int | None) -> list:
+    def _peek(self, conn: connection, upto_lsn: int | None, upto_changes: int | None, what: str = "data") -> list:
+        """The slot's messages up to ``upto_lsn`` (transactions committed before it), ``what`` of
+        each (``data``: the message as bytes)."""
         from widen.pg import pgoutput
 
         with conn.cursor() as cur:
-            cur.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, 'proto_version', "
-                        "'1', 'publication_names', %s)",
+            # messages (14+): the heartbeat's transaction shows from 15 on, where empty ones do not
+            messages = ", 'messages', 'true'" if conn.server_version >= 140000 else ""
+            cur.execute(f"SELECT {what} FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, 'proto_version', "
+                        f"'1', 'publication_names', %s{messages})",
                         (self.slot, pgoutput.lsn_text(upto_lsn) if upto_lsn is not None else None, upto_changes,
                          self._quoted_publication()))
-            return [bytes(r[0]) for r in cur.fetchall()]
+            rows = cur.fetchall()
+        return [bytes(r[0]) for r in rows] if what == "data" else rows
 
     def _quoted_publication(self) -> str:
         # publication_names is a list of identifiers: quote the name as one
@@ -296,30 +339,65 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def latestOffset(self, start: dict, limit: ReadLimit | None = None) -> dict:
         """The end of the last whole transaction after ``start`` within the limit (``start``
-        when there is none yet)."""
+        when there is none yet).
+
+        Spark asks once the batch ending at ``start`` has committed, so the slot is moved to
+        ``start`` first: it keeps no WAL the query has read, and the peek starts there. A slot
+        found *past* ``start`` was moved by someone else: changes may be lost, so the stream stops.
+        While the table has no change, the slot is moved on through an empty batch once
+        ``HEARTBEAT_BYTES`` of WAL are behind it (at the end of a transaction the peek saw: before
+        PostgreSQL 15 every transaction shows, from 15 on widen writes a logical decoding message)."""
         from widen.pg import pgoutput
 
         max_rows = limit.max_rows if isinstance(limit, ReadMaxRows) else None
         begin = _lsn(start)
         conn = self._connect()
         try:
-            budget = max_rows
+            self._advance(conn, start["lsn"])
+            with conn.cursor() as cur:
+                cur.execute("SELECT confirmed_flush_lsn::text, pg_current_wal_flush_lsn()::text FROM "
+                            "pg_replication_slots WHERE slot_name = %s", (self.slot,))
+                row = cur.fetchone()
+            if row is None:
+                raise RuntimeError(f"replication slot {self.slot!r} is gone (dropped?): {RESTART}")
+            if pgoutput.parse_lsn(row[0]) > begin:
+                raise RuntimeError(f"replication slot {self.slot!r} was moved to {row[0]}, past this query's position "
+                                   f"{start['lsn']}, by something other than this stream (another widen setup with "
+                                   f"the same source.slot, or pg_logical_slot_get_changes): changes in between may be "
+                                   f"lost to it. {RESTART}, and reconcile --repair")
+            flush = pgoutput.parse_lsn(row[1])
+            upto = min(flush, self.target) if self.target is not None else flush
+            budget = 4 * max_rows + 64 if max_rows else None
             while True:
-                messages = self._peek(conn, self.target, budget + 2 if budget else None)
-                end, taken = begin, 0
-                for txn in pgoutput.Decoder().feed(messages):
-                    if txn.end_lsn <= begin:
-                        continue
-                    if max_rows and taken and taken + len(txn.changes) > max_rows:
-                        break
-                    end, taken = txn.end_lsn, taken + len(txn.changes)
-                # the limit counts from the slot's position, which may lag behind ``start``: ask
-                # again for more when everything peeked was already read
-                if budget is None or end != begin or len(messages) < budget:
+                # only each message's kind and position cross the wire: the values are read() later
+                kinds = self._peek(conn, upto, budget, "lsn::text, get_byte(data, 0)")
+                end = idle = begin
+                taken, changes, full = 0, 0, False
+                for lsn, kind in kinds:
+                    if kind in CHANGE_KINDS:
+                        changes += 1
+                    elif kind == COMMIT:             # a commit's row carries its end LSN
+                        at = pgoutput.parse_lsn(lsn)
+                        if at > begin:
+                            if max_rows and taken and taken + changes > max_rows:
+                                full = True
+                                break
+                            if changes:
+                                end, taken = at, taken + changes
+                            idle = at
+                        changes = 0
+                # cut short by the budget before the batch was full: ask for more
+                if budget is None or full or len(kinds) < budget:
                     break
                 budget *= 4
+            if end == begin and idle - begin < HEARTBEAT_BYTES and upto - begin >= HEARTBEAT_BYTES \
+                    and conn.server_version >= 140000:
+                with conn.cursor() as cur:     # a position past the idle WAL, for the next trigger
+                    cur.execute("SELECT pg_logical_emit_message(true, 'widen', 'heartbeat')")
         finally:
             conn.close()
+        if end == begin and idle - begin >= HEARTBEAT_BYTES:
+            end = idle
         return start if end == begin else {"lsn": pgoutput.lsn_text(end)}
 
     def partitions(self, start: dict, end: dict) -> list[LsnPartition]:
@@ -329,17 +407,22 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """Spark has committed every batch up to ``end``: the slot may let go of the WAL before it."""
         conn = self._connect()
         try:
-            with conn.cursor() as cur:
-                if conn.server_version >= 110000:
-                    cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn) FROM pg_replication_slots "
-                                "WHERE slot_name = %s AND confirmed_flush_lsn < %s::pg_lsn",
-                                (self.slot, end["lsn"], self.slot, end["lsn"]))
-                else:
-                    cur.execute("SELECT count(*) FROM pg_logical_slot_get_binary_changes(%s, %s::pg_lsn, NULL, "
-                                "'proto_version', '1', 'publication_names', %s)",
-                                (self.slot, end["lsn"], self._quoted_publication()))
+            self._advance(conn, end["lsn"])
         finally:
             conn.close()
+
+    def _advance(self, conn: connection, lsn: str) -> None:
+        """The slot's confirmed position moved forward to ``lsn`` (the end of a transaction a
+        committed batch holds), never back."""
+        with conn.cursor() as cur:
+            if conn.server_version >= 110000:
+                cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn) FROM pg_replication_slots "
+                            "WHERE slot_name = %s AND confirmed_flush_lsn < %s::pg_lsn", (self.slot, lsn, self.slot, lsn))
+            else:
+                cur.execute("SELECT count(*) FROM pg_logical_slot_get_binary_changes(%s, %s::pg_lsn, NULL, "
+                            "'proto_version', '1', 'publication_names', %s) WHERE (SELECT confirmed_flush_lsn FROM "
+                            "pg_replication_slots WHERE slot_name = %s) < %s::pg_lsn",
+                            (self.slot, lsn, self._quoted_publication(), self.slot, lsn))
 
     # -- data ---------------------------------------------------------------------------------------
     def read(self, partition: LsnPartition) -> Iterator:
@@ -363,8 +446,7 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         raise RuntimeError(
                             f"the narrow table was truncated (transaction {txn.xid}, LSN "
                             f"{pgoutput.lsn_text(txn.commit_lsn)}): widen does not empty wide tables for it. "
-                            "Roll the wide tables back (rollback) or repair them (reconcile --repair), then "
-                            "restart the stream with a new checkpoint")
+                            f"Roll the wide tables back (rollback) or repair them (reconcile --repair); {RESTART}")
                     if change.op == "insert":
                         rows.append((*(_text(change.new, c) for c in columns), INSERT))
                         continue

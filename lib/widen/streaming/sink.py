@@ -122,7 +122,7 @@ def slot_retained_wal(config: Config, query_name: str) -> int | None:
     (never fails the batch: it is a measurement)."""
     from widen.sources import postgres_cdc
 
-    slot, _ = postgres_cdc.slot_names(config.source, query_name)
+    slot, _ = postgres_cdc.slot_names(config)
     try:
         with db.connection(config.source.connection) as conn:
             retained = postgres_cdc.retained_wal_bytes(conn, slot)
@@ -151,6 +151,10 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                for ship in sorted(set(pc.unique(valid.column("ship_id")).to_pylist()) | set(fresh))}
     layouts: dict[str, ShipLayout | None] = {}
     failures: dict[str, BaseException] = {}
+    for ship in [s for s in by_ship if s in fresh and not by_ship[s].num_rows and not fresh[s][1].num_rows]:
+        if not target.layouts.load(conn, ship).tables:   # deletes of a ship with no wide table: nothing to do
+            del by_ship[ship]
+    conn.rollback()
     for ship, rows in by_ship.items():
         channels = batch_channels(rows) + (batch_channels(fresh[ship][1]) if ship in fresh else [])
         try:
@@ -171,8 +175,9 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
             result = BatchResult(batch_id, False, narrow_rows=table.num_rows, rejected_rows=rejected)
             written: list[str] = []
             for i, (ship, rows) in enumerate(by_ship.items()):
-                # what a failure names: the rows, or else the timestamps to recompute
-                named = fresh[ship][2] if ship in fresh and not rows.num_rows else rows
+                # what a failure names: the rows and the timestamps to recompute
+                named = pa.concat_tables([rows.select(["created_time"]), fresh[ship][2].select(["created_time"])]) \
+                    if ship in fresh else rows
                 if ship in failures:
                     result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, named,
                                                               failures[ship])
@@ -193,9 +198,9 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                     if ship in fresh:       # updated or deleted: those timestamps again, from the source
                         times, current, _ = fresh[ship]
                         target.delete_rows(cur, layouts[ship], times, [])
-                        if current.num_rows:
+                        if current.num_rows:   # its own staging tables (index past every ship's)
                             again, _ = kernels.pivot_rows(current, layouts[ship], config.source.order_column is not None)
-                            target.merge_rows(cur, layouts[ship], again, greatest, None, i)
+                            target.merge_rows(cur, layouts[ship], again, greatest, None, len(by_ship) + i)
                     cur.execute("RELEASE SAVEPOINT widen_ship")
                 except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
                     if not errors.is_ship_level(err):
@@ -209,9 +214,8 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                 written.append(ship)
             lifecycle.record_streamed(cur, cat, written, query_name, batch_id)
             result.ships = len(by_ship)
-            if valid.num_rows or recompute.num_rows:
-                newest = pc.max(pa.concat_arrays([valid.column("created_time").combine_chunks(),
-                                                  recompute.column("created_time").combine_chunks()])).as_py()
+            if valid.num_rows:             # new readings only: a deleted future-dated row is no freshness
+                newest = pc.max(valid.column("created_time")).as_py()
                 result.newest_created_time = newest if newest.tzinfo else newest.replace(tzinfo=dt.UTC)
             ledger.record_batch(cur, cat, query_name, batch_id, result.narrow_rows, result.wide_rows, result.ships,
                                 result.newest_created_time)
