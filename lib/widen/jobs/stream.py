@@ -291,7 +291,7 @@ def _check_slot(config: Config, spark: SparkSession, checkpoint: str) -> None:
 def _drop_slot(config: Config) -> Result:
     from widen.sources import postgres_cdc
 
-    if config.source.mode != "cdc" or config.source.kind != "postgres":
+    if config.source.mode != "cdc":
         raise BadInput("stream --drop-slot: source.mode is not cdc, so widen has no replication slot here")
     slot, publication = postgres_cdc.slot_names(config)
     with db.connection(config.source.connection) as conn:
