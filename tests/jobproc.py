@@ -3,8 +3,12 @@ SIGKILL it together with its JVM."""
 from __future__ import annotations
 
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,3 +20,25 @@ def start(job: str, config_path: Path, *args: str, stdout=subprocess.DEVNULL,
     return subprocess.Popen([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--config", str(config_path), *args],
                             cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True,
                             start_new_session=True)
+
+
+def kill_at_random_batches(job: str, config_path: Path, batches: Callable[[], int], times: int = 3,
+                           deadline: float = 180) -> list[int]:
+    """Start ``job`` and SIGKILL it (with its JVM) ``times`` times, each after 1-4 more committed
+    batches (``batches()`` counts them) and a random moment into the next; returns the batch
+    counts at each kill."""
+    rng = random.Random()
+    kills = []
+    for _ in range(times):
+        proc = start(job, config_path)
+        target = batches() + rng.randint(1, 4)
+        until = time.monotonic() + deadline
+        while batches() < target:
+            assert proc.poll() is None, f"{job} exited ({proc.returncode}) before it was killed"
+            assert time.monotonic() < until, f"{job} made no progress"
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0, 0.8))    # land anywhere in the next batch
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills.append(batches())
+    return kills

@@ -127,3 +127,14 @@ def copy_delta_tables(spark, cur, delta_root: str, catalog_schema: str, into_sch
             # execute_values %-formats its text: a '%' in the table name must be doubled first.
             insert = "INSERT INTO " + sql.Identifier(into_schema, table).as_string(cur).replace("%", "%%")
             execute_values(cur, insert + " VALUES %s", [tuple(r.values()) for r in rows])
+
+
+def reader_view(cur, catalog_schema: str, ship: str) -> tuple[sql.Identifier, str, list[str]]:
+    """A ship's reader view: (its name, what it reads, its columns in order), from the catalog and
+    pg_attribute."""
+    cur.execute(sql.SQL("SELECT view_schema, view_name, reads FROM {} WHERE ship_id = %s").format(
+        sql.Identifier(catalog_schema, "reader_views")), (ship,))
+    schema, name, reads = cur.fetchone()
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 ORDER BY attnum",
+                (sql.Identifier(schema, name).as_string(cur),))
+    return sql.Identifier(schema, name), reads, [r[0] for r in cur.fetchall()]

@@ -16,9 +16,7 @@ deletes; and old or unprepared servers refused before anything is made.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
-import signal
 import threading
 import time
 
@@ -324,20 +322,9 @@ def test_sigkill_while_the_application_inserts_updates_and_deletes(fresh_fleet, 
 
     thread = threading.Thread(target=application)
     thread.start()
-    rng = random.Random()
     try:
         with pg.cursor() as cur:
-            for _ in range(3):
-                proc = jobproc.start("stream", config_path)
-                target = kill_batches(cur, cat) + rng.randint(1, 4)
-                deadline = time.monotonic() + 180
-                while kill_batches(cur, cat) < target:
-                    assert proc.poll() is None, f"stream exited ({proc.returncode}) before it was killed"
-                    assert time.monotonic() < deadline, "stream made no progress"
-                    time.sleep(0.1)
-                time.sleep(rng.uniform(0, 0.8))    # land anywhere in the next batch
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            jobproc.kill_at_random_batches("stream", config_path, lambda: kill_batches(cur, cat))
     finally:
         stop_writing.set()
         thread.join()

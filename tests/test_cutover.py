@@ -30,13 +30,7 @@ NEW_CHANNEL = "new/chan 'x' 50%"
 
 
 def view_of(cur, ship: str) -> tuple[sql.Identifier, str, list[str]]:
-    """(the ship's view, what it reads, its columns in order) from the catalog and pg_attribute."""
-    cur.execute(sql.SQL("SELECT view_schema, view_name, reads FROM {} WHERE ship_id = %s").format(
-        sql.Identifier(CAT, "reader_views")), (ship,))
-    schema, name, reads = cur.fetchone()
-    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 ORDER BY attnum",
-                (sql.Identifier(schema, name).as_string(cur),))
-    return sql.Identifier(schema, name), reads, [r[0] for r in cur.fetchall()]
+    return oracle.reader_view(cur, CAT, ship)
 
 
 def oracle_pivot(cur, ship: str, columns: list[str]) -> sql.Composable:

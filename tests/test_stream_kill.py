@@ -4,8 +4,6 @@ stream_batches has no gap and no duplicate batch. For a PostgreSQL and for a Del
 from __future__ import annotations
 
 import json
-import os
-import random
 import signal
 import subprocess
 import threading
@@ -58,22 +56,9 @@ def kill_three_times_then_resume(name: str, fresh_fleet, write_config, make_conf
 
     thread = threading.Thread(target=writer)
     thread.start()
-    rng = random.Random()
-    kills = []
     try:
         with pg.cursor() as cur:
-            for _ in range(3):
-                proc = jobproc.start("stream", config_path)
-                target = batches(cur, cat) + rng.randint(1, 4)
-                deadline = time.monotonic() + 180
-                while batches(cur, cat) < target:
-                    assert proc.poll() is None, f"stream exited ({proc.returncode}) before it was killed"
-                    assert time.monotonic() < deadline, "stream made no progress"
-                    time.sleep(0.1)
-                time.sleep(rng.uniform(0, 0.8))    # land anywhere in the next batch
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                kills.append(batches(cur, cat))
+            kills = jobproc.kill_at_random_batches("stream", config_path, lambda: batches(cur, cat))
     finally:
         stop_writing.set()
         thread.join()

@@ -30,12 +30,7 @@ NEW = "late/chan 'n' 5%"
 
 
 def view_of(cur, ship: str) -> tuple[sql.Identifier, str, list[str]]:
-    cur.execute(sql.SQL("SELECT view_schema, view_name, reads FROM {} WHERE ship_id = %s").format(
-        sql.Identifier(CAT, "reader_views")), (ship,))
-    schema, name, reads = cur.fetchone()
-    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 ORDER BY attnum",
-                (sql.Identifier(schema, name).as_string(cur),))
-    return sql.Identifier(schema, name), reads, [r[0] for r in cur.fetchall()]
+    return oracle.reader_view(cur, CAT, ship)
 
 
 def differing_rows(cur, ship: str) -> int:

@@ -498,10 +498,10 @@ class PostgresSource(NarrowTable):
 
     # -- the stream ----------------------------------------------------------------------------------
     def stream_options(self, **extra) -> dict[str, str]:
-        from widen.sources import postgres_cdc, postgres_stream
+        from widen.sources import postgres_stream
 
-        if self.cfg.mode == "cdc":
-            return postgres_cdc.stream_options(self.cfg, **extra)
+        if self.cfg.mode == "cdc":       # the same options; extra holds the slot and publication
+            return postgres_stream.stream_options(self.cfg, **extra)
         if self._double_type is None:
             with self.connect() as conn:
                 self.rendered_value(conn)             # looks the type of double_v up

@@ -239,17 +239,6 @@ def retained_wal_bytes(conn: connection, slot: str) -> int | None:
 
 # -- the Spark source -------------------------------------------------------------------------------
 
-def stream_options(cfg: SourceConfig, **extra) -> dict[str, str]:
-    """Options for ``readStream.format("widen_cdc")``; ``extra`` holds ``slot`` and ``publication``
-    (``slot_names``) and the stream's settings."""
-    import dataclasses
-
-    options = {"connection": json.dumps(dataclasses.asdict(cfg.connection)), "schema": cfg.schema,
-               "table": cfg.table, "order_column": cfg.order_column or ""}
-    options.update({k: str(v) for k, v in extra.items()})
-    return options
-
-
 @dataclass
 class LsnPartition(InputPartition):
     start: dict
