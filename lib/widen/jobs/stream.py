@@ -273,7 +273,8 @@ def _check_slot(config: Config, spark: SparkSession, checkpoint: str) -> None:
         cur.execute(sql.SQL("SELECT max(committed_at) FROM {} WHERE query_name = %s").format(
             sql.Identifier(config.target.catalog_schema, "stream_batches")), (st.query_name,))
         last = cur.fetchone()[0]
-    since = (f"changes committed after its last batch ({last:%Y-%m-%d %H:%M:%S}Z) never reached the wide tables"
+    since = (f"changes committed after its last batch ({last.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z) never reached "
+             "the wide tables"
              if last else "no batch of it was written")
     with db.connection(config.source.connection) as conn:
         try:

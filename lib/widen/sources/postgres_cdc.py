@@ -5,13 +5,13 @@
 The stream job creates a publication of the narrow table and a logical replication slot (after the
 checks in ``preflight``: nothing is created where the application's writes could fail), records
 the slot's consistent point as the query's first offset (the hand-off: every row committed before
-it is the backfill's), and reads the slot with ``pg_logical_slot_peek_binary_changes``, which never
-consumes anything.
+it is the backfill's), and reads the slot over a replication connection (``pg.replication``: each
+change decoded once, on the driver, and handed to the batch's task in its partition).
 
 An offset is the end LSN of the last transaction a micro-batch holds; a batch is every transaction
 whose commit ends in (start, end], in commit order (a long transaction committing after later ones
 comes in the batch of its commit). The slot's confirmed position moves to a batch's end only after
-Spark has committed the batch (``commit``), i.e. after the sink's transaction with its ledger row: a
+Spark has committed the batch (``commit``: a standby status update), i.e. after the sink's transaction with its ledger row: a
 crash anywhere replays from the slot and the checkpoint, and a transaction already in a committed
 batch is filtered out by its LSN, so no change is skipped or applied twice.
 
@@ -54,12 +54,10 @@ NAME = "widen_cdc"
 #: the comment on a publication widen made (``--drop-slot`` drops no other)
 MADE_BY = "widen: change capture of the narrow table (stream --drop-slot removes it)"
 SCHEMA = values.ROW_SPARK_SCHEMA + ", change string"
-#: pgoutput is 10+; a slot is moved on with pg_replication_slot_advance from 11 (10 consumes)
+#: pgoutput is 10+
 MIN_VERSION = 100000
 INSERT, UPDATE, RECOMPUTE = None, "update", "recompute"
 INVALIDATED = "was invalidated"
-#: pgoutput message kinds (their first byte): row changes, and the commit
-CHANGE_KINDS, COMMIT = frozenset(b"IUDT"), ord("C")
 #: how a query starts again on a new slot (a new query name: new slot, new ledger, new checkpoint)
 RESTART = ("run stream --drop-slot, then start the stream under a new stream.query_name (a new slot, ledger and "
            "checkpoint: the old checkpoint's batch ids are in the ledger)")
@@ -243,6 +241,8 @@ def retained_wal_bytes(conn: connection, slot: str) -> int | None:
 class LsnPartition(InputPartition):
     start: dict
     end: dict
+    #: the batch's changed rows as text (``COLUMNS``, the order column, ``change``), decoded once on the driver
+    rows: list
 
 
 class CdcStreamSource(DataSource):
@@ -264,12 +264,18 @@ def _lsn(offset: dict) -> int:
 
 
 class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Offsets, partitions and commits run in one long-lived process on the driver (Spark's
+    streaming source runner): it holds the replication connection (``replication.SlotStream``),
+    so each change is decoded once, and hands a batch's rows to ``read`` in its partition."""
+
     def __init__(self, options: dict[str, str]):
         self.options = options
         self.slot, self.publication = options["slot"], options["publication"]
         self.order_column = options.get("order_column") or None
         self.max_rows = int(options.get("max_rows_per_batch", "0")) or None
         self.target: int | None = None
+        self._stream = None          # made on the driver when first needed (never pickled to a task)
+        self._session: connection | None = None
 
     def _connect(self, autocommit: bool = True):
         from widen.pg import db
@@ -277,37 +283,46 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         params = Connection(**json.loads(self.options["connection"])).psycopg_params()
         return db.open_session({**params, "application_name": "widen-cdc"}, autocommit=autocommit)
 
-    def _peek(self, conn: connection, upto_lsn: int | None, upto_changes: int | None, what: str = "data") -> list:
-        """The slot's messages up to ``upto_lsn`` (transactions committed before it), ``what`` of
-        each (``data``: the message as bytes)."""
-        from widen.pg import pgoutput
+    def _sql(self) -> connection:
+        """The driver's SQL session on the source (the slot's state, the server's WAL position)."""
+        if self._session is None or self._session.closed:
+            self._session = self._connect()
+        return self._session
 
-        with conn.cursor() as cur:
-            # messages (14+): the heartbeat's transaction shows from 15 on, where empty ones do not
-            messages = ", 'messages', 'true'" if conn.server_version >= 140000 else ""
-            cur.execute(f"SELECT {what} FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, 'proto_version', "
-                        f"'1', 'publication_names', %s{messages})",
-                        (self.slot, pgoutput.lsn_text(upto_lsn) if upto_lsn is not None else None, upto_changes,
-                         self._quoted_publication()))
-            rows = cur.fetchall()
-        return [bytes(r[0]) for r in rows] if what == "data" else rows
+    def _slot_stream(self, start: dict):
+        """The replication stream, opened at ``start`` once the slot is known to be there."""
+        from widen.pg import pgoutput, replication
 
-    def _quoted_publication(self) -> str:
-        # publication_names is a list of identifiers: quote the name as one
-        return '"' + self.publication.replace('"', '""') + '"'
+        begin = _lsn(start)
+        if self._stream is None:
+            with self._sql().cursor() as cur:
+                cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                            (self.slot,))
+                row = cur.fetchone()
+            if row is None:
+                raise RuntimeError(f"replication slot {self.slot!r} is gone (dropped?): {RESTART}")
+            if pgoutput.parse_lsn(row[0]) > begin:
+                # the replication connection itself confirms WAL that held nothing for the table
+                # (psycopg2 answers the server's keepalives so), so this is normal; only someone else
+                # reading this slot (the same source.slot in another setup, pg_logical_slot_get_changes)
+                # would have taken changes
+                log.info("replication slot %s is at %s, past the query's position %s: the WAL in between held no "
+                         "change of the table unless something other than this stream read the slot (then "
+                         "reconcile --repair)", self.slot, row[0], start["lsn"])
+            params = Connection(**json.loads(self.options["connection"])).psycopg_params()
+            buffer = max(2 * self.max_rows, 50_000) if self.max_rows else 200_000
+            self._stream = replication.SlotStream({**params, "application_name": "widen-cdc"}, self.slot,
+                                                  self.publication, begin, buffer)
+        return self._stream
 
     # -- offsets ------------------------------------------------------------------------------------
     def initialOffset(self) -> dict:
         if self.options.get("start_offset"):
             return json.loads(self.options["start_offset"])
-        conn = self._connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-                            (self.slot,))
-                row = cur.fetchone()
-        finally:
-            conn.close()
+        with self._sql().cursor() as cur:
+            cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                        (self.slot,))
+            row = cur.fetchone()
         if row is None:
             raise RuntimeError(f"replication slot {self.slot!r} is gone: run the stream job again (it makes one)")
         return {"lsn": row[0]}
@@ -316,140 +331,113 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
 
     def prepareForTriggerAvailableNow(self) -> None:
-        conn = self._connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_current_wal_flush_lsn()::text")
-                from widen.pg import pgoutput
+        from widen.pg import pgoutput
 
-                self.target = pgoutput.parse_lsn(cur.fetchone()[0])
-        finally:
-            conn.close()
+        with self._sql().cursor() as cur:
+            cur.execute("SELECT pg_current_wal_flush_lsn()::text")
+            self.target = pgoutput.parse_lsn(cur.fetchone()[0])
 
     def latestOffset(self, start: dict, limit: ReadLimit | None = None) -> dict:
         """The end of the last whole transaction after ``start`` within the limit (``start``
         when there is none yet).
 
         Spark asks once the batch ending at ``start`` has committed, so the slot is moved to
-        ``start`` first: it keeps no WAL the query has read, and the peek starts there. A slot
-        found *past* ``start`` was moved by someone else: changes may be lost, so the stream stops.
-        While the table has no change, the slot is moved on through an empty batch once
-        ``HEARTBEAT_BYTES`` of WAL are behind it (at the end of a transaction the peek saw: before
-        PostgreSQL 15 every transaction shows, from 15 on widen writes a logical decoding message)."""
+        ``start`` first (it keeps no WAL the query has read). While the table has no change, the
+        slot is moved on through an empty batch once ``HEARTBEAT_BYTES`` of WAL are behind it (at
+        the end of a transaction the stream saw: before PostgreSQL 15 every transaction shows, from
+        15 on widen writes a logical decoding message)."""
         from widen.pg import pgoutput
 
         max_rows = limit.max_rows if isinstance(limit, ReadMaxRows) else None
         begin = _lsn(start)
-        conn = self._connect()
-        try:
-            self._advance(conn, start["lsn"])
-            with conn.cursor() as cur:
-                cur.execute("SELECT confirmed_flush_lsn::text, pg_current_wal_flush_lsn()::text FROM "
-                            "pg_replication_slots WHERE slot_name = %s", (self.slot,))
-                row = cur.fetchone()
-            if row is None:
-                raise RuntimeError(f"replication slot {self.slot!r} is gone (dropped?): {RESTART}")
-            if pgoutput.parse_lsn(row[0]) > begin:
-                raise RuntimeError(f"replication slot {self.slot!r} was moved to {row[0]}, past this query's position "
-                                   f"{start['lsn']}, by something other than this stream (another widen setup with "
-                                   f"the same source.slot, or pg_logical_slot_get_changes): changes in between may be "
-                                   f"lost to it. {RESTART}, and reconcile --repair")
-            flush = pgoutput.parse_lsn(row[1])
-            upto = min(flush, self.target) if self.target is not None else flush
-            budget = 4 * max_rows + 64 if max_rows else None
-            while True:
-                # only each message's kind and position cross the wire: the values are read() later
-                kinds = self._peek(conn, upto, budget, "lsn::text, get_byte(data, 0)")
-                end = idle = begin
-                taken, changes, full = 0, 0, False
-                for lsn, kind in kinds:
-                    if kind in CHANGE_KINDS:
-                        changes += 1
-                    elif kind == COMMIT:             # a commit's row carries its end LSN
-                        at = pgoutput.parse_lsn(lsn)
-                        if at > begin:
-                            if max_rows and taken and taken + changes > max_rows:
-                                full = True
-                                break
-                            if changes:
-                                end, taken = at, taken + changes
-                            idle = at
-                        changes = 0
-                # cut short by the budget before the batch was full: ask for more
-                if budget is None or full or len(kinds) < budget:
+        stream = self._slot_stream(start)
+        stream.confirm(begin)
+        if self.target is not None:
+            stream.catch_up(self.target)          # --once: everything committed before it started
+        else:
+            stream.poll()
+        upto = self.target if self.target is not None else None
+        end = idle = begin
+        taken = 0
+        for txn in stream.transactions:
+            if txn.end_lsn <= begin:
+                continue
+            if upto is not None and txn.end_lsn > upto:
+                break
+            if txn.changes:
+                if max_rows and taken and taken + len(txn.changes) > max_rows:
                     break
-                budget *= 4
-            if end == begin and idle - begin < HEARTBEAT_BYTES and upto - begin >= HEARTBEAT_BYTES \
-                    and conn.server_version >= 140000:
-                with conn.cursor() as cur:     # a position past the idle WAL, for the next trigger
-                    cur.execute("SELECT pg_logical_emit_message(true, 'widen', 'heartbeat')")
-        finally:
-            conn.close()
-        if end == begin and idle - begin >= HEARTBEAT_BYTES:
-            end = idle
-        return start if end == begin else {"lsn": pgoutput.lsn_text(end)}
+                end, taken = txn.end_lsn, taken + len(txn.changes)
+            idle = txn.end_lsn
+        if end == begin:
+            if idle - begin >= HEARTBEAT_BYTES:
+                return {"lsn": pgoutput.lsn_text(idle)}
+            if self._sql().server_version >= 140000:
+                with self._sql().cursor() as cur:   # a position past the idle WAL, for the next trigger
+                    cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), %s::pg_lsn) >= %s",
+                                (start["lsn"], HEARTBEAT_BYTES))
+                    if cur.fetchone()[0]:
+                        cur.execute("SELECT pg_logical_emit_message(true, 'widen', 'heartbeat')")
+            return start
+        return {"lsn": pgoutput.lsn_text(end)}
 
     def partitions(self, start: dict, end: dict) -> list[LsnPartition]:
-        return [LsnPartition(start, end)] if _lsn(end) > _lsn(start) else []
+        """The batch (start, end]: its transactions' changes of the narrow table as text rows (a
+        batch planned before a restart waits until the stream has received it again)."""
+        from widen.pg import pgoutput
+
+        begin, last = _lsn(start), _lsn(end)
+        if last <= begin:
+            return []
+        stream = self._slot_stream(start)
+        stream.catch_up(last)
+        columns = (*COLUMNS, self.order_column) if self.order_column else COLUMNS
+        rows: list[tuple] = []          # (text values of ``columns``..., change)
+        recompute: set[tuple] = set()   # (ship_id, created_time text)
+        for txn in stream.transactions:
+            if not begin < txn.end_lsn <= last:
+                continue
+            for change in txn.changes:
+                rel = change.relation
+                if (rel.schema, rel.name) != (self.options["schema"], self.options["table"]):
+                    continue
+                if change.op == "truncate":
+                    raise RuntimeError(
+                        f"the narrow table was truncated (transaction {txn.xid}, LSN "
+                        f"{pgoutput.lsn_text(txn.commit_lsn)}): widen does not empty wide tables for it. "
+                        f"Roll the wide tables back (rollback) or repair them (reconcile --repair); {RESTART}")
+                if change.op == "insert":
+                    rows.append((*(_text(change.new, c) for c in columns), INSERT))
+                    continue
+                for image in (change.old, change.new):
+                    if image and image.get("ship_id") not in (None, pgoutput.UNCHANGED) and \
+                            image.get("created_time") not in (None, pgoutput.UNCHANGED):
+                        recompute.add((image["ship_id"], image["created_time"]))
+                if change.op == "update":
+                    merged = {**(change.old or {}), **{k: v for k, v in change.new.items()
+                                                       if v is not pgoutput.UNCHANGED}}
+                    rows.append((*(_text(merged, c) for c in columns), UPDATE))
+        for ship, created in sorted(recompute):
+            rows.append((ship, None, created, *([None] * (len(columns) - 3)), RECOMPUTE))
+        return [LsnPartition(start, end, rows)] if rows else []
 
     def commit(self, end: dict) -> None:
         """Spark has committed every batch up to ``end``: the slot may let go of the WAL before it."""
-        conn = self._connect()
-        try:
-            self._advance(conn, end["lsn"])
-        finally:
-            conn.close()
+        if self._stream is not None:
+            self._stream.confirm(_lsn(end))
 
-    def _advance(self, conn: connection, lsn: str) -> None:
-        """The slot's confirmed position moved forward to ``lsn`` (the end of a transaction a
-        committed batch holds), never back."""
-        with conn.cursor() as cur:
-            if conn.server_version >= 110000:
-                cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn) FROM pg_replication_slots "
-                            "WHERE slot_name = %s AND confirmed_flush_lsn < %s::pg_lsn", (self.slot, lsn, self.slot, lsn))
-            else:
-                cur.execute("SELECT count(*) FROM pg_logical_slot_get_binary_changes(%s, %s::pg_lsn, NULL, "
-                            "'proto_version', '1', 'publication_names', %s) WHERE (SELECT confirmed_flush_lsn FROM "
-                            "pg_replication_slots WHERE slot_name = %s) < %s::pg_lsn",
-                            (self.slot, lsn, self._quoted_publication(), self.slot, lsn))
+    def stop(self) -> None:
+        for closing in (self._stream, self._session):
+            if closing is not None:
+                closing.close()
+        self._stream = self._session = None
 
     # -- data ---------------------------------------------------------------------------------------
     def read(self, partition: LsnPartition) -> Iterator:
-        from widen.pg import pgoutput
-
-        begin, end = _lsn(partition.start), _lsn(partition.end)
         columns = (*COLUMNS, self.order_column) if self.order_column else COLUMNS
         conn = self._connect(autocommit=False)
         try:
-            rows: list[tuple] = []          # (text values of ``columns``..., change)
-            recompute: set[tuple] = set()   # (ship_id, created_time text)
-            decoder = pgoutput.Decoder()
-            for txn in decoder.feed(self._peek(conn, end, None)):
-                if not begin < txn.end_lsn <= end:
-                    continue
-                for change in txn.changes:
-                    rel = change.relation
-                    if (rel.schema, rel.name) != (self.options["schema"], self.options["table"]):
-                        continue
-                    if change.op == "truncate":
-                        raise RuntimeError(
-                            f"the narrow table was truncated (transaction {txn.xid}, LSN "
-                            f"{pgoutput.lsn_text(txn.commit_lsn)}): widen does not empty wide tables for it. "
-                            f"Roll the wide tables back (rollback) or repair them (reconcile --repair); {RESTART}")
-                    if change.op == "insert":
-                        rows.append((*(_text(change.new, c) for c in columns), INSERT))
-                        continue
-                    for image in (change.old, change.new):
-                        if image and image.get("ship_id") not in (None, pgoutput.UNCHANGED) and \
-                                image.get("created_time") not in (None, pgoutput.UNCHANGED):
-                            recompute.add((image["ship_id"], image["created_time"]))
-                    if change.op == "update":
-                        merged = {**(change.old or {}), **{k: v for k, v in change.new.items()
-                                                           if v is not pgoutput.UNCHANGED}}
-                        rows.append((*(_text(merged, c) for c in columns), UPDATE))
-            for ship, created in sorted(recompute):
-                rows.append((ship, None, created, *([None] * (len(columns) - 3)), RECOMPUTE))
-            yield from self._rendered(conn, columns, rows)
+            yield from self._rendered(conn, columns, partition.rows)
         finally:
             conn.close()
 
