@@ -23,18 +23,21 @@ def start(job: str, config_path: Path, *args: str, stdout=subprocess.DEVNULL,
 
 
 def kill_at_random_batches(job: str, config_path: Path, batches: Callable[[], int], times: int = 3,
-                           deadline: float = 180) -> list[int]:
-    """Start ``job`` and SIGKILL it (with its JVM) ``times`` times, each after 1-4 more committed
+                           deadline: float = 180, most: int = 4) -> list[int]:
+    """Start ``job`` and SIGKILL it (with its JVM) ``times`` times, each after 1-``most`` more committed
     batches (``batches()`` counts them) and a random moment into the next; returns the batch
     counts at each kill."""
     rng = random.Random()
     kills = []
+    log = config_path.with_suffix(".stderr")
     for _ in range(times):
-        proc = start(job, config_path)
-        target = batches() + rng.randint(1, 4)
+        with log.open("w") as stderr:
+            proc = start(job, config_path, stderr=stderr)
+        target = batches() + rng.randint(1, most)
         until = time.monotonic() + deadline
         while batches() < target:
-            assert proc.poll() is None, f"{job} exited ({proc.returncode}) before it was killed"
+            assert proc.poll() is None, f"{job} exited ({proc.returncode}) before it was killed: " \
+                                        f"{log.read_text()[-3000:]}"
             assert time.monotonic() < until, f"{job} made no progress"
             time.sleep(0.1)
         time.sleep(rng.uniform(0, 0.8))    # land anywhere in the next batch

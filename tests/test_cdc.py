@@ -93,6 +93,11 @@ def streamed(config, spark, pg) -> dict:
     return done.summary
 
 
+def slot_status(cur, slot: str) -> str | None:
+    cur.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    return cur.fetchone()[0]
+
+
 def slot_row(pg, slot: str):
     with pg.cursor() as cur:
         cur.execute("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,))
@@ -250,6 +255,27 @@ def test_cdc_journey(fresh_fleet, make_config, spark, pg, pg_server, tmp_path, n
     finally:
         writer.conn.close()
 
+    # the source bounds the WAL a slot keeps (max_slot_wal_keep_size) and drops what a stopped
+    # stream needed: the slot is invalidated, and the next start says so with what to repair
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT max(committed_at) FROM {} WHERE query_name = %s").format(
+            sql.Identifier(CAT, "stream_batches")), ("cdc q",))
+        last_batch = cur.fetchone()[0].astimezone(dt.UTC)
+        try:
+            cur.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+            cur.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 60
+            while slot_status(cur, slot) != "lost":
+                assert time.monotonic() < deadline, slot_status(cur, slot)
+                cur.execute("CREATE TEMP TABLE IF NOT EXISTS wal_filler (x text); "
+                            "INSERT INTO wal_filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)")
+                cur.execute("SELECT pg_switch_wal(); CHECKPOINT")
+        finally:
+            cur.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            cur.execute("SELECT pg_reload_conf()")
+    with pytest.raises(BadInput, match=f"was invalidated.*after its last batch \\({last_batch:%Y-%m-%d %H:%M:%S}Z\\)"):
+        stream.run(config, spark, once=True)
+
     dropped = stream.run(config, spark, drop_slot=True)
     assert dropped.exit_code == 0 and len(dropped.summary["dropped"]) == 2, dropped.report
     assert slot_row(pg, slot) is None
@@ -284,8 +310,8 @@ def test_refused_where_the_source_cannot(version, refusal, old_server, pg_server
 def test_sigkill_while_the_application_inserts_updates_and_deletes(fresh_fleet, write_config, make_config, spark, pg,
                                                                     pg_server, tmp_path, no_slots_left):
     """The stream process SIGKILLed at three random points while a writer inserts, updates and
-    deletes; restarted from its checkpoint each time. The end state equals the oracle, the ledger
-    has no gap and counts every insert once."""
+    deletes, and its replication connection cut every 1.5 s; restarted from its checkpoint each
+    time. The end state equals the oracle, the ledger has no gap and counts every insert once."""
     name = "cdckill"
     src, cat = f"src_{name}", f"cat_{name}"
     fresh_fleet(name, ships=0).close()
@@ -320,14 +346,34 @@ def test_sigkill_while_the_application_inserts_updates_and_deletes(fresh_fleet, 
         finally:
             writer.conn.close()
 
-    thread = threading.Thread(target=application)
-    thread.start()
+    cut = []
+
+    def cut_replication() -> None:
+        # the replication connection lost too (a network blip, a DBA's pg_terminate_backend): the
+        # stream reconnects where its last committed batch ended
+        conn = psycopg2.connect(host=pg_server["host"], port=pg_server["port"], user=pg_server["user"],
+                                dbname=pg_server["database"])
+        conn.autocommit = True
+        try:
+            while not stop_writing.wait(1.5):
+                with conn.cursor() as cur:
+                    cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                                "backend_type = 'walsender' AND application_name = 'widen-cdc'")
+                    cut.append(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=application), threading.Thread(target=cut_replication)]
+    for thread in threads:
+        thread.start()
     try:
         with pg.cursor() as cur:
             jobproc.kill_at_random_batches("stream", config_path, lambda: kill_batches(cur, cat))
     finally:
         stop_writing.set()
-        thread.join()
+        for thread in threads:
+            thread.join()
+    assert sum(cut) >= 2, cut
     result = stream.run(config, spark, once=True)
     assert result.exit_code == 0, result.report
     with pg.cursor() as cur:

@@ -32,7 +32,7 @@ def batches(cur, cat: str = CAT) -> int:
 
 
 def kill_three_times_then_resume(name: str, fresh_fleet, write_config, make_config, spark, pg, pg_server,
-                                 tmp_path, pause: float = 0.1, **extra) -> None:
+                                 tmp_path, pause: float = 0.1, most: int = 4, **extra) -> None:
     src, cat = f"src_{name}", f"cat_{name}"
     fresh_fleet(name, ships=0, ingest_id=True).close()
     overrides = {"source__order_column": "ingest_id", "stream__checkpoint": str(tmp_path / "cp"),
@@ -58,7 +58,7 @@ def kill_three_times_then_resume(name: str, fresh_fleet, write_config, make_conf
     thread.start()
     try:
         with pg.cursor() as cur:
-            kills = jobproc.kill_at_random_batches("stream", config_path, lambda: batches(cur, cat))
+            kills = jobproc.kill_at_random_batches("stream", config_path, lambda: batches(cur, cat), most=most)
     finally:
         stop_writing.set()
         thread.join()
@@ -88,7 +88,7 @@ def test_sigkill_into_delta_tables(fresh_fleet, write_config, make_config, spark
     """The same with a Delta target: a kill may land between two tables' commits or between the
     Delta commits and the ledger row; the restarted batch must neither lose nor double anything."""
     kill_three_times_then_resume("skilld", fresh_fleet, write_config, make_config, spark, pg, pg_server, tmp_path,
-                                 pause=0.5, target__kind="delta", target__delta_root=str(tmp_path / "lake"))
+                                 pause=0.5, most=2, target__kind="delta", target__delta_root=str(tmp_path / "lake"))
 
 
 def test_sigterm_stops_after_the_current_batch(fresh_fleet, write_config, pg, tmp_path):
