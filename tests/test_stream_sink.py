@@ -62,3 +62,33 @@ def test_stream_into_wide_tables(fresh_fleet, make_config, spark, pg, tmp_path, 
         cur.execute(sql.SQL("SELECT md5(string_agg(t::text, '|' ORDER BY created_time)) FROM {} t").format(
             sql.Identifier(TGT, "tbl_data_timeseries_ship A")))
         assert cur.fetchone() == before
+
+
+def test_wide_tables_dropped_under_a_running_stream(fresh_fleet, make_config, spark, pg, tmp_path):
+    """The sink caches layouts between batches; tables dropped since (an operator starting over)
+    are made again, not reported as the ship's failure (rows left for reconcile)."""
+    name = "sinkdrop"
+    fresh_fleet(name, ships=0, ingest_id=True).close()
+    config = make_config(name, source__order_column="ingest_id")
+    results = []
+
+    def sink(frame, batch_id):
+        results.append(stream_sink.write_batch(config, frame.toArrow(), batch_id, "drop-query"))
+
+    spark.dataSource.register(NarrowStreamSource)
+    query = (spark.readStream.format("widen_narrow").options(**stream_options(config.source, buckets=2)).load()
+             .writeStream.foreachBatch(sink).option("checkpointLocation", str(tmp_path / "cp")).start())
+    try:
+        nasty.insert(pg, f"src_{name}", nasty.minute("ship A", 0, ["rpm", "mode"]))
+        query.processAllAvailable()
+        with pg.cursor() as cur:     # the wide tables go; the catalog still lists them
+            cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(f"wide_{name}")))
+        nasty.insert(pg, f"src_{name}", nasty.minute("ship A", 1, ["rpm", "mode"]))
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    assert results[-1].failed == {} and results[-1].wide_rows == 4
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT count(*), min(created_time) FROM {}").format(
+            sql.Identifier(f"wide_{name}", "tbl_data_timeseries_ship A")))
+        assert cur.fetchone() == (4, nasty.at(60))

@@ -108,7 +108,7 @@ def write_batch(config: Config, table: pa.Table, batch_id: int, query_name: str,
     target = open_target(config.target, spark)
     reader_views(target, config, open_source(config.source))
     try:
-        result = _write_batch(state, config, target, table, batch_id, query_name)
+        result = _write_batch(state, config, target, table, batch_id, query_name, trust_cache=True)
     except (psycopg2.Error, KeyError, AnalysisException):
         state.reset()
         result = _write_batch(state, config, target, table, batch_id, query_name)
@@ -138,7 +138,10 @@ def slot_retained_wal(config: Config, query_name: str) -> int | None:
 
 
 def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: pa.Table, batch_id: int,
-                 query_name: str) -> BatchResult:
+                 query_name: str, trust_cache: bool = False) -> BatchResult:
+    """``trust_cache``: a table or column missing under a layout from the cache (dropped since,
+    e.g. the wide schema dropped and made again) is raised, so ``write_batch`` starts over from the
+    catalog, instead of being that ship's failure."""
     cat = config.target.catalog_schema
     conn = state.connection(config)
     if ledger.in_ledger(conn, cat, query_name, batch_id):
@@ -155,6 +158,7 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
         if not target.layouts.load(conn, ship).tables:   # deletes of a ship with no wide table: nothing to do
             del by_ship[ship]
     conn.rollback()
+    cached = set(state.layouts) if trust_cache else set()
     for ship, rows in by_ship.items():
         channels = batch_channels(rows) + (batch_channels(fresh[ship][1]) if ship in fresh else [])
         try:
@@ -203,7 +207,8 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                             target.merge_rows(cur, layouts[ship], again, greatest, None, len(by_ship) + i)
                     cur.execute("RELEASE SAVEPOINT widen_ship")
                 except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
-                    if not errors.is_ship_level(err):
+                    if not errors.is_ship_level(err) or ship in cached and isinstance(
+                            err, (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn)):
                         raise
                     cur.execute("ROLLBACK TO SAVEPOINT widen_ship")
                     state.layouts.pop(ship, None)
