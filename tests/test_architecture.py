@@ -11,7 +11,7 @@ LIB = Path(__file__).resolve().parents[1] / "lib"
 WIDEN = LIB / "widen"
 
 #: what each part of the library may import from widen (besides itself and the utilities)
-UTILITIES = {"widen.config", "widen.secrets", "widen.errors", "widen.log"}
+UTILITIES = {"widen.config", "widen.secrets", "widen.errors", "widen.log", "widen.metrics"}
 ALLOWED = {
     "widen.core": set(),
     "widen.pg": {"widen.core"},
@@ -20,7 +20,7 @@ ALLOWED = {
     "widen.targets": {"widen.core", "widen.pg", "widen.catalog"},
     "widen.streaming": {"widen.core", "widen.pg", "widen.catalog", "widen.targets", "widen.sources"},
     "widen.jobs": {"widen.core", "widen.pg", "widen.catalog", "widen.targets", "widen.sources", "widen.streaming",
-                   "widen.session", "widen.progress", "widen.embedded"},
+                   "widen.session", "widen.progress", "widen.embedded", "widen.dashboard"},
 }
 
 

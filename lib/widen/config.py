@@ -351,6 +351,20 @@ class CutoverConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    #: a Pushgateway (``http://host:9091``) every job pushes its metrics to, grouped by job and instance
+    pushgateway: str | None = None
+    #: a directory for node_exporter's textfile collector: each job writes ``widen_<job>[_<instance>].prom``
+    textfile_dir: str | None = None
+    #: the ``instance`` of the Pushgateway group and the textfile's suffix (default: the host name; give
+    #: runs of one job on one host for different ships different instances, or they replace each other)
+    instance: str | None = None
+    #: how often a running job sends its figures (and once when it ends)
+    push_seconds: float = field(default=15.0, metadata=_meta(above=0))
+    push_timeout_seconds: float = field(default=5.0, metadata=_meta(above=0))
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     master: str = "local[*]"
     conf: dict = field(default_factory=dict)
@@ -366,6 +380,7 @@ class Config:
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     cutover: CutoverConfig = field(default_factory=CutoverConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     embedded: str = "auto"
     home: str = ".local"
     jars_dir: str = "jars"
@@ -538,8 +553,8 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
     for name in secret_names:
         secrets.remember(env.get(name))
     raw = _interpolate_tree(raw, env, "", secret_names)
-    top = {"source", "target", "backfill", "stream", "reconcile", "cutover", "spark", "embedded", "home",
-           "jars_dir"}
+    top = {"source", "target", "backfill", "stream", "reconcile", "cutover", "spark", "metrics", "embedded",
+           "home", "jars_dir"}
     _check_keys(raw, "config", top)
     src, tgt = _section(raw, "source"), _section(raw, "target")
     _check_keys(src, "source", _CONNECTION_KEYS | _fields(SourceConfig) | {"password"},
@@ -566,7 +581,7 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
                           "database)")
     sections = {}
     for name, cls in (("backfill", BackfillConfig), ("stream", StreamConfig), ("reconcile", ReconcileConfig),
-                      ("cutover", CutoverConfig), ("spark", SparkConfig)):
+                      ("cutover", CutoverConfig), ("spark", SparkConfig), ("metrics", MetricsConfig)):
         section = _section(raw, name)
         _check_keys(section, name, _fields(cls))
         sections[name] = _build(cls, section, name)
@@ -585,6 +600,10 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
                           "(target.wide_table_template) in the same schema; give them another template or schema")
     if bool(cutover.narrow_schema) != bool(cutover.narrow_table):
         raise ConfigError("cutover.narrow_schema and cutover.narrow_table: set both or neither")
+    gateway = sections["metrics"].pushgateway
+    if gateway and not re.fullmatch(r"(?i)(https?://)?[^\s/@]+(/\S*)?", gateway):
+        raise ConfigError(f"metrics.pushgateway: expected host:port or http(s)://host:port[/path] (no user or "
+                          f"password in it), got {secrets.scrub(repr(gateway))}")
     embedded = _value("embedded", raw.get("embedded") or "auto", str, {"choices": ("auto", "always", "never")})
     return Config(source=source, target=target, **sections, embedded=embedded,
                   home=_value("home", raw.get("home") or ".local", str, {}),

@@ -36,17 +36,22 @@ class Progress:
             self.rows += rows
             self.failed += int(failed)
 
-    def line(self) -> str:
+    def figures(self) -> tuple[float, float | None, float, float]:
+        """(rows per second, seconds left or None while unknown, done fraction, seconds elapsed)."""
         with self._lock:
             elapsed = max(time.monotonic() - self.started, 1e-9)
             rate = self.rows / elapsed
             left = max(self.total_rows - self.rows, 0)
-            eta = f"{left / rate:.0f}s" if rate > 0 and left else ("0s" if not left else "?")
-            pct = 100.0 * self.rows / self.total_rows if self.total_rows else 100.0
-            failed = f", {self.failed} failed" if self.failed else ""
-            return (f"chunks {self.units}/{self.total_units}{failed}, rows "
-                    f"{self.rows:,}/{self.total_rows:,} ({pct:.1f}%), {rate:,.0f} rows/s, "
-                    f"elapsed {elapsed:.0f}s, ETA {eta}")
+            eta = left / rate if rate > 0 else (0.0 if not left else None)
+            done = self.rows / self.total_rows if self.total_rows else 1.0
+            return rate, eta, done, elapsed
+
+    def line(self) -> str:
+        rate, eta, done, elapsed = self.figures()
+        failed = f", {self.failed} failed" if self.failed else ""
+        return (f"chunks {self.units}/{self.total_units}{failed}, rows "
+                f"{self.rows:,}/{self.total_rows:,} ({100 * done:.1f}%), {rate:,.0f} rows/s, "
+                f"elapsed {elapsed:.0f}s, ETA {'?' if eta is None else f'{eta:.0f}s'}")
 
     def print_line(self) -> None:
         self.log.info(self.line())

@@ -98,14 +98,34 @@ def check_selection(config: Config, options: Any, ships_from: str | None) -> Non
         raise BadInput(f"--ships: no ship {', '.join(hints)}{more} in {where}")
 
 
+def _measured(name: str, config: Config, run: Callable[[], Result]) -> Result:
+    """``run()`` with the job's metrics open (``widen.metrics``): pushed while it runs, and with
+    its exit code when it ends (1 for an exception, which goes on up)."""
+    from widen import metrics
+    from widen.config import BadInput
+
+    token = metrics.open_run(name, config.metrics)
+    exit_code = EXIT_PROBLEM
+    try:
+        result = run()
+        exit_code = result.exit_code
+        return result
+    except BadInput:
+        exit_code = EXIT_BAD_INPUT
+        raise
+    finally:
+        metrics.close_run(token, exit_code)
+
+
 def job(name: str, options_class: type, what: str = "ship",
         keys: Callable[[Any, Any], list[str] | None] = lambda config, options: getattr(options, "ships", None),
         reads_narrow_table: bool = True, ships_from: str | None = "narrow",
-        lock: bool = True) -> Callable[[JobRun], JobRun]:
+        lock: bool = True, metrics_name: str | None = None) -> Callable[[JobRun], JobRun]:
     """Decorate a job's ``run(config, spark, options)``: options built and checked, connections
     resolved (the embedded server started when the config says so) with the job's statement
     timeout, the narrow table checked, then at most one run of ``name`` per ship (or per ``keys``)
-    at a time: a second run raises ``widen.catalog.locks.JobBusy`` before touching anything."""
+    at a time: a second run raises ``widen.catalog.locks.JobBusy`` before touching anything (its
+    metrics too, ``widen_<metrics_name or name>_…``: they open inside the lock)."""
     def wrap(run: JobRun) -> JobRun:
         @functools.wraps(run)
         def checked(config: Config, spark: SparkSession | None = None, options: Any | None = None,
@@ -120,9 +140,9 @@ def job(name: str, options_class: type, what: str = "ship",
                 open_source(config.source).require()
             check_selection(config, options, ships_from)
             if not lock:
-                return run(config, spark, options)
+                return _measured(metrics_name or name, config, lambda: run(config, spark, options))
             with job_lock(config.target.connection, name, keys(config, options), what):
-                return run(config, spark, options)
+                return _measured(metrics_name or name, config, lambda: run(config, spark, options))
         checked.Options = options_class
         return checked
     return wrap

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import psycopg2
 
-from widen import errors
+from widen import errors, metrics
 from widen.catalog import ledger, lifecycle, schema, ships as ship_states
 from widen.catalog.layouts import LazyFleetNamer, lock_layout
 from widen.config import Config, Connection
@@ -206,6 +206,48 @@ class Backfill:
         return swept
 
 
+class BackfillMetrics:
+    """The backfill's Prometheus figures (``widen.metrics``), per ship where it makes sense."""
+
+    ROWS = {"narrow_rows": "narrow rows read", "wide_rows": "wide rows merged",
+            "rejected_rows": "rows sent to the rejects table", "duplicate_rows": "duplicate readings resolved"}
+
+    def __init__(self, m: metrics.JobMetrics, planned: dict[str, list[Chunk]], done: set):
+        self.m = m
+        chunks_planned = m.gauge("chunks_planned", "chunks of the run's range", ["ship"])
+        self.chunks_done = m.gauge("chunks_done", "chunks of the run's range the ledger holds as done "
+                                                  "(done before the run or by it)", ["ship"])
+        self.chunks_failed = m.counter("chunks_failed", "chunks that failed every attempt in this run", ["ship"])
+        self.rows = {key: m.counter(key, help_text + " by the run's chunks", ["ship"])
+                     for key, help_text in self.ROWS.items()}
+        self.rate = m.gauge("rows_per_second", "narrow rows per second since the run started")
+        self.eta = m.gauge("eta_seconds", "seconds left at the run's rate so far (NaN until it is known)")
+        self.ratio = m.gauge("progress_ratio", "narrow rows of the run's chunks done, 0 to 1")
+        self.last_progress = m.gauge("last_progress_timestamp_seconds",
+                                     "when the run last finished a chunk, or started (Unix time)")
+        for ship, chunks in planned.items():
+            chunks_planned.labels(ship).set(len(chunks))
+            self.chunks_done.labels(ship).set(sum(1 for c in chunks if c.key in done))
+            for counter in (self.chunks_failed, *self.rows.values()):
+                counter.labels(ship)            # zero from the start, so rate() and alerts see it
+        self.ratio.set(0 if any(c.key not in done for cs in planned.values() for c in cs) else 1)
+        self.eta.set(float("nan"))
+        self.last_progress.set_to_current_time()
+
+    def chunk(self, chunk: Chunk, result: dict, progress: Progress) -> None:
+        if result["ok"] and not result.get("rolled_back"):
+            self.chunks_done.labels(chunk.ship_id).inc()
+            for key, counter in self.rows.items():
+                counter.labels(chunk.ship_id).inc(result[key])
+        elif not result["ok"] and not result["not_started"]:
+            self.chunks_failed.labels(chunk.ship_id).inc()
+        rate, eta, done, _ = progress.figures()
+        self.rate.set(rate)
+        self.eta.set(float("nan") if eta is None else eta)
+        self.ratio.set(done)
+        self.last_progress.set_to_current_time()
+
+
 class Breaker:
     """Counts connection failures in a row across the chunk workers; once ``limit`` is reached
     the backfill stops scheduling chunks (an outage would otherwise cost every chunk its retries)."""
@@ -305,14 +347,21 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     planned = {ship: [c for c in chunks if c.ship_id == ship] for ship in ship_ids if ship not in work.problems}
     record_started(tgt_cfg.connection, tgt_cfg.catalog_schema, planned, done)
     results = []
+    measured = BackfillMetrics(metrics.current(JOB), planned, done)
     if todo:
         work.spark = get_spark(config, spark)
         work.target = open_target(tgt_cfg, work.spark)
         work.target.views = target.views
         progress = Progress(JOB, len(todo), sum(c.narrow_rows for c in todo), bf.progress_seconds)
+
+        def one(chunk: Chunk) -> dict:
+            result = work.run_chunk_with_retries(chunk, progress)
+            measured.chunk(chunk, result, progress)
+            return result
+
         with progress, ThreadPoolExecutor(max_workers=bf.parallel_chunks,
                                           thread_name_prefix="widen-chunk") as pool:
-            results = list(pool.map(lambda c: work.run_chunk_with_retries(c, progress), todo))
+            results = list(pool.map(one, todo))
     ok = [r for r in results if r["ok"] and not r.get("rolled_back")]
     failed = [r for r in results if not r["ok"] and not r["not_started"]]
     not_started = [r for r in results if not r["ok"] and r["not_started"]]

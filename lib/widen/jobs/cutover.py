@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg2 import sql
 
-from widen import errors
+from widen import errors, metrics
 from widen.catalog import lifecycle, schema, ships as ship_states, views as catalog_views
 from widen.catalog.layouts import load_layout
 from widen.config import BadInput, Config
@@ -284,6 +284,14 @@ def _result(options: CutoverOptions, report: dict[str, dict[str, Any]], views: A
                      "target database): applications route readers by ship_lifecycle.state")
     refused = {s: r["refused"] for s, r in report.items() if "refused" in r}
     failed = {s: r["failed"] for s, r in report.items() if "failed" in r}
+    if not options.dry_run:
+        events = metrics.current(JOB).counter("events", "ships switched, switched back, refused or failed, "
+                                                        "by ship", ["ship", "event"])
+        for ship, r in report.items():
+            event = ("switched_back" if options.undo else "switched") if "switched" in r else \
+                "refused" if "refused" in r else "failed" if "failed" in r else None
+            if event:
+                events.labels(ship, event).inc()
     summary = {"ships": len(report), "dry_run": options.dry_run, "undo": options.undo,
                "switched": sorted(s for s, r in report.items() if "switched" in r),
                "would_switch": sorted(s for s, r in report.items() if "would" in r),

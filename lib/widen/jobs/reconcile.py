@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from widen import errors
+from widen import errors, metrics
 from widen.catalog import ledger, lifecycle, schema, ships as ship_states
 from widen.catalog.layouts import load_layout
 from widen.config import Config
@@ -367,6 +367,7 @@ def run(config: Config, spark: SparkSession, options: ReconcileOptions) -> Resul
         _recheck(config, source, target, hashes, reports, lo, hi, width)
     run_id = dt.datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     _record(config, run_id, rows, reports, width, (lo, min(hi, started_at)))
+    _measure(reports)
     left = {s: len(r.mismatched) for s, r in reports.items() if r.mismatched}
     failed = {s: r.error for s, r in reports.items() if r.error}
     text = format_report(reports, rc.max_reported_cells)
@@ -466,6 +467,28 @@ def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, w
                              last_reconcile_at=lifecycle.NOW, last_reconcile_from=since,
                              last_reconcile_through=hi, last_reconcile_result=result, **clean)
         conn.commit()
+
+
+def _measure(reports: dict[str, ShipReport]) -> None:
+    """The run's figures per ship as Prometheus metrics (``widen.metrics``)."""
+    m = metrics.current(JOB)
+    checked = m.counter("buckets_checked", "ship x time buckets compared", ["ship"])
+    found = m.counter("buckets_mismatched", "buckets that differed when compared (before any repair)", ["ship"])
+    repaired = m.counter("buckets_repaired", "buckets --repair made match", ["ship"])
+    left = m.gauge("buckets_left", "buckets still different at the end of the run", ["ship"])
+    cells = m.counter("cells", "cells found missing (source only), extra (wide only) or different", ["ship", "kind"])
+    unchecked = m.gauge("ship_unchecked", "1 when the ship could not be checked (the log says why)", ["ship"])
+    rejected = m.gauge("rejected_rows", "the ship's narrow rows that are rejects, by reason", ["ship", "reason"])
+    for ship, r in reports.items():
+        checked.labels(ship).inc(r.buckets)
+        found.labels(ship).inc(r.found_buckets)
+        repaired.labels(ship).inc(len(r.fixed))
+        left.labels(ship).set(len(r.mismatched))
+        for kind, count in r.totals.items():
+            cells.labels(ship, kind).inc(count)
+        unchecked.labels(ship).set(1 if r.error else 0)
+        for reason, count in r.rejects.items():
+            rejected.labels(ship, reason).set(count)
 
 
 def format_report(reports: dict, cap: int) -> str:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from widen import metrics
 from widen.catalog import lifecycle, schema, ships as ship_states
 from widen.config import BadInput, Config
 from widen.core import lifecycle as core_lifecycle
@@ -23,7 +24,7 @@ class ResumeOptions:
     ships: list[str] | None = None
 
 
-@job("rollback", ResumeOptions, reads_narrow_table=False, ships_from=None)
+@job("rollback", ResumeOptions, reads_narrow_table=False, ships_from=None, metrics_name="resume")
 def run(config: Config, spark: SparkSession, options: ResumeOptions) -> Result:
     if not options.ships:
         raise BadInput("resume needs --ships (the rolled-back ships to migrate again)")
@@ -40,7 +41,9 @@ def run(config: Config, spark: SparkSession, options: ResumeOptions) -> Result:
                 ship_states.set_ship_state(cur, cat, ship, None)
                 lifecycle.record(cur, cat, ship, "resume", None, **dict.fromkeys(core_lifecycle.FACTS))
         conn.commit()
+    events = metrics.current("resume").counter("events", "ships resumed, by ship", ["ship", "event"])
     for ship in options.ships:
+        events.labels(ship, "resumed").inc()
         log.info("ship %r resumed: the stream writes it again; run backfill --ships for its history", ship)
     return Result("resume", EXIT_OK, {"ships": sorted(options.ships)},
                   "\n".join(f"resumed {s!r}: run `backfill --ships` for its history" for s in options.ships))

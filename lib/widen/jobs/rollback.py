@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from widen import errors
+from widen import errors, metrics
 from widen.catalog import lifecycle, schema, ships as ship_states, views as catalog_views
 from widen.catalog.layouts import load_layout
 from widen.config import BadInput, Config
@@ -55,6 +55,12 @@ def run(config: Config, spark: SparkSession, options: RollbackOptions) -> Result
         except Exception as err:  # noqa: BLE001 - one ship's failure is reported, the rest go on
             failed[ship] = errors.describe(err)
             log.warning("ship %r not rolled back: %s", ship, failed[ship])
+    if not options.dry_run:
+        events = metrics.current("rollback").counter("events", "ships rolled back or not, by ship", ["ship", "event"])
+        for ship in counts:
+            events.labels(ship, "rolled_back").inc()
+        for ship in failed:
+            events.labels(ship, "failed").inc()
     summary = {"ships": len(counts), "dry_run": options.dry_run,
                "range": [options.start, options.end] if options.start or options.end else None,
                "rows_affected": counts, "failed": failed}

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from psycopg2 import sql
 
-from widen import errors
+from widen import errors, metrics as job_metrics
 from widen.catalog import ledger, schema
 from widen.config import BadInput, Config
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
@@ -179,7 +179,8 @@ def start(config: Config, spark: SparkSession, once: bool = False) -> StreamRun:
         for ship, rows in result.skipped_ships.items():
             totals["skipped_ships"][ship] = totals["skipped_ships"].get(ship, 0) + rows
 
-    metrics = StreamMetrics(st.query_name, st.metrics_port, st.metrics_host, st.metrics_textfile)
+    metrics = StreamMetrics(st.query_name, st.metrics_port, st.metrics_host, st.metrics_textfile,
+                            job_metrics.current(JOB))
     def record_late(batch_id: int, late: int) -> None:
         with db.connection(config.target.connection) as conn:
             ledger.record_late_rows(conn, cat, st.query_name, batch_id, late)

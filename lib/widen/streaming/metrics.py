@@ -7,8 +7,9 @@ joins it with what the sink wrote (``BatchResult``s, shared in this driver proce
 
 Rows Spark dropped behind the watermark are handed to the job's ``on_late`` (which records them in
 ``stream_batches.late_rows``; reconcile repairs them) and logged as a warning. Metrics go to an HTTP
-endpoint (``stream.metrics_port``) and/or
-a textfile for node_exporter's textfile collector (``stream.metrics_textfile``), or nowhere.
+endpoint (``stream.metrics_port``) and/or a textfile for node_exporter's textfile collector
+(``stream.metrics_textfile``), and with the job's own (``widen.metrics``: ``metrics.pushgateway``,
+``metrics.textfile_dir``), or nowhere.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from pyspark.sql.streaming import StreamingQueryListener
 if TYPE_CHECKING:
     from pyspark.sql.streaming.listener import StreamingQueryProgress
 
+    from widen.metrics import JobMetrics
+
 log = logging.getLogger(__name__)
 
 
@@ -38,9 +41,10 @@ class StreamMetrics:
                 "failed_rows": "rows of ships that could not be written (stream_failures)"}
 
     def __init__(self, query_name: str, port: int = 0, host: str = "127.0.0.1",
-                 textfile: str | None = None):
+                 textfile: str | None = None, job: JobMetrics | None = None):
         self.registry = CollectorRegistry()
         self.textfile = textfile
+        self.job = job                      # the stream job's metrics: pushed / written with ours
         label = ["query_name"]
         self.counters = {key: Counter(f"widen_stream_{key}", help_text, label, registry=self.registry)
                          .labels(query_name) for key, help_text in self.COUNTERS.items()}
@@ -50,11 +54,15 @@ class StreamMetrics:
         self.lag = gauge("widen_stream_freshness_lag_seconds",
                          "now minus the newest created_time merged, at the end of the last micro-batch")
         self.last_batch = gauge("widen_stream_last_batch_id", "id of the last micro-batch")
+        self.last_batch_time = gauge("widen_stream_last_batch_timestamp_seconds",
+                                     "when the last micro-batch ended (Unix time)")
         self.retained_wal = gauge("widen_stream_slot_retained_wal_bytes",
                                   "WAL the replication slot keeps on the source (source.mode cdc)")
         self.server = None
         if port:
             self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+        if job is not None:
+            job.attach(self.registry)
 
     def observe(self, report: dict) -> None:
         for key in self.COUNTERS:
@@ -67,12 +75,17 @@ class StreamMetrics:
         if report.get("lag_seconds") is not None:
             self.lag.set(report["lag_seconds"])
         self.last_batch.set(report["batch_id"])
+        self.last_batch_time.set_to_current_time()
         if report.get("retained_wal_bytes") is not None:
             self.retained_wal.set(report["retained_wal_bytes"])
         if self.textfile:
             write_to_textfile(self.textfile, self.registry)
+        if self.job is not None:
+            self.job.flush()
 
     def close(self) -> None:
+        if self.job is not None:
+            self.job.detach(self.registry)
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
