@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a widen job with spark-submit:
 #   ./spark-submit.sh <job> [--master URL] [--deploy-mode client|cluster] [--config FILE] [job args]
-# job: plan | backfill | rollback | resume | stream | reconcile | status | cutover | demo | generate
+# job: plan | backfill | rollback | resume | stream | reconcile | status | report | cutover | demo | generate
 # Local (local[*]) by default; SPARK_MASTER or --master points it at a cluster. The library is
 # shipped as a zip (--py-files), the config with --files, the JDBC/Delta jars with --jars
 # (WIDEN_PACKAGES=1: --packages from Maven Central instead). Extra spark-submit options:
@@ -12,7 +12,7 @@
 # writes the summary to a file this script prints at the end.) Exit code: the job's (0, 1, 2).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-jobs="plan, backfill, rollback, resume, stream, reconcile, status, cutover, demo, generate"
+jobs="plan, backfill, rollback, resume, stream, reconcile, status, report, cutover, demo, generate"
 
 json_escape() {
   local s=$1
@@ -32,7 +32,7 @@ if [ $# -lt 1 ]; then
 fi
 job=$1; shift
 case "$job" in
-  plan|backfill|rollback|resume|stream|reconcile|status|cutover|demo|generate) ;;
+  plan|backfill|rollback|resume|stream|reconcile|status|report|cutover|demo|generate) ;;
   *) bad_input "?" "unknown job '$job' (one of: $jobs)" ;;
 esac
 master=${SPARK_MASTER:-local[*]}

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from widen.config import Config
 
-JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "status", "cutover", "demo", "generate")
+JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "status", "report", "cutover", "demo",
+        "generate")
 EXIT_INTERRUPTED = 130
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ def _hours(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # exit 2 with the JSON line, like every other bad input
         raise BadInput(message)
@@ -93,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reconcile: re-merge what differs from the source, then check again")
     parser.add_argument("--no-duplicates", action="store_true",
                         help="plan: skip the duplicate-key count (a full GROUP BY)")
+    parser.add_argument("--out", help="report: the HTML file to write (default: <home>/report/widen-report.html)")
+    parser.add_argument("--refresh", type=_seconds, help="report: the page asks a browser to reload it every N seconds")
     parser.add_argument("--verbose", action="store_true", help="debug lines, tracebacks and Spark's own logs")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="stderr lines as text (default) or one JSON object a line")

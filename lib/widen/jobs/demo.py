@@ -23,7 +23,7 @@ from psycopg2 import sql
 from widen.catalog import schema, views as catalog_views
 from widen.catalog.layouts import load_layout
 from widen.config import Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, backfill, generate, job, plan, reconcile, stream
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, backfill, generate, job, plan, reconcile, report, stream
 from widen.pg import db
 from widen.session import get_spark
 from widen.sources import generate as synthetic, open_table
@@ -100,6 +100,8 @@ def run(config: Config, spark: SparkSession, options: DemoOptions) -> Result:
     say(f"reconcile: {proof.summary['buckets']} ship x hour buckets checked, "
         f"{proof.summary['mismatched_buckets']} mismatched, {proof.summary['rejected_rows']} rejected rows "
         f"reported apart (run {proof.summary['run_id']})")
+    page = report.run(config)
+    say(f"report: open {page.summary['path']}")
     ok = (not bad and first.exit_code == 0 and again.summary["chunks_done"] == 0 and streamed > 0
           and proof.exit_code == 0)
     summary = {"narrow_rows": made.summary["rows"], "ships": len(differences),
@@ -107,6 +109,7 @@ def run(config: Config, spark: SparkSession, options: DemoOptions) -> Result:
                "rerun_chunks_skipped": again.summary["chunks_skipped"],
                "streamed_narrow_rows": streamed, "differences": bad,
                "reconcile_buckets": proof.summary["buckets"], "reconcile_mismatches": proof.summary["mismatched_buckets"],
+               "report": page.summary["path"],
                "seconds": round(time.monotonic() - began, 2)}
     return Result("demo", EXIT_OK if ok else EXIT_PROBLEM, summary)
 

@@ -1,0 +1,154 @@
+"""``report``: the migration on one self-contained HTML page, from the catalog alone.
+
+The fleet's ships per lifecycle state, each ship's state, backfill progress and figures, throughput
+over time (narrow rows per interval, from both ledgers), the stream's freshness per query (now and
+batch by batch), a ship x day heatmap of the latest reconcile of every bucket, and rejects by reason.
+No external asset and no script: the file can be mailed, or published by cron
+(``--refresh SECONDS`` makes a browser reload it). ``--out`` names the file (default
+``<home>/report/widen-report.html``); the summary gives its path. Like ``status``, it never reads
+the narrow table.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from psycopg2 import sql
+
+from widen import dashboard
+from widen.catalog import schema
+from widen.config import BadInput, Config
+from widen.core import lifecycle
+from widen.jobs import EXIT_OK, Result, job, status as status_job
+from widen.pg import db
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import cursor
+    from pyspark.sql import SparkSession
+
+JOB = "report"
+#: the throughput chart covers this much time back from the newest ledger row
+WINDOW = dt.timedelta(hours=48)
+#: bar widths the throughput chart picks from: the narrowest giving at most MAX_BARS bars
+WIDTHS = (60, 300, 900, 3600, 4 * 3600)
+MAX_BARS = 60
+#: reconcile buckets of the heatmap: this many days back from the newest checked bucket
+HEATMAP_DAYS = 31
+#: stream batches the freshness chart shows per query
+FRESHNESS_BATCHES = 300
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    ships: list[str] | None = None
+    out: str | None = None
+    refresh: float | None = None
+
+
+def throughput(cur: cursor, cat: str) -> dict[str, Any]:
+    """Narrow rows per interval of the backfill (chunks by finished_at) and the stream (batches by
+    committed_at) over the last ``WINDOW`` of activity."""
+    chunks, batches = sql.Identifier(cat, "backfill_chunks"), sql.Identifier(cat, "stream_batches")
+    events = sql.SQL("SELECT 'backfill' AS job, finished_at AS at, narrow_rows FROM {} "
+                     "WHERE status = 'done' AND finished_at IS NOT NULL "
+                     "UNION ALL SELECT 'stream', committed_at, narrow_rows FROM {}").format(chunks, batches)
+    cur.execute(sql.SQL("SELECT max(at) FROM ({}) e").format(events))
+    newest = cur.fetchone()[0]
+    if newest is None:
+        return {"width": None, "bars": []}
+    cur.execute(sql.SQL("SELECT min(at) FROM ({}) e WHERE at > %s").format(events), (newest - WINDOW,))
+    oldest = cur.fetchone()[0]
+    span = (newest - oldest).total_seconds()
+    width = next((w for w in WIDTHS if span / w < MAX_BARS), WIDTHS[-1])
+    cur.execute(sql.SQL(
+        "SELECT to_timestamp(floor(extract(epoch FROM at) / %s) * %s) AS bar, job, sum(narrow_rows) "
+        "FROM ({}) e WHERE at > %s GROUP BY 1, 2 ORDER BY 1, 2").format(events), (width, width, newest - WINDOW))
+    bars: dict[dt.datetime, dict[str, int]] = {}
+    for bar, job_name, rows in cur.fetchall():
+        bars.setdefault(bar, {"backfill": 0, "stream": 0})[job_name] = int(rows or 0)
+    return {"width": width, "bars": sorted(bars.items())}
+
+
+def freshness(cur: cursor, cat: str) -> dict[str, list[tuple[dt.datetime, float]]]:
+    """Per stream query, its last batches' freshness lag at commit (committed_at - the newest
+    created_time the batch wrote), oldest first."""
+    t = sql.Identifier(cat, "stream_batches")
+    out = {}
+    cur.execute(sql.SQL("SELECT DISTINCT query_name FROM {}").format(t))
+    for (name,) in cur.fetchall():
+        cur.execute(sql.SQL("SELECT committed_at, extract(epoch FROM committed_at - newest_created_time) FROM {} "
+                            "WHERE query_name = %s AND newest_created_time IS NOT NULL "
+                            "ORDER BY batch_id DESC LIMIT %s").format(t), (name, FRESHNESS_BATCHES))
+        out[name] = [(at, max(0.0, float(lag))) for at, lag in reversed(cur.fetchall())]
+    return out
+
+
+def heatmap(cur: cursor, cat: str, ships: list[str] | None) -> dict[tuple[str, dt.date], dict[str, int]]:
+    """(ship, day) -> buckets per status of their latest reconcile (match / repaired / mismatch),
+    the last ``HEATMAP_DAYS`` days of checked buckets."""
+    t = sql.Identifier(cat, "reconcile_results")
+    where = sql.SQL("AND ship_id = ANY(%s)") if ships else sql.SQL("")
+    cur.execute(sql.SQL("SELECT max(bucket_start) FROM {}").format(t))
+    newest = cur.fetchone()[0]
+    if newest is None:
+        return {}
+    cur.execute(sql.SQL(
+        "SELECT ship_id, (bucket_start AT TIME ZONE 'UTC')::date AS day, status, count(*) FROM ("
+        "  SELECT DISTINCT ON (ship_id, bucket_start) ship_id, bucket_start, status FROM {} "
+        "  WHERE bucket_start >= %s {} ORDER BY ship_id, bucket_start, checked_at DESC, run_id DESC) latest "
+        "GROUP BY 1, 2, 3").format(t, where),
+        (newest - dt.timedelta(days=HEATMAP_DAYS), *((ships,) if ships else ())))
+    cells: dict[tuple[str, dt.date], dict[str, int]] = {}
+    for ship, day, state, count in cur.fetchall():
+        cells.setdefault((ship, day), {})[state] = int(count)
+    return cells
+
+
+def rejects(cur: cursor, cat: str, ships: list[str] | None) -> list[tuple[str, str, int]]:
+    """(reason, job, rows) of the rejects table, most first."""
+    where = sql.SQL("WHERE ship_id = ANY(%s)") if ships else sql.SQL("")
+    cur.execute(sql.SQL("SELECT reason, job, count(*) FROM {} {} GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2").format(
+        sql.Identifier(cat, "rejects"), where), (ships,) if ships else ())
+    return [(reason, job_name, int(n)) for reason, job_name, n in cur.fetchall()]
+
+
+def default_path(config: Config) -> str:
+    return os.path.join(config.home, "report", "widen-report.html")
+
+
+@job(JOB, ReportOptions, reads_narrow_table=False, ships_from=None, lock=False)
+def run(config: Config, spark: SparkSession | None, options: ReportOptions) -> Result:
+    began = time.monotonic()
+    cat = config.target.catalog_schema
+    with db.connection(config.target.connection) as conn:
+        schema.migrate(conn, cat)
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")
+            cur.execute("SELECT now()")
+            now = cur.fetchone()[0]
+            ships = status_job.gather(cur, cat, options.ships)
+            page = dashboard.Page(
+                now=now, ships=ships, states=lifecycle.STATES, queries=status_job.streams(cur, cat),
+                throughput=throughput(cur, cat), freshness=freshness(cur, cat),
+                heatmap=heatmap(cur, cat, options.ships), rejects=rejects(cur, cat, options.ships),
+                attention={r["ship_id"]: why for r in ships if (why := status_job.attention(r))},
+                max_lag_seconds=config.cutover.max_lag_seconds, refresh_seconds=options.refresh)
+        conn.rollback()
+    unknown = sorted(set(options.ships or ()) - {r["ship_id"] for r in ships})
+    if unknown:
+        raise BadInput(f"--ships: no ship {', '.join(map(repr, unknown[:10]))} in the catalog's lifecycle "
+                       f"({cat}.ship_lifecycle: plan or backfill puts ships there)")
+    path = os.path.abspath(options.out or default_path(config))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        partial = f"{path}.{os.getpid()}.tmp"
+        with open(partial, "w", encoding="utf-8") as fh:
+            fh.write(dashboard.render(page))
+        os.replace(partial, path)               # a reader (a web server, a mailer) never sees half a page
+    except OSError as err:
+        raise BadInput(f"--out: cannot write {path} ({err.strerror or err})") from None
+    summary = {"path": path, "ships": len(ships), "seconds": round(time.monotonic() - began, 3)}
+    return Result(JOB, EXIT_OK, summary, f"report: {path}")
