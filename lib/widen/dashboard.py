@@ -139,10 +139,12 @@ def _throughput(page: Page) -> str:
         return "<h2>Throughput</h2><p class='muted'>Nothing in the ledgers yet.</p>"
     w, h, pad = 720, 180, 30
     top = max(b["backfill"] + b["stream"] for _, b in bars) or 1
-    step = (w - 2 * pad) / len(bars)
+    first = bars[0][0]
+    slots = int((bars[-1][0] - first).total_seconds() // width) + 1      # quiet intervals stay empty
+    step = (w - 2 * pad) / slots
     shapes = []
-    for i, (at, b) in enumerate(bars):
-        x = pad + i * step
+    for at, b in bars:
+        x = pad + int((at - first).total_seconds() // width) * step
         y = h - pad
         for job_name, colour in (("backfill", "#3b82f6"), ("stream", "#16a34a")):
             height = (h - 2 * pad) * b[job_name] / top
@@ -154,12 +156,13 @@ def _throughput(page: Page) -> str:
     label = lambda x, y, text, anchor="start": (  # noqa: E731
         f'<text x="{x}" y="{y}" font-size="11" text-anchor="{anchor}" fill="#52606d">{e(text)}</text>')
     shapes += [label(pad, 14, f"{top:,} narrow rows per {_seconds(width)}"),
-               label(pad, h - 10, _time(bars[0][0])), label(w - pad, h - 10, _time(bars[-1][0]), "end"),
+               label(pad, h - 10, _time(first)), label(w - pad, h - 10, _time(bars[-1][0]), "end"),
                f'<text x="{w - pad}" y="14" font-size="11" text-anchor="end" fill="#52606d">'
                '<tspan fill="#3b82f6">■</tspan> backfill <tspan fill="#16a34a">■</tspan> stream</text>']
     total = {j: sum(b[j] for _, b in bars) for j in ("backfill", "stream")}
-    return (f"<h2>Throughput</h2><div class='muted' id='throughput-total'>last {len(bars)} intervals of "
-            f"{_seconds(width)}: backfill {total['backfill']:,} narrow rows, stream {total['stream']:,}</div>"
+    return (f"<h2>Throughput</h2><div class='muted' id='throughput-total'>{slots} intervals of "
+            f"{_seconds(width)} up to the newest ledger row: backfill {total['backfill']:,} narrow rows, "
+            f"stream {total['stream']:,}</div>"
             f'<svg id="throughput" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img">{"".join(shapes)}</svg>')
 
 
@@ -186,11 +189,13 @@ def _sparkline(points: list[tuple[dt.datetime, float]], limit: float) -> str:
     w, h = 300, 40
     top = max(max(lag for _, lag in points), limit) * 1.1
     step = w / max(len(points) - 1, 1)
-    line = " ".join(f"{i * step:.1f},{h - h * lag / top:.1f}" for i, (_, lag) in enumerate(points))
-    y = h - h * limit / top
+    xy = [(4 + i * step * (w - 8) / w, h - 3 - (h - 6) * lag / top) for i, (_, lag) in enumerate(points)]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="#0ea5e9"/>' for x, y in xy) if len(xy) <= 60 else ""
+    y = h - 3 - (h - 6) * limit / top
     return (f'<svg class="spark" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
             f'<line x1="0" x2="{w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#dc2626" stroke-dasharray="3 3"/>'
-            f'<polyline fill="none" stroke="#0ea5e9" stroke-width="1.5" points="{line}"/></svg>')
+            f'<polyline fill="none" stroke="#0ea5e9" stroke-width="1.5" points="{line}"/>{dots}</svg>')
 
 
 def _heatmap(page: Page) -> str:

@@ -33,7 +33,7 @@ JOB = "report"
 #: the throughput chart covers this much time back from the newest ledger row
 WINDOW = dt.timedelta(hours=48)
 #: bar widths the throughput chart picks from: the narrowest giving at most MAX_BARS bars
-WIDTHS = (60, 300, 900, 3600, 4 * 3600)
+WIDTHS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
 MAX_BARS = 60
 #: reconcile buckets of the heatmap: this many days back from the newest checked bucket
 HEATMAP_DAYS = 31
