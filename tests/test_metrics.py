@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg2 import sql
 
-from widen import cli, log
-from widen.jobs import backfill, reconcile, status
+from widen import cli, log, metrics
+from widen.jobs import backfill, reconcile, status, stream
 from widen.sources import generate
 
 NAME = "metrics"
@@ -59,9 +60,9 @@ def chunk_ledger(cur) -> dict[str, tuple]:
     return {r[0]: tuple(int(x) for x in r[1:]) for r in cur.fetchall()}
 
 
-def pushed(gateway: str, job: str, instance: str) -> dict:
+def pushed(gateway: str, job: str, instance: str, selection: str = "all") -> dict:
     text = urllib.request.urlopen(f"http://{gateway}/metrics", timeout=10).read().decode()
-    return {k: v for k, v in samples(text, job=f"widen_{job}", instance=instance).items()
+    return {k: v for k, v in samples(text, job=f"widen_{job}", instance=instance, selection=selection).items()
             if k[0].startswith(f"widen_{job}_")}
 
 
@@ -80,7 +81,7 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
         config = make_config(NAME, **settings, metrics__pushgateway=gateway)
         first = backfill.run(config, spark)
         assert first.exit_code == 1 and first.summary["chunks_failed"] > 0
-        text = (textfiles / f"widen_backfill_{NAME}.prom").read_text()
+        text = (textfiles / f"widen_backfill_all_{NAME}.prom").read_text()
         found = samples(text)
         with pg.cursor() as cur:
             ledger = chunk_ledger(cur)
@@ -116,7 +117,7 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
         lines = [json.loads(line) for line in err.splitlines() if line.strip()]
         assert lines and all({"time", "level", "job", "message"} <= set(line) for line in lines)
         assert any(line["job"] == "backfill" and "chunks" in line["message"] for line in lines)
-        found = samples((textfiles / f"widen_backfill_{NAME}.prom").read_text())
+        found = samples((textfiles / f"widen_backfill_all_{NAME}.prom").read_text())
         with pg.cursor() as cur:
             after = chunk_ledger(cur)
         assert by_ship(found, "widen_backfill_chunks_done") == {s: v[0] for s, v in after.items()}
@@ -143,7 +144,7 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
                 wide, sql.Identifier(col_b)), (late,))
         checked = reconcile.run(config, spark)
         assert checked.exit_code == 1
-        found = samples((textfiles / f"widen_reconcile_{NAME}.prom").read_text())
+        found = samples((textfiles / f"widen_reconcile_all_{NAME}.prom").read_text())
         results = reconcile_ledger(pg, checked.summary["run_id"])
         assert by_ship(found, "widen_reconcile_buckets_checked_total") == {s: r["all"] for s, r in results.items()}
         assert by_ship(found, "widen_reconcile_buckets_left") == {s: r["mismatch"] for s, r in results.items()}
@@ -157,9 +158,15 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
         assert one(found, "widen_reconcile_exit_code") == 1
         assert pushed(gateway, "reconcile", NAME) == {k: v for k, v in found.items()
                                                       if k[0].startswith("widen_reconcile_")}
+        # A run over other ships is a group of its own: the full run's figures stay.
+        other = healthy[1]
+        assert reconcile.run(config, spark, ships=[other]).exit_code == 0
+        assert by_ship(pushed(gateway, "reconcile", NAME), "widen_reconcile_buckets_left")[ship] >= 1
+        assert by_ship(pushed(gateway, "reconcile", NAME, metrics.selection([other])),
+                       "widen_reconcile_buckets_left") == {other: 0}
         repaired = reconcile.run(config, spark, repair=True)
         assert repaired.exit_code == 0
-        found = samples((textfiles / f"widen_reconcile_{NAME}.prom").read_text())
+        found = samples((textfiles / f"widen_reconcile_all_{NAME}.prom").read_text())
         results = reconcile_ledger(pg, repaired.summary["run_id"])
         assert by_ship(found, "widen_reconcile_buckets_repaired_total") == {
             s: r["repaired"] for s, r in results.items()}
@@ -167,11 +174,23 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
         assert by_ship(found, "widen_reconcile_buckets_left") == others
         assert one(found, "widen_reconcile_exit_code") == 0
 
+        # The stream's own metrics are in its final push (after the query stopped).
+        streamed = stream.run(replace(config, stream=replace(
+            config.stream, start="earliest", checkpoint=str(tmp_path / "cp"), query_name="metrics-q")), spark,
+            once=True)
+        assert streamed.exit_code == 0 and streamed.summary["narrow_rows"] > 0
+        final = pushed(gateway, "stream", NAME)
+        assert final[("widen_stream_exit_code", ())] == 0 and final[("widen_stream_running", ())] == 0
+        assert final[("widen_stream_narrow_rows_total", (("query_name", "metrics-q"),))] == \
+            streamed.summary["narrow_rows"]
+        assert ("widen_stream_last_batch_timestamp_seconds", (("query_name", "metrics-q"),)) in final
+
     # A Pushgateway that does not answer is a warning, not a failed job; the textfile is still written.
-    (textfiles / f"widen_status_{NAME}.prom").unlink(missing_ok=True)
+    (textfiles / f"widen_status_all_{NAME}.prom").unlink(missing_ok=True)
     down = make_config(NAME, **settings, metrics__pushgateway=f"127.0.0.1:{tools.free_port()}")
-    assert status.run(down).exit_code == 0
-    assert one(samples((textfiles / f"widen_status_{NAME}.prom").read_text()), "widen_status_exit_code") == 0
+    checked = status.run(down)     # exit 1: the stream above wrote 2026-01-01 readings, a large lag
+    assert one(samples((textfiles / f"widen_status_all_{NAME}.prom").read_text()),
+               "widen_status_exit_code") == checked.exit_code == 1
     assert "did not take the status's metrics" in capsys.readouterr().err
 
 
@@ -185,7 +204,6 @@ def reconcile_ledger(pg, run_id: str) -> dict[str, dict[str, int]]:
 
 def exported_names() -> set[str]:
     """Every metric name widen's jobs export (a run's registries, without running the jobs)."""
-    from widen import metrics
     from widen.jobs.backfill import BackfillMetrics
     from widen.jobs.reconcile import ShipReport, _measure
     from widen.streaming.metrics import StreamMetrics

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from widen import errors, log, secrets
 from widen.catalog.locks import JobBusy
 from widen.config import BadInput, load
-from widen.jobs import EXIT_BAD_INPUT, EXIT_PROBLEM, Result
+from widen.jobs import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PROBLEM, Result
 
 if TYPE_CHECKING:
     from typing import NoReturn
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "status", "report", "cutover", "demo",
         "generate")
-EXIT_INTERRUPTED = 130
 logger = logging.getLogger(__name__)
 
 

@@ -10,14 +10,18 @@ second run refused as busy never overwrites the running one's figures). Every ru
     widen_<job>_exit_code                    0 ok, 1 a problem, 2 bad input (absent while it runs)
 
 and the job adds its own (``counter``/``gauge``; see the README's metrics table). The figures go
-out every ``metrics.push_seconds`` while the job runs and once when it ends: to
-``metrics.pushgateway`` (grouping key ``job="widen_<job>"``, ``instance`` = ``metrics.instance``,
-by default the host name) and/or to ``<metrics.textfile_dir>/widen_<job>[_<instance>].prom``
-(written atomically). A Pushgateway that does not answer is a warning, never a failed job.
+out every ``metrics.push_seconds`` while the job runs (and soon after ``poke``) and once when it
+ends: to ``metrics.pushgateway`` and/or to ``<metrics.textfile_dir>/widen_<job>_<selection>[_<instance>].prom``
+(written atomically). A run's group is ``job="widen_<job>"``, ``instance`` (``metrics.instance``, by
+default the host name) and ``selection``: ``all`` for a run over every ship, else ``ships-<hash>`` of
+the ships it was given, so runs over other ships (a cutover's own reconcile of a few ships, two
+backfills side by side) never replace each other's figures. A Pushgateway that does not answer, or
+a textfile that cannot be written, is one warning, never a failed job.
 """
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
 import os
 import socket
@@ -25,31 +29,35 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, push_to_gateway, write_to_textfile
 
 from widen import errors
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from widen.config import MetricsConfig
 
 log = logging.getLogger(__name__)
+disable_created_metrics()       # no ``_created`` series beside every per-ship counter
 _current: contextvars.ContextVar[JobMetrics | None] = contextvars.ContextVar("widen_metrics", default=None)
 
 
 class JobMetrics:
     """One job run's registry and where it goes."""
 
-    def __init__(self, job: str, cfg: MetricsConfig | None):
+    def __init__(self, job: str, cfg: MetricsConfig | None, ships: Sequence[str] | None = None):
         self.job = job
         self.cfg = cfg
         self.registry = CollectorRegistry()
         self.instance = (cfg.instance if cfg and cfg.instance else socket.gethostname())
+        self.selection = selection(ships)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._push_failing = False
+        self._failing: set[str] = set()      # "push", "textfile": warned once until it works again
+        self._attached: _Forward | None = None
         prefix = f"widen_{job}"
         self.running = Gauge(f"{prefix}_running", f"1 while a {job} runs, 0 once it ended", registry=self.registry)
         self.start_time = Gauge(f"{prefix}_start_timestamp_seconds", f"when the {job} started (Unix time)",
@@ -66,7 +74,7 @@ class JobMetrics:
         if not (self.cfg and self.cfg.textfile_dir):
             return None
         suffix = f"_{self.cfg.instance}" if self.cfg.instance else ""
-        return os.path.join(self.cfg.textfile_dir, f"widen_{self.job}{_safe(suffix)}.prom")
+        return os.path.join(self.cfg.textfile_dir, f"widen_{self.job}_{self.selection}{_safe(suffix)}.prom")
 
     # -- the job's own metrics -------------------------------------------------------------------
     def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
@@ -77,13 +85,18 @@ class JobMetrics:
         return Gauge(f"widen_{self.job}_{name}", help_text, list(labels), registry=self.registry)
 
     def attach(self, registry: CollectorRegistry) -> None:
-        """Send ``registry``'s metrics along with the job's (the stream's per-query registry)."""
-        self.registry.register(_Forward(registry))
+        """Send ``registry``'s metrics along with the job's, in place of the one attached before
+        (the stream's per-query registry: a restarted query brings a new one; the last stays
+        attached, so the run's final push still holds the stream's figures)."""
+        with self._lock:
+            if self._attached is not None:
+                self.registry.unregister(self._attached)
+            self._attached = _Forward(registry)
+            self.registry.register(self._attached)
 
-    def detach(self, registry: CollectorRegistry) -> None:
-        for collector in list(self.registry._collector_to_names):  # noqa: SLF001 - no public listing
-            if isinstance(collector, _Forward) and collector.registry is registry:
-                self.registry.unregister(collector)
+    def poke(self) -> None:
+        """Send the figures soon, from the background thread (never blocks the caller)."""
+        self._wake.set()
 
     # -- a run -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,6 +110,7 @@ class JobMetrics:
 
     def finish(self, exit_code: int) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._end_time = self._end_time or Gauge(f"widen_{self.job}_end_timestamp_seconds",
@@ -115,31 +129,37 @@ class JobMetrics:
             return
         with self._lock:
             if self.textfile:
-                try:
-                    os.makedirs(self.cfg.textfile_dir or ".", exist_ok=True)
-                    write_to_textfile(self.textfile, self.registry)
-                except OSError as err:
-                    log.warning("metrics: cannot write %s (%s)", self.textfile, err.strerror or err)
+                path = self.textfile
+                self._attempt("textfile", f"cannot write {path}",
+                              lambda: (os.makedirs(os.path.dirname(path) or ".", exist_ok=True),
+                                       write_to_textfile(path, self.registry)))
             if self.cfg.pushgateway:
-                self._push()
+                gateway = self.cfg.pushgateway
+                self._attempt("push", f"the Pushgateway {gateway} did not take the {self.job}'s metrics",
+                              lambda: push_to_gateway(
+                                  gateway, job=f"widen_{self.job}", registry=self.registry,
+                                  grouping_key={"instance": self.instance, "selection": self.selection},
+                                  timeout=self.cfg.push_timeout_seconds if self.cfg else 5.0))
 
-    def _push(self) -> None:
-        assert self.cfg is not None and self.cfg.pushgateway
+    def _attempt(self, what: str, failure: str, action: Callable[[], object]) -> None:
+        """``action``; a failure is one warning until it works again (monitoring never fails a job)."""
         try:
-            push_to_gateway(self.cfg.pushgateway, job=f"widen_{self.job}", registry=self.registry,
-                            grouping_key={"instance": self.instance}, timeout=self.cfg.push_timeout_seconds)
+            action()
         except Exception as err:  # noqa: BLE001 - monitoring never fails the job
-            if not self._push_failing:
-                log.warning("metrics: the Pushgateway %s did not take the %s's metrics (%s); the job goes on",
-                            self.cfg.pushgateway, self.job, errors.describe(err))
-            self._push_failing = True
+            if what not in self._failing:
+                log.warning("metrics: %s (%s); the job goes on", failure, errors.describe(err))
+            self._failing.add(what)
             return
-        if self._push_failing:
-            log.info("metrics: the Pushgateway %s takes the metrics again", self.cfg.pushgateway)
-        self._push_failing = False
+        if what in self._failing:
+            log.info("metrics: %s works again", what)
+        self._failing.discard(what)
 
     def _loop(self, every: float) -> None:
-        while not self._stop.wait(every):
+        while True:
+            self._wake.wait(every)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.flush()
 
 
@@ -153,13 +173,21 @@ class _Forward:
         return self.registry.collect()
 
 
+def selection(ships: Sequence[str] | None) -> str:
+    """``all``, or ``ships-<hash>`` of the given ships (order and repeats do not matter)."""
+    if not ships:
+        return "all"
+    digest = hashlib.sha256("\x1f".join(sorted(set(ships))).encode()).hexdigest()
+    return f"ships-{digest[:10]}"
+
+
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-." else "_" for c in text)
 
 
-def open_run(job: str, cfg: MetricsConfig | None) -> contextvars.Token:
+def open_run(job: str, cfg: MetricsConfig | None, ships: Sequence[str] | None = None) -> contextvars.Token:
     """Start ``job``'s metrics and make them ``current()`` (the ``job`` decorator's side)."""
-    metrics = JobMetrics(job, cfg)
+    metrics = JobMetrics(job, cfg, ships)
     token = _current.set(metrics)
     metrics.start()
     return token

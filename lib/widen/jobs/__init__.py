@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -98,13 +99,14 @@ def check_selection(config: Config, options: Any, ships_from: str | None) -> Non
         raise BadInput(f"--ships: no ship {', '.join(hints)}{more} in {where}")
 
 
-def _measured(name: str, config: Config, run: Callable[[], Result]) -> Result:
-    """``run()`` with the job's metrics open (``widen.metrics``): pushed while it runs, and with
-    its exit code when it ends (1 for an exception, which goes on up)."""
+def _measured(name: str, config: Config, ships: list[str] | None, run: Callable[[], Result]) -> Result:
+    """``run()`` with the job's metrics open (``widen.metrics``, grouped by the ships it was
+    given): pushed while it runs, and with its exit code when it ends (1 for an exception, which
+    goes on up; 2 for bad input; 130 for an interrupt)."""
     from widen import metrics
     from widen.config import BadInput
 
-    token = metrics.open_run(name, config.metrics)
+    token = metrics.open_run(name, config.metrics, ships)
     exit_code = EXIT_PROBLEM
     try:
         result = run()
@@ -112,6 +114,9 @@ def _measured(name: str, config: Config, run: Callable[[], Result]) -> Result:
         return result
     except BadInput:
         exit_code = EXIT_BAD_INPUT
+        raise
+    except KeyboardInterrupt:
+        exit_code = EXIT_INTERRUPTED
         raise
     finally:
         metrics.close_run(token, exit_code)
@@ -140,9 +145,11 @@ def job(name: str, options_class: type, what: str = "ship",
                 open_source(config.source).require()
             check_selection(config, options, ships_from)
             if not lock:
-                return _measured(metrics_name or name, config, lambda: run(config, spark, options))
+                return _measured(metrics_name or name, config, getattr(options, "ships", None),
+                                 lambda: run(config, spark, options))
             with job_lock(config.target.connection, name, keys(config, options), what):
-                return _measured(metrics_name or name, config, lambda: run(config, spark, options))
+                return _measured(metrics_name or name, config, getattr(options, "ships", None),
+                                 lambda: run(config, spark, options))
         checked.Options = options_class
         return checked
     return wrap

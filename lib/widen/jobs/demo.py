@@ -22,7 +22,7 @@ from psycopg2 import sql
 
 from widen.catalog import schema, views as catalog_views
 from widen.catalog.layouts import load_layout
-from widen.config import Config
+from widen.config import Config, MetricsConfig
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, backfill, generate, job, plan, reconcile, report, stream
 from widen.pg import db
 from widen.session import get_spark
@@ -67,9 +67,11 @@ def forget_earlier_demo(config: Config, spark: SparkSession) -> None:
 def run(config: Config, spark: SparkSession, options: DemoOptions) -> Result:
     began = time.monotonic()
     # The demo works in schemas of its own, so pointing it at a real server never touches real data.
+    # Nor its monitoring: the demo's jobs push no metrics (they would replace real runs' figures).
     config = replace(config, source=replace(config.source, schema=DEMO_SOURCE_SCHEMA),
                      target=replace(config.target, schema=DEMO_TARGET_SCHEMA,
-                                    catalog_schema=DEMO_CATALOG_SCHEMA))
+                                    catalog_schema=DEMO_CATALOG_SCHEMA),
+                     metrics=MetricsConfig())
     say = log.info
     conn_text = config.target.connection.describe()
     say(f"PostgreSQL at {conn_text}")

@@ -44,7 +44,7 @@ class StreamMetrics:
                  textfile: str | None = None, job: JobMetrics | None = None):
         self.registry = CollectorRegistry()
         self.textfile = textfile
-        self.job = job                      # the stream job's metrics: pushed / written with ours
+        self.job = job                      # the stream job's metrics: ours are pushed / written with them
         label = ["query_name"]
         self.counters = {key: Counter(f"widen_stream_{key}", help_text, label, registry=self.registry)
                          .labels(query_name) for key, help_text in self.COUNTERS.items()}
@@ -81,11 +81,9 @@ class StreamMetrics:
         if self.textfile:
             write_to_textfile(self.textfile, self.registry)
         if self.job is not None:
-            self.job.flush()
+            self.job.poke()                 # pushed from the job's own thread, not Spark's listener's
 
     def close(self) -> None:
-        if self.job is not None:
-            self.job.detach(self.registry)
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
