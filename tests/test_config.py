@@ -74,3 +74,23 @@ def test_delta_target_has_no_row_width_limit_and_folds_case():
     layout_rules(postgres).grow(in_postgres, {"Case": (None, None), "case": (None, None)})
     assert in_delta.channels["Case"].part != in_delta.channels["case"].part     # unique regardless of case
     assert in_postgres.channels["Case"].part == in_postgres.channels["case"].part
+
+
+@pytest.mark.parametrize("gateway", ["http://user:s3cr3t-pw@gw:9091", "user:s3cr3t-pw@gw:9091",
+                                     "http:////user:s3cr3t-pw@gw:9091", "ftp://gw:9091", "gw: 9091",
+                                     "http://gw:99999"])
+def test_pushgateway_address_checked_and_never_echoes_a_password(tmp_path, gateway):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"metrics:\n  pushgateway: '{gateway}'\n")
+    with pytest.raises(config.ConfigError, match=r"metrics\.pushgateway") as err:
+        config.load(path, env={})
+    assert "s3cr3t" not in str(err.value)
+
+
+def test_metrics_defaults_and_a_good_pushgateway(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("metrics:\n  pushgateway: http://gw.example:9091/\n  textfile_dir: /var/lib/node_exporter\n")
+    loaded = config.load(path, env={})
+    assert (loaded.metrics.pushgateway, loaded.metrics.textfile_dir, loaded.metrics.push_seconds) == (
+        "http://gw.example:9091/", "/var/lib/node_exporter", 15.0)
+    assert config.load(tmp_path / "c.yaml", env={}).metrics.instance is None

@@ -600,14 +600,26 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
                           "(target.wide_table_template) in the same schema; give them another template or schema")
     if bool(cutover.narrow_schema) != bool(cutover.narrow_table):
         raise ConfigError("cutover.narrow_schema and cutover.narrow_table: set both or neither")
-    gateway = sections["metrics"].pushgateway
-    if gateway and not re.fullmatch(r"(?i)(https?://)?[^\s/@]+(/\S*)?", gateway):
-        raise ConfigError(f"metrics.pushgateway: expected host:port or http(s)://host:port[/path] (no user or "
-                          f"password in it), got {secrets.scrub(repr(gateway))}")
+    _check_pushgateway(sections["metrics"].pushgateway)
     embedded = _value("embedded", raw.get("embedded") or "auto", str, {"choices": ("auto", "always", "never")})
     return Config(source=source, target=target, **sections, embedded=embedded,
                   home=_value("home", raw.get("home") or ".local", str, {}),
                   jars_dir=_value("jars_dir", raw.get("jars_dir") or "jars", str, {}))
+
+
+def _check_pushgateway(gateway: str | None) -> None:
+    if not gateway:
+        return
+    parts = urllib.parse.urlsplit(gateway if "://" in gateway else f"http://{gateway}")
+    if parts.username is not None or parts.password is not None or "@" in gateway:
+        raise ConfigError("metrics.pushgateway: a user or password in the address is not supported (it would "
+                          "show in logs); give the Pushgateway's host:port")
+    try:
+        port_ok = parts.port is None or 0 < parts.port
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or any(c.isspace() for c in gateway):
+        raise ConfigError(f"metrics.pushgateway: expected host:port or http(s)://host:port[/path], got {gateway!r}")
 
 
 def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
