@@ -15,20 +15,26 @@ NAME = "sink"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 
 
+def start_query(spark, config, query_name: str, checkpoint) -> tuple:
+    """A streaming query from the narrow source into ``write_batch``; (query, the batches' results)."""
+    results = []
+
+    def sink(frame, batch_id):
+        results.append(stream_sink.write_batch(config, frame.toArrow(), batch_id, query_name))
+
+    spark.dataSource.register(NarrowStreamSource)
+    query = (spark.readStream.format("widen_narrow").options(**stream_options(config.source, buckets=2)).load()
+             .writeStream.foreachBatch(sink).option("checkpointLocation", str(checkpoint)).start())
+    return query, results
+
+
 @pytest.mark.parametrize("direct_rows", [500, 0], ids=["upsert", "staging"])
 def test_stream_into_wide_tables(fresh_fleet, make_config, spark, pg, tmp_path, monkeypatch, direct_rows):
     """Both write paths: small batches upserted directly, larger ones staged, COPYed and merged."""
     monkeypatch.setattr(postgres_target, "DIRECT_ROWS", direct_rows)
     fresh_fleet(NAME, ships=0, ingest_id=True).close()
     config = make_config(NAME, source__order_column="ingest_id")
-    results = []
-
-    def sink(frame, batch_id):
-        results.append(stream_sink.write_batch(config, frame.toArrow(), batch_id, "test-query"))
-
-    spark.dataSource.register(NarrowStreamSource)
-    query = (spark.readStream.format("widen_narrow").options(**stream_options(config.source, buckets=2)).load()
-             .writeStream.foreachBatch(sink).option("checkpointLocation", str(tmp_path / "cp")).start())
+    query, results = start_query(spark, config, "test-query", tmp_path / "cp")
     try:
         channels = ["/dnv-v2/vis-3-4a/411.1/C101.31/meta/qty-temperature", "rpm", "mode", "alarm"]
         for m in range(3):
@@ -70,14 +76,7 @@ def test_wide_tables_dropped_under_a_running_stream(fresh_fleet, make_config, sp
     name = "sinkdrop"
     fresh_fleet(name, ships=0, ingest_id=True).close()
     config = make_config(name, source__order_column="ingest_id")
-    results = []
-
-    def sink(frame, batch_id):
-        results.append(stream_sink.write_batch(config, frame.toArrow(), batch_id, "drop-query"))
-
-    spark.dataSource.register(NarrowStreamSource)
-    query = (spark.readStream.format("widen_narrow").options(**stream_options(config.source, buckets=2)).load()
-             .writeStream.foreachBatch(sink).option("checkpointLocation", str(tmp_path / "cp")).start())
+    query, results = start_query(spark, config, "drop-query", tmp_path / "cp")
     try:
         nasty.insert(pg, f"src_{name}", nasty.minute("ship A", 0, ["rpm", "mode"]))
         query.processAllAvailable()

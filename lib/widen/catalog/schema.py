@@ -98,6 +98,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             SELECT ship_id, 'rolled_back', since, since FROM {s}.ship_states WHERE state = 'rolled_back'
             ON CONFLICT (ship_id) DO NOTHING""",
     ]),
+    (5, "the report page reads the latest reconcile of recent buckets by bucket_start", [
+        "CREATE INDEX IF NOT EXISTS reconcile_results_bucket ON {s}.reconcile_results (bucket_start, ship_id)",
+    ]),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 JOB = "report"
-#: the throughput chart covers this much time back from the newest ledger row
+#: the throughput chart covers this much time back from now, and each stream query's last batches
 WINDOW = dt.timedelta(hours=48)
+STREAM_BATCHES = 20_000
 #: bar widths the throughput chart picks from: the narrowest giving at most MAX_BARS bars
 WIDTHS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
 MAX_BARS = 60
@@ -48,40 +49,41 @@ class ReportOptions:
     refresh: float | None = None
 
 
-def throughput(cur: cursor, cat: str) -> dict[str, Any]:
-    """Narrow rows per interval of the backfill (chunks by finished_at) and the stream (batches by
-    committed_at) over the last ``WINDOW`` of activity."""
-    chunks, batches = sql.Identifier(cat, "backfill_chunks"), sql.Identifier(cat, "stream_batches")
-    events = sql.SQL("SELECT 'backfill' AS job, finished_at AS at, narrow_rows FROM {} "
-                     "WHERE status = 'done' AND finished_at IS NOT NULL "
-                     "UNION ALL SELECT 'stream', committed_at, narrow_rows FROM {}").format(chunks, batches)
-    cur.execute(sql.SQL("SELECT max(at) FROM ({}) e").format(events))
-    newest = cur.fetchone()[0]
-    if newest is None:
+def throughput(cur: cursor, cat: str, now: dt.datetime, queries: list[str]) -> dict[str, Any]:
+    """Narrow rows per interval over the last ``WINDOW``: the backfill's chunks by finished_at (one
+    pass over the chunk ledger) and each stream query's batches by committed_at (its last
+    ``STREAM_BATCHES`` by the ledger's primary key)."""
+    since = now - WINDOW
+    cur.execute(sql.SQL("SELECT finished_at, narrow_rows FROM {} WHERE status = 'done' AND finished_at > %s").format(
+        sql.Identifier(cat, "backfill_chunks")), (since,))
+    events = [("backfill", at, rows) for at, rows in cur.fetchall()]
+    for name in queries:
+        cur.execute(sql.SQL("SELECT committed_at, narrow_rows FROM (SELECT committed_at, narrow_rows FROM {} "
+                            "WHERE query_name = %s ORDER BY batch_id DESC LIMIT %s) recent WHERE committed_at > %s")
+                    .format(sql.Identifier(cat, "stream_batches")), (name, STREAM_BATCHES, since))
+        events += [("stream", at, rows) for at, rows in cur.fetchall()]
+    if not events:
         return {"width": None, "bars": []}
-    cur.execute(sql.SQL("SELECT min(at) FROM ({}) e WHERE at > %s").format(events), (newest - WINDOW,))
-    oldest = cur.fetchone()[0]
-    span = (newest - oldest).total_seconds()
+    oldest = min(at for _, at, _ in events)
+    span = (max(at for _, at, _ in events) - oldest).total_seconds()
     width = next((w for w in WIDTHS if span / w < MAX_BARS), WIDTHS[-1])
-    cur.execute(sql.SQL(
-        "SELECT to_timestamp(floor(extract(epoch FROM at) / %s) * %s) AS bar, job, sum(narrow_rows) "
-        "FROM ({}) e WHERE at > %s GROUP BY 1, 2 ORDER BY 1, 2").format(events), (width, width, newest - WINDOW))
     bars: dict[dt.datetime, dict[str, int]] = {}
-    for bar, job_name, rows in cur.fetchall():
-        bars.setdefault(bar, {"backfill": 0, "stream": 0})[job_name] = int(rows or 0)
+    for job_name, at, rows in events:
+        bar = dt.datetime.fromtimestamp(at.timestamp() // width * width, dt.UTC)
+        counts = bars.setdefault(bar, {"backfill": 0, "stream": 0})
+        counts[job_name] += int(rows or 0)
     return {"width": width, "bars": sorted(bars.items())}
 
 
-def freshness(cur: cursor, cat: str) -> dict[str, list[tuple[dt.datetime, float]]]:
+def freshness(cur: cursor, cat: str, queries: list[str]) -> dict[str, list[tuple[dt.datetime, float]]]:
     """Per stream query, its last batches' freshness lag at commit (committed_at - the newest
-    created_time the batch wrote), oldest first."""
-    t = sql.Identifier(cat, "stream_batches")
+    created_time the batch wrote), oldest first (by the ledger's primary key)."""
     out = {}
-    cur.execute(sql.SQL("SELECT DISTINCT query_name FROM {}").format(t))
-    for (name,) in cur.fetchall():
+    for name in queries:
         cur.execute(sql.SQL("SELECT committed_at, extract(epoch FROM committed_at - newest_created_time) FROM {} "
                             "WHERE query_name = %s AND newest_created_time IS NOT NULL "
-                            "ORDER BY batch_id DESC LIMIT %s").format(t), (name, FRESHNESS_BATCHES))
+                            "ORDER BY batch_id DESC LIMIT %s").format(sql.Identifier(cat, "stream_batches")),
+                    (name, FRESHNESS_BATCHES))
         out[name] = [(at, max(0.0, float(lag))) for at, lag in reversed(cur.fetchall())]
     return out
 
@@ -91,7 +93,8 @@ def heatmap(cur: cursor, cat: str, ships: list[str] | None) -> dict[tuple[str, d
     the last ``HEATMAP_DAYS`` days of checked buckets."""
     t = sql.Identifier(cat, "reconcile_results")
     where = sql.SQL("AND ship_id = ANY(%s)") if ships else sql.SQL("")
-    cur.execute(sql.SQL("SELECT max(bucket_start) FROM {}").format(t))
+    selected = (ships,) if ships else ()
+    cur.execute(sql.SQL("SELECT max(bucket_start) FROM {} WHERE true {}").format(t, where), selected)
     newest = cur.fetchone()[0]
     if newest is None:
         return {}
@@ -100,7 +103,7 @@ def heatmap(cur: cursor, cat: str, ships: list[str] | None) -> dict[tuple[str, d
         "  SELECT DISTINCT ON (ship_id, bucket_start) ship_id, bucket_start, status FROM {} "
         "  WHERE bucket_start >= %s {} ORDER BY ship_id, bucket_start, checked_at DESC, run_id DESC) latest "
         "GROUP BY 1, 2, 3").format(t, where),
-        (newest - dt.timedelta(days=HEATMAP_DAYS), *((ships,) if ships else ())))
+        (newest - dt.timedelta(days=HEATMAP_DAYS), *selected))
     cells: dict[tuple[str, dt.date], dict[str, int]] = {}
     for ship, day, state, count in cur.fetchall():
         cells.setdefault((ship, day), {})[state] = int(count)
@@ -127,20 +130,15 @@ def run(config: Config, spark: SparkSession | None, options: ReportOptions) -> R
         schema.migrate(conn, cat)
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
-            cur.execute("SELECT now()")
-            now = cur.fetchone()[0]
-            ships = status_job.gather(cur, cat, options.ships)
+            now, ships, queries = status_job.snapshot(cur, cat, options.ships)
             page = dashboard.Page(
-                now=now, ships=ships, states=lifecycle.STATES, queries=status_job.streams(cur, cat),
-                throughput=throughput(cur, cat), freshness=freshness(cur, cat),
+                now=now, ships=ships, states=lifecycle.STATES, queries=queries,
+                throughput=throughput(cur, cat, now, [q["query_name"] for q in queries]),
+                freshness=freshness(cur, cat, [q["query_name"] for q in queries]),
                 heatmap=heatmap(cur, cat, options.ships), rejects=rejects(cur, cat, options.ships),
                 attention={r["ship_id"]: why for r in ships if (why := status_job.attention(r))},
                 max_lag_seconds=config.cutover.max_lag_seconds, refresh_seconds=options.refresh)
         conn.rollback()
-    unknown = sorted(set(options.ships or ()) - {r["ship_id"] for r in ships})
-    if unknown:
-        raise BadInput(f"--ships: no ship {', '.join(map(repr, unknown[:10]))} in the catalog's lifecycle "
-                       f"({cat}.ship_lifecycle: plan or backfill puts ships there)")
     path = os.path.abspath(options.out or default_path(config))
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -137,6 +137,20 @@ def format_report(rows: list[dict[str, Any]], now: dt.datetime, fleet: list[str]
     return "\n".join(lines)
 
 
+def snapshot(cur: cursor, cat: str, ships: list[str] | None) -> tuple[dt.datetime, list[dict[str, Any]],
+                                                                     list[dict[str, Any]]]:
+    """The server's now, one row per ship (``gather``) and the stream queries (``streams``); bad
+    input when ``ships`` names a ship the lifecycle does not know."""
+    cur.execute("SELECT now()")
+    now = cur.fetchone()[0]
+    rows = gather(cur, cat, ships)
+    unknown = sorted(set(ships or ()) - {r["ship_id"] for r in rows})
+    if unknown:
+        raise BadInput(f"--ships: no ship {', '.join(map(repr, unknown[:10]))} in the catalog's lifecycle "
+                       f"({cat}.ship_lifecycle: plan or backfill puts ships there)")
+    return now, rows, streams(cur, cat)
+
+
 @job("status", StatusOptions, reads_narrow_table=False, ships_from=None, lock=False)
 def run(config: Config, spark: SparkSession | None, options: StatusOptions) -> Result:
     began = time.monotonic()
@@ -144,15 +158,8 @@ def run(config: Config, spark: SparkSession | None, options: StatusOptions) -> R
     with db.connection(config.target.connection) as conn:
         schema.migrate(conn, cat)
         with conn.cursor() as cur:
-            cur.execute("SELECT now()")
-            now = cur.fetchone()[0]
-            rows = gather(cur, cat, options.ships)
-            queries = streams(cur, cat)
+            now, rows, queries = snapshot(cur, cat, options.ships)
         conn.rollback()
-    unknown = sorted(set(options.ships or ()) - {r["ship_id"] for r in rows})
-    if unknown:
-        raise BadInput(f"--ships: no ship {', '.join(map(repr, unknown[:10]))} in the catalog's lifecycle "
-                       f"({cat}.ship_lifecycle: plan or backfill puts ships there)")
     lag = None
     newest = max((q["newest_created_time"] for q in queries if q["newest_created_time"]), default=None)
     if newest is not None:
