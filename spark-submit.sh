@@ -68,8 +68,20 @@ if [ "$deploy_mode" = cluster ] && [ "${master#spark://}" != "$master" ]; then
 fi
 venv=${WIDEN_VENV:-$here/.venv}
 submit=${SPARK_SUBMIT:-$venv/bin/spark-submit}
-[ -x "$submit" ] || bad_input "$job" "$submit not found: run 'make setup'"
-if [ -n "${WIDEN_PACKAGES:-}" ]; then
+# Jobs that work on the catalog and the databases only start no JVM: the driver runs as plain
+# Python (seconds, not a JVM start). Should one need Spark after all (rollback of a Delta target,
+# cutover's own reconcile), it builds its session then, with this --master and the library as
+# --py-files would ship it. Cluster deploy mode, WIDEN_PACKAGES and WIDEN_ALWAYS_SUBMIT=1 keep spark-submit.
+light=""
+case "$job" in
+  plan|status|report|resume|rollback|cutover|generate)
+    [ "$deploy_mode" = client ] && [ -z "${WIDEN_PACKAGES:-}" ] && [ -z "${WIDEN_ALWAYS_SUBMIT:-}" ] && light=1 ;;
+esac
+[ -n "$light" ] || [ -x "$submit" ] || bad_input "$job" "$submit not found: run 'make setup'"
+[ -x "$venv/bin/python" ] || bad_input "$job" "$venv/bin/python not found: run 'make setup'"
+if [ -n "$light" ]; then
+  jar_opts=()
+elif [ -n "${WIDEN_PACKAGES:-}" ]; then
   jar_opts=(--packages "org.postgresql:postgresql:42.7.8,io.delta:delta-spark_4.2_2.13:4.4.0,com.kohlschutter.junixsocket:junixsocket-common:2.10.1,com.kohlschutter.junixsocket:junixsocket-native-common:2.10.1")
 else
   jars=$(ls "$here"/jars/*.jar 2>/dev/null | paste -sd, -)
@@ -104,14 +116,20 @@ summary=$(mktemp "${TMPDIR:-/tmp}/widen-summary.XXXXXX")
 trap 'rm -f "$summary"' EXIT
 export WIDEN_SUMMARY_FILE=$summary
 cd "$here"
-# shellcheck disable=SC2086
-"$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" --files "$config" \
-  --py-files "$here/build/widen.zip" ${SPARK_SUBMIT_OPTS_EXTRA:-} \
-  --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$log4j" \
-  --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
-  --conf spark.sql.session.timeZone=UTC \
-  --conf spark.ui.showConsoleProgress=false \
-  "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
+if [ -n "$light" ]; then
+  unset WIDEN_SUBMITTED
+  WIDEN_SPARK_MASTER=$master WIDEN_PY_FILES="$here/build/widen.zip" PYTHONPATH="$here/lib" \
+    "$venv/bin/python" "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
+else
+  # shellcheck disable=SC2086
+  "$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" --files "$config" \
+    --py-files "$here/build/widen.zip" ${SPARK_SUBMIT_OPTS_EXTRA:-} \
+    --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$log4j" \
+    --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
+    --conf spark.sql.session.timeZone=UTC \
+    --conf spark.ui.showConsoleProgress=false \
+    "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
+fi
 child=$!
 # SIGTERM/SIGINT go on to spark-submit (the stream stops after its current batch).
 trap 'kill -TERM "$child" 2>/dev/null' TERM INT
@@ -122,7 +140,7 @@ done
 if [ -s "$summary" ]; then
   cat "$summary"
 else
-  printf '{"job": "%s", "status": "error", "error": "spark-submit exited with code %s before the job wrote its summary (see stderr)"}\n' \
+  printf '{"job": "%s", "status": "error", "error": "the job exited with code %s before it wrote its summary (see stderr)"}\n' \
     "$(json_escape "$job")" "$code"
   [ "$code" -ne 0 ] || code=1
 fi

@@ -72,3 +72,30 @@ def test_wrapper_usage_errors_are_bad_input(tmp_path):
         summary = json.loads(line)
         assert summary["status"] == "bad_input" and message in summary["error"], (argv, summary)
         assert message in run.stderr
+
+
+def test_jobs_without_spark_work_start_no_jvm(fresh_fleet, write_config, tmp_path):
+    """plan, status, report, rollback and resume run through the wrapper as plain Python: with
+    SPARK_SUBMIT pointing at a program that always fails, each still succeeds."""
+    name = "submitlight"
+    fresh_fleet(name, ships=2, channels=3, hours=1, seed=4).close()
+    config_path = str(write_config(name))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_MASTER")}
+    env["SPARK_SUBMIT"] = "/bin/false"
+
+    def wrapper(*args: str) -> dict:
+        done = subprocess.run([WRAPPER, *args, "--config", config_path], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        [line] = done.stdout.strip().splitlines()
+        return json.loads(line)
+
+    planned = wrapper("plan")
+    assert planned["job"] == "plan" and planned["ships"] == 2
+    ship = sorted(s["ship_id"] for s in wrapper("status")["ship_status"])[0]
+    assert wrapper("report", "--out", str(tmp_path / "r.html"))["path"] == str(tmp_path / "r.html")
+    assert wrapper("rollback", "--ships", ship, "--dry-run")["dry_run"] is True
+    # A job that needs Spark still goes through spark-submit (which here always fails).
+    done = subprocess.run([WRAPPER, "backfill", "--config", config_path], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode != 0 and json.loads(done.stdout.strip().splitlines()[-1])["status"] == "error"

@@ -81,7 +81,9 @@ def get_spark(config: Config, spark: SparkSession | None = None) -> SparkSession
         return spark
     os.environ.setdefault("TZ", "UTC")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    if config.spark.master.startswith("local") and not os.environ.get("WIDEN_SUBMITTED"):
+    # spark-submit.sh runs jobs that rarely need Spark as plain Python, with its --master here
+    master = os.environ.get("WIDEN_SPARK_MASTER") or config.spark.master
+    if master.startswith("local") and not os.environ.get("WIDEN_SUBMITTED"):
         # The Spark UI listens on SPARK_LOCAL_IP, else on every interface: a local run keeps it
         # (and the driver) on the loopback unless the environment says otherwise.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -89,7 +91,7 @@ def get_spark(config: Config, spark: SparkSession | None = None) -> SparkSession
 
     builder = SparkSession.builder.appName(config.spark.app_name)
     if not os.environ.get("WIDEN_SUBMITTED"):
-        builder = builder.master(config.spark.master)
+        builder = builder.master(master)
         builder = builder.config("spark.jars", ",".join(jar_paths(config)))
     conf = {**DEFAULT_CONF, **config.spark.conf, **REQUIRED_CONF}
     if not _verbose() and not os.environ.get("WIDEN_SUBMITTED"):
@@ -98,4 +100,7 @@ def get_spark(config: Config, spark: SparkSession | None = None) -> SparkSession
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN" if _verbose() else "ERROR")
+    shipped = os.environ.get("WIDEN_PY_FILES")
+    if shipped and not os.environ.get("WIDEN_SUBMITTED"):
+        session.sparkContext.addPyFile(shipped)         # executors elsewhere import widen from it
     return session
