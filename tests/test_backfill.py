@@ -108,6 +108,26 @@ def test_plan_reports_rows_span_and_channels(migrated, pg):
                 assert (by_ship[ship]["narrow_rows"], by_ship[ship]["start"], by_ship[ship]["end"]) == (rows, lo, hi)
 
 
+def analyzed(cur) -> dict[str, object]:
+    """Each wide table's last manual ANALYZE (None: never)."""
+    cur.execute("SELECT pg_stat_clear_snapshot()")
+    cur.execute(sql.SQL("SELECT w.table_name, s.last_analyze FROM {} w LEFT JOIN pg_stat_user_tables s "
+                        "ON s.schemaname = %s AND s.relname = w.table_name").format(
+        sql.Identifier(CAT, "wide_tables")), (TGT,))
+    return dict(cur.fetchall())
+
+
+def test_wide_tables_are_analyzed_after_the_backfill(migrated, pg, spark):
+    with pg.cursor() as cur:
+        first = analyzed(cur)
+    assert first and all(at is not None for at in first.values()), first
+    assert migrated["first"].summary["tables_analyzed"] == len(first)
+    again = backfill.run(migrated["config"], spark)          # nothing to do: nothing analyzed again
+    assert again.summary["tables_analyzed"] == 0
+    with pg.cursor() as cur:
+        assert analyzed(cur) == first
+
+
 def test_running_again_changes_nothing(migrated, pg, spark):
     with pg.cursor() as cur:
         before = snapshot(cur)

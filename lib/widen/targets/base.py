@@ -100,6 +100,11 @@ class WideTarget(ABC):
         """(schema, table) pairs whose locks DDL waits for, for ``db.lock_holders``."""
         return []
 
+    def analyze(self, conn: connection, layout: ShipLayout) -> int:
+        """Refresh the planner's statistics of the ship's tables (after its backfill); the tables
+        analyzed. Nothing to do where the engine keeps its own."""
+        return 0
+
     @abstractmethod
     def chunk_write(self, chunk: Chunk, layout: ShipLayout, has_order_key: bool) -> ChunkWrite:
         """How one backfill chunk gets in."""

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2 import sql
@@ -451,6 +452,22 @@ class PostgresTarget(WideTarget):
 
     def ddl_tables(self, layout: ShipLayout) -> list[tuple[str, str]]:
         return [(self.cfg.schema, t) for t in layout.tables.values()]
+
+    def analyze(self, conn: connection, layout: ShipLayout) -> int:
+        """``ANALYZE`` each table (readers and writers go on: it only waits for a VACUUM or DDL,
+        at most ``target.lock_timeout_seconds``; a table it cannot get is left to autovacuum)."""
+        done = 0
+        for table in layout.tables.values():
+            with conn.cursor() as cur:
+                cur.execute(f"SET LOCAL lock_timeout = {max(1, round(self.cfg.lock_timeout_seconds * 1000))}")
+                try:
+                    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(self.cfg.schema, table)))
+                except psycopg2.errors.LockNotAvailable:
+                    conn.rollback()
+                    continue
+            conn.commit()
+            done += 1
+        return done
 
     def chunk_write(self, chunk: Chunk, layout: ShipLayout, has_order_key: bool) -> ChunkWrite:
         return PostgresChunkWrite(self, chunk, layout, has_order_key)
