@@ -65,7 +65,8 @@ def differences(cur, src_schema: str, tgt_schema: str, catalog_schema: str, ship
     params = None
     out = {}
     for table, pairs in catalog_mapping(cur, catalog_schema, ship).items():
-        cols = sql.SQL(", ").join(sql.Identifier(col) for _, col in pairs)
+        # typed columns (target.column_types typed) compared by the text PostgreSQL prints for them
+        cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(col)) for _, col in pairs)
         pivot = sql.SQL(", ").join(
             sql.SQL("max(({r}) COLLATE \"C\") FILTER (WHERE data_channel_id = {ch})").format(
                 r=RENDER, ch=sql.Literal(ch)) for ch, _ in pairs)

@@ -247,10 +247,18 @@ class TargetConfig:
     lock_timeout_seconds: float = field(default=2.0, metadata=_meta(above=0))
     #: ... and is retried with backoff for at most this long before the job reports who holds it
     ddl_max_wait_seconds: float = field(default=120.0, metadata=_meta(minimum=0))
+    #: ``text`` (every wide column text: the cell is the value as PostgreSQL prints it) or ``typed``
+    #: (a channel seen with one value format gets double precision / bigint / boolean / text; a value
+    #: that would not print back as its text turns its column to text first: ``core.typed``)
+    column_types: str = field(default="text", metadata=_meta(choices=("text", "typed")))
 
     @property
     def is_delta(self) -> bool:
         return self.kind == "delta"
+
+    @property
+    def typed(self) -> bool:
+        return self.column_types == "typed"
 
     @property
     def row_byte_limit(self) -> float:
@@ -573,6 +581,9 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
     if source.mode == "cdc" and target.is_delta:
         raise ConfigError("source.mode cdc writes updates and deletes into PostgreSQL wide tables; a Delta "
                           "target (target.kind delta) takes source.mode poll for now")
+    if target.typed and target.is_delta:
+        raise ConfigError("target.column_types typed is for PostgreSQL wide tables for now; a Delta target "
+                          "(target.kind delta) takes target.column_types text")
     if "{ship_id}" not in target.wide_table_template:
         raise ConfigError("target.wide_table_template: must contain {ship_id}")
     if target.is_delta and bool(target.delta_root) == bool(target.delta_database):

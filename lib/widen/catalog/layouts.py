@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from psycopg2 import sql
 
-from widen.core import naming
+from widen.core import naming, typed
 from widen.core.layout import DEFAULT_VALUE_BYTES, ChannelColumn, LayoutError, LayoutRules, NewChannels, ShipLayout
 from widen.pg import db
 
@@ -34,12 +34,21 @@ def load_layout(conn: connection, catalog_schema: str, ship_id: str) -> ShipLayo
         for part, table in cur.fetchall():
             layout.tables[part] = table
         part_of_table = {t: p for p, t in layout.tables.items()}
-        cur.execute(sql.SQL("SELECT data_channel_id, column_name, table_name, value_format, avg_bytes "
-                            "FROM {s}.channel_columns WHERE ship_id = %s").format(s=s), (ship_id,))
-        for channel, column, table, fmt, avg in cur.fetchall():
+        cur.execute(sql.SQL("SELECT data_channel_id, column_name, table_name, value_format, avg_bytes, "
+                            "column_type FROM {s}.channel_columns WHERE ship_id = %s").format(s=s), (ship_id,))
+        for channel, column, table, fmt, avg, column_type in cur.fetchall():
             layout.channels[channel] = ChannelColumn(channel, column, part_of_table[table], fmt,
-                                                     DEFAULT_VALUE_BYTES if avg is None else avg)
+                                                     DEFAULT_VALUE_BYTES if avg is None else avg,
+                                                     _column_type(column_type))
     return layout
+
+
+def _column_type(recorded: str | None) -> str:
+    if recorded is None:
+        return typed.TEXT
+    if recorded not in typed.COLUMN_TYPES:
+        raise ValueError(f"channel_columns.column_type {recorded!r} is not one of {', '.join(typed.COLUMN_TYPES)}")
+    return recorded
 
 
 def save_layout(conn: connection, catalog_schema: str, target_schema: str, layout: ShipLayout) -> None:
@@ -51,12 +60,19 @@ def save_layout(conn: connection, catalog_schema: str, target_schema: str, layou
                                 "name_note) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (ship_id, part) DO NOTHING")
                         .format(s=s), (layout.ship_id, part, target_schema, table, layout.notes.get(part)))
         rows = [(layout.ship_id, c.data_channel_id, layout.tables[c.part], c.column_name,
-                 c.value_format, c.avg_bytes) for c in layout.channels.values()]
+                 c.value_format, c.avg_bytes, c.column_type) for c in layout.channels.values()]
         if rows:
             db.execute_values(cur, sql.SQL(
                 "INSERT INTO {s}.channel_columns (ship_id, data_channel_id, table_name, column_name, "
-                "value_format, avg_bytes) VALUES %s ON CONFLICT (ship_id, data_channel_id) DO NOTHING")
+                "value_format, avg_bytes, column_type) VALUES %s ON CONFLICT (ship_id, data_channel_id) DO NOTHING")
                 .format(s=s), rows)
+
+
+def record_text_columns(cur: cursor, catalog_schema: str, ship_id: str, channels: list[str]) -> None:
+    """Record that the channels' columns are text now (``core.typed``: a value did not fit)."""
+    cur.execute(sql.SQL("UPDATE {}.channel_columns SET column_type = 'text' WHERE ship_id = %s "
+                        "AND data_channel_id = ANY(%s)").format(sql.Identifier(catalog_schema)),
+                (ship_id, list(channels)))
 
 
 def lock_table_names(cur: cursor, session: bool = False) -> None:

@@ -101,6 +101,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (5, "the report page reads the latest reconcile of recent buckets by bucket_start", [
         "CREATE INDEX IF NOT EXISTS reconcile_results_bucket ON {s}.reconcile_results (bucket_start, ship_id)",
     ]),
+    (6, "typed wide columns: each channel's column type (NULL before: text)", [
+        "ALTER TABLE {s}.channel_columns ADD COLUMN IF NOT EXISTS column_type text",
+    ]),
 ]
 LATEST = MIGRATIONS[-1][0]
 

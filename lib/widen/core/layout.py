@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from widen.core import naming
+from widen.core import naming, typed
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -22,8 +22,9 @@ TOAST_INLINE_LIMIT = 2000
 TOAST_POINTER_BYTES = 18
 DEFAULT_VALUE_BYTES = 16.0
 
-#: channel -> (its most common value format, average rendered bytes), either may be unknown
-NewChannels = dict[str, tuple["str | None", "float | None"]]
+#: channel -> (its most common value format, average rendered bytes[, how many formats it was seen
+#: with]), any may be unknown; typed columns go only to channels seen with one known format
+NewChannels = dict[str, tuple]
 #: names a (ship, part) table: ``naming.TableNamer`` or anything with its call
 Namer = Callable[[str, int], str]
 
@@ -35,6 +36,8 @@ class ChannelColumn:
     part: int
     value_format: str | None = None
     avg_bytes: float = DEFAULT_VALUE_BYTES
+    #: ``core.typed``: text unless the target's columns are typed
+    column_type: str = typed.TEXT
 
 
 @dataclass
@@ -55,8 +58,10 @@ class ShipLayout:
         return sorted(self.tables)
 
 
-def value_bytes(avg_bytes: float | None) -> float:
-    """Estimated heap bytes of one text value of the given average length."""
+def value_bytes(avg_bytes: float | None, column_type: str = typed.TEXT) -> float:
+    """Estimated heap bytes of one value: a typed one's width, a text one's of the given average length."""
+    if column_type in typed.TYPE_BYTES:
+        return typed.TYPE_BYTES[column_type]
     length = DEFAULT_VALUE_BYTES if avg_bytes is None else float(avg_bytes)
     if length > TOAST_INLINE_LIMIT:
         return TOAST_POINTER_BYTES
@@ -65,8 +70,8 @@ def value_bytes(avg_bytes: float | None) -> float:
 
 def estimated_row_bytes(channels: list[ChannelColumn]) -> float:
     null_bitmap = (len(channels) + 1 + 7) // 8
-    return TUPLE_HEADER_BYTES + null_bitmap + TIMESTAMP_BYTES + sum(value_bytes(c.avg_bytes)
-                                                                   for c in channels)
+    return TUPLE_HEADER_BYTES + null_bitmap + TIMESTAMP_BYTES + sum(
+        value_bytes(c.avg_bytes, c.column_type) for c in channels)
 
 
 class LayoutError(ValueError):
@@ -74,7 +79,7 @@ class LayoutError(ValueError):
 
 
 def assign_channels(layout: ShipLayout, new: NewChannels, namer: Namer, max_columns: int,
-                    max_row_bytes: float, fold_case: bool = False) -> list[ChannelColumn]:
+                    max_row_bytes: float, fold_case: bool = False, typed_columns: bool = False) -> list[ChannelColumn]:
     """Place channels not yet in ``layout`` (channel -> (format, avg bytes)); returns those added.
 
     Existing channels never move. New ones go to the last part while it stays under both
@@ -82,6 +87,7 @@ def assign_channels(layout: ShipLayout, new: NewChannels, namer: Namer, max_colu
     ``namer(ship_id, part)`` (a ``naming.TableNamer``: unique across the fleet).
     With ``fold_case`` (Delta: column names are unique regardless of case) a channel whose column
     differs from one in the last part only by case goes to a new part, under its own name.
+    With ``typed_columns`` a channel seen with one known format gets its type (``core.typed``).
     """
     def key(column: str) -> str:
         return column.lower() if fold_case else column
@@ -97,10 +103,12 @@ def assign_channels(layout: ShipLayout, new: NewChannels, namer: Namer, max_colu
     if not layout.tables:
         add_table(1)
     for channel in sorted(c for c in new if c not in layout.channels):
-        fmt, avg = new[channel]
+        fmt, avg = new[channel][:2]
+        formats = new[channel][2] if len(new[channel]) > 2 else 1
         column = naming.column_name(channel)
+        kind = typed.type_for([fmt] if fmt is not None and formats == 1 else None, typed_columns)
         candidate = ChannelColumn(channel, column, 0, fmt,
-                                  DEFAULT_VALUE_BYTES if avg is None else float(avg))
+                                  DEFAULT_VALUE_BYTES if avg is None else float(avg), kind)
         single = estimated_row_bytes([candidate])
         if single > max_row_bytes:
             raise LayoutError(f"ship {layout.ship_id!r}: channel {channel!r} alone needs about "
@@ -133,6 +141,8 @@ class LayoutRules:
     max_row_bytes: float
     fold_case: bool = False
     storage_key: Callable[[str], str] = _same
+    #: whether channels get typed columns (``target.column_types: typed``)
+    typed: bool = False
 
     def namer(self, owners: dict[str, tuple[str, int]] | None = None, reserved_ships: Iterable[str] = ()) -> naming.TableNamer:
         return naming.TableNamer(self.template, owners, reserved_ships, self.storage_key)
@@ -141,4 +151,4 @@ class LayoutRules:
         """``assign_channels`` under these rules; new tables named by ``namer`` (default: natural
         names, without looking at the fleet)."""
         return assign_channels(layout, new, namer or self.namer(), self.max_columns, self.max_row_bytes,
-                               self.fold_case)
+                               self.fold_case, self.typed)

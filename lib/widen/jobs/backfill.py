@@ -33,7 +33,7 @@ from widen.pg import db
 from widen.progress import Progress
 from widen.session import get_spark
 from widen.sources import NarrowTable, open_table
-from widen.targets import WideTarget, ensure_tables_ddl, open_target
+from widen.targets import WideTarget, ensure_tables_ddl, open_target, text_columns
 from widen.targets.views import configure as reader_views
 
 if TYPE_CHECKING:
@@ -109,6 +109,13 @@ class Backfill:
             tgt.commit()
             self.layouts[chunk.ship_id] = layout
 
+    def text_columns(self, chunk: Chunk, channels: list[str]) -> None:
+        """Typed columns that met a value they cannot hold exactly: text from now on."""
+        with self._ship_lock(chunk.ship_id), db.connection(self.config.target.connection) as tgt:
+            layout = text_columns(tgt, self.target, chunk.ship_id, channels)
+            if layout is not None:
+                self.layouts[chunk.ship_id] = layout
+
     # -- one chunk -------------------------------------------------------------------------------
     def run_chunk(self, chunk: Chunk) -> dict:
         cfg, tgt_cfg, bf = self.config.source, self.config.target, self.config.backfill
@@ -128,6 +135,11 @@ class Backfill:
                                   for c in row["unknown_channels"].split("\x1f")})
                 if unknown:
                     self.add_channels(chunk, unknown)
+                    continue
+                misfit = sorted({c for row in stats if row.get("misfit_channels")
+                                 for c in row["misfit_channels"].split("\x1f")})
+                if misfit:
+                    self.text_columns(chunk, misfit)
                     continue
                 totals = {k: sum(row[k] for row in stats)
                           for k in ("narrow_rows", "rejected_rows", "duplicate_rows", "wide_rows")}

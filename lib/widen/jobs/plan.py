@@ -74,7 +74,12 @@ def run(config: Config, spark: SparkSession, options: PlanOptions) -> Result:
                 members = layout.part_channels(part)
                 parts.append({"part": part, "table": layout.tables[part], "columns": len(members),
                               "est_row_bytes": round(estimated_row_bytes(members))})
+        mixed = sorted(c for c, ch in s["channels"].items() if len(ch["formats"]) > 1)
+        column_types: dict[str, int] = defaultdict(int)
+        for c in (layout.channels.values() if layout else ()):
+            column_types[c.column_type] += 1
         rows.append({
+            "column_types": dict(column_types), "mixed_format_channels": mixed,
             "ship_id": ship, "narrow_rows": s["rows"] + sum(rejects.get(ship, {}).values()),
             "valid_rows": s["rows"], "start": s["start"], "end": s["end"],
             "channels": len(s["channels"]), "formats": dict(formats),
@@ -94,11 +99,12 @@ def run(config: Config, spark: SparkSession, options: PlanOptions) -> Result:
         "warnings": [index_warning] if index_warning else [],
         "ships_rolled_back": rolled_back,
     }
-    report = format_report(rows, problems) + (f"\nWARNING: {index_warning}" if index_warning else "")
+    report = format_report(rows, problems, config.target.typed) + (
+        f"\nWARNING: {index_warning}" if index_warning else "")
     return Result("plan", EXIT_PROBLEM if problems else EXIT_OK, summary, report)
 
 
-def format_report(rows: list[dict], problems: list[str]) -> str:
+def format_report(rows: list[dict], problems: list[str], typed_columns: bool = False) -> str:
     header = (f"{'ship_id':<24} {'narrow rows':>12} {'channels':>8} {'dup rows':>9} {'rejected':>9} "
               f"{'parts':>5} {'est row B':>9}  span")
     lines = [header, "-" * len(header)]
@@ -107,5 +113,14 @@ def format_report(rows: list[dict], problems: list[str]) -> str:
         lines.append(f"{r['ship_id'][:24]:<24} {r['narrow_rows']:>12,} {r['channels']:>8} "
                      f"{r['duplicate_rows']:>9,} {r['rejected_rows']:>9,} {len(r['parts']):>5} "
                      f"{widest:>9}  {r['start']} .. {r['end']}")
+    if typed_columns:
+        for r in rows:
+            types = ", ".join(f"{n} {t}" for t, n in sorted(r["column_types"].items()))
+            lines.append(f"{r['ship_id']!r}: columns {types or 'none'}")
+            if r["mixed_format_channels"]:
+                shown = ", ".join(repr(c) for c in r["mixed_format_channels"][:10])
+                more = len(r["mixed_format_channels"]) - 10
+                lines.append(f"  text for channels seen with more than one value format: {shown}"
+                             + (f" and {more} more" if more > 0 else ""))
     lines += [f"PROBLEM: {p}" for p in problems]
     return "\n".join(lines)

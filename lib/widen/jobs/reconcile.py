@@ -300,7 +300,7 @@ def repair_ship(config: Config, source: NarrowTable, target: WideTarget, report:
         with source.connect() as src:
             rows = source.ship_rows(src, ship, times, ranges)
         with db.connection(config.target.connection) as conn:
-            layout = prepare_ship(conn, target, ship, batch_channels(rows))
+            layout = prepare_ship(conn, target, ship, batch_channels(rows), rows=rows)
             with conn.cursor() as cur:
                 if layout is None or not ship_states.lock_ship_for_write(cur, cat, ship):
                     log.warning("%s is rolled back: not repaired", ship)

@@ -16,11 +16,14 @@ from collections.abc import Callable
 
 from psycopg2 import sql
 
-from widen.core import values
+from widen.core import typed, values
 from widen.pg.server import Server
 
 #: a server that prints shortest floats: what statements assume unless told the source's version
 NEWEST = Server(180000)
+#: a server that does not: text that must be right whatever the reading session's
+#: ``extra_float_digits`` (a view's) is built as for it
+OLDEST_PRINTER = Server(110000)
 
 
 def _columns(alias: str | None):
@@ -115,6 +118,25 @@ def shortest_float_text(x: sql.Composable, kind: str = "float8") -> sql.Composab
         "WHEN {x} = 0 OR {x} = 'NaN' OR {x} = 'Infinity' OR {x} = '-Infinity' THEN {x}::text "
         "WHEN abs({x}) >= '1e-4'::{t} AND abs({x}) < {top}::{t} AND {x}::numeric::{t} = {x} THEN {x}::numeric::text "
         "ELSE {printed} END").format(x=x, t=t, top=sql.Literal(f"1e{scientific_from}"), printed=printed)
+
+
+def typed_text(x: sql.Composable, column_type: str, server: Server = NEWEST) -> sql.Composable:
+    """A wide column's value as the source printed it (``core.typed``): a typed value back to its
+    text, exactly (doubles in PostgreSQL 12's shortest form on any target server)."""
+    if column_type == typed.TEXT:
+        return x
+    if column_type == typed.DOUBLE and not server.shortest_floats:
+        return shortest_float_text(x)
+    if column_type not in typed.COLUMN_TYPES:
+        raise ValueError(f"unknown column type {column_type!r}")
+    return sql.SQL("{}::text").format(x)
+
+
+def column_type(column_type: str) -> sql.Composable:
+    """The SQL of a wide column's type (one of ``core.typed.COLUMN_TYPES``, never anything else)."""
+    if column_type not in typed.COLUMN_TYPES:
+        raise ValueError(f"unknown column type {column_type!r}")
+    return sql.SQL(column_type)
 
 
 def reject_reason(alias: str | None = None) -> sql.Composable:

@@ -207,11 +207,12 @@ class PostgresSource(NarrowTable):
 
     @staticmethod
     def new_channels(stats: dict) -> NewChannels:
-        """channel -> (its most common format, average rendered bytes) from one ship's ``channel_stats``."""
+        """channel -> (its most common format, average rendered bytes, formats seen) from one ship's
+        ``channel_stats``."""
         out = {}
         for channel, ch in stats["channels"].items():
             fmt = max(ch["formats"].items(), key=lambda kv: (kv[1], kv[0]))[0]
-            out[channel] = (fmt, ch["bytes"] / ch["rows"] if ch["rows"] else None)
+            out[channel] = (fmt, ch["bytes"] / ch["rows"] if ch["rows"] else None, len(ch["formats"]))
         return out
 
     def reject_counts(self, conn: connection, ship_ids: list[str] | None) -> dict[str | None, dict[str, int]]:
@@ -342,19 +343,22 @@ class PostgresSource(NarrowTable):
         return functools.reduce(DataFrame.union, frames)
 
     def channel_formats(self, conn: connection, chunk: Chunk, channels: list[str]) -> NewChannels:
-        """Channels a chunk met that its layout lacked: each one's most common format and average bytes."""
+        """Channels a chunk met that its layout lacked: each one's most common format, average bytes
+        and the number of formats the chunk has for it."""
         query = sql.SQL(
             "SELECT data_channel_id, value_format, count(*), avg(octet_length({v})) FROM {t} "
             "WHERE ship_id = %s AND created_time >= %s AND created_time < %s "
             "AND data_channel_id = ANY(%s) AND {valid} GROUP BY 1, 2").format(
             v=self.rendered_value(conn), t=self.table, valid=render.valid_row())
         found: dict[str, tuple[str, float, int]] = {}
+        formats: dict[str, int] = defaultdict(int)
         with conn.cursor() as cur:
             cur.execute(query, (chunk.ship_id, chunk.range_start, chunk.range_end, channels))
             for channel, fmt, count, avg in cur.fetchall():
+                formats[channel] += 1
                 if channel not in found or count > found[channel][2]:
                     found[channel] = (fmt, float(avg or 0), count)
-        return {c: (f, a) for c, (f, a, _) in found.items()}
+        return {c: (f, a, formats[c]) for c, (f, a, _) in found.items()}
 
     def unplaceable_rows(self, conn: connection, ship_ids: list[str] | None) -> Iterator[tuple]:
         """Rows with a NULL or empty ship_id or a NULL created_time (they belong to no chunk), with
@@ -530,7 +534,8 @@ class PostgresSource(NarrowTable):
             cur.execute(Server.of(conn).no_jit())
             for part in layout.parts:
                 members = layout.part_channels(part)
-                cols = sql.SQL(", ").join(sql.Identifier(c.column_name) for c in members)
+                cols = sql.SQL(", ").join(render.typed_text(sql.Identifier(c.column_name), c.column_type, Server.of(conn))
+                                          for c in members)
                 pivots = sql.SQL(", ").join(
                     sql.SQL("max(CASE WHEN data_channel_id = {ch} THEN {v} END COLLATE \"C\")").format(
                         v=self.rendered_value(conn), ch=sql.Literal(c.data_channel_id)) for c in members)

@@ -162,7 +162,9 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
     for ship, rows in by_ship.items():
         channels = batch_channels(rows) + (batch_channels(fresh[ship][1]) if ship in fresh else [])
         try:
-            layouts[ship] = prepare_ship(conn, target, ship, channels, state.layouts)
+            values = pa.concat_tables([rows.select(["data_channel_id", "value"])]
+                                      + ([fresh[ship][1].select(["data_channel_id", "value"])] if ship in fresh else []))
+            layouts[ship] = prepare_ship(conn, target, ship, channels, state.layouts, values)
         except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
             if not errors.is_ship_level(err):
                 raise

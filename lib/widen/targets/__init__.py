@@ -2,10 +2,16 @@
 the configured one; nothing outside this package asks which kind it is."""
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from widen.catalog import ships
+from widen.catalog.layouts import lock_layout, record_text_columns
 from widen.config import TargetConfig
+from widen.core import typed
 from widen.core.layout import LayoutRules, ShipLayout
 from widen.pg import db
 from widen.targets.base import ChunkWrite, WideChecksums, WideTarget
@@ -13,6 +19,8 @@ from widen.targets.base import ChunkWrite, WideChecksums, WideTarget
 if TYPE_CHECKING:
     from psycopg2.extensions import connection, cursor
     from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
 
 
 def open_target(cfg: TargetConfig, spark: SparkSession | None = None) -> WideTarget:
@@ -49,13 +57,59 @@ def ensure_tables_ddl(conn: connection, target: WideTarget, layout: ShipLayout, 
     return db.run_ddl(conn, target.cfg, ddl, target.ddl_tables(layout), what, max_wait)
 
 
+def text_columns(conn: connection, target: WideTarget, ship: str, channels: list[str]) -> ShipLayout | None:
+    """Turn the typed columns of ``channels`` to text (``core.typed``: a value they cannot hold
+    exactly has come), in a DDL transaction of its own; the ship's layout as recorded after it
+    (None when the ship is rolled back). Every cell keeps its text."""
+    def ddl(cur: cursor) -> ShipLayout | None:
+        if not ships.lock_ship_for_write(cur, target.cfg.catalog_schema, ship):
+            return None
+        with conn.cursor() as c:
+            lock_layout(c, ship)
+        layout = target.layouts.load(conn, ship)
+        kinds = {ch: layout.channels[ch].column_type for ch in channels
+                 if ch in layout.channels and layout.channels[ch].column_type != typed.TEXT}
+        if kinds:
+            target.text_columns(conn, layout, kinds)
+            record_text_columns(cur, target.cfg.catalog_schema, ship, sorted(kinds))
+            log.warning("ship %r: %d channel(s) met values their typed column cannot hold exactly (%s); their "
+                        "columns are text now", ship, len(kinds), ", ".join(repr(c) for c in sorted(kinds)[:5]))
+            for ch in kinds:
+                layout.channels[ch].column_type = typed.TEXT
+        return layout
+
+    return db.run_ddl(conn, target.cfg, ddl, lambda: target.ddl_tables(target.layouts.load(conn, ship)),
+                      f"ship {ship!r}: columns to text")
+
+
+def misfit_channels(layout: ShipLayout, rows: pa.Table) -> list[str]:
+    """The channels of ``rows`` (``values.ROW_COLUMNS``) with a value their typed column cannot hold."""
+    typed_channels = {c: ch.column_type for c, ch in layout.channels.items() if ch.column_type != typed.TEXT}
+    if not typed_channels or not rows.num_rows:
+        return []
+    present = pc.unique(rows.column("data_channel_id")).to_pylist()
+    return typed.misfits([(c, typed_channels[c], rows.filter(pc.equal(rows.column("data_channel_id"), c))
+                           .column("value").combine_chunks()) for c in present if c in typed_channels])
+
+
 def prepare_ship(conn: connection, target: WideTarget, ship: str, channels: list[str],
-                 known: dict[str, ShipLayout] | None = None) -> ShipLayout | None:
+                 known: dict[str, ShipLayout] | None = None, rows: pa.Table | None = None) -> ShipLayout | None:
     """The ship's layout with a column for every channel in ``channels``: catalog rows, tables and
     columns made in a DDL transaction of its own when needed (``db.run_ddl``). ``known`` caches
-    layouts between calls (a layout only grows). None when the ship is rolled back."""
+    layouts between calls (a layout only grows). None when the ship is rolled back. With ``rows``
+    (``values.ROW_COLUMNS``, the values about to be written) a typed column that cannot hold one of
+    them is turned to text first."""
     layout = (known or {}).get(ship)
     if layout is not None and all(c in layout.channels for c in channels):
+        misfit = misfit_channels(layout, rows) if rows is not None else []
+        if not misfit:
+            return layout
+        layout = text_columns(conn, target, ship, misfit)
+        if known is not None:
+            if layout is None:
+                known.pop(ship, None)
+            else:
+                known[ship] = layout
         return layout
 
     def ddl(cur: cursor) -> ShipLayout | None:
@@ -72,8 +126,10 @@ def prepare_ship(conn: connection, target: WideTarget, ship: str, channels: list
             known.pop(ship, None)
         else:
             known[ship] = layout
+    if layout is not None and rows is not None and misfit_channels(layout, rows):
+        return prepare_ship(conn, target, ship, channels, known, rows)
     return layout
 
 
 __all__ = ["ChunkWrite", "WideChecksums", "WideTarget", "ensure_tables_ddl", "layout_rules", "needs_spark", "open_target",
-           "prepare_ship"]
+           "misfit_channels", "prepare_ship", "text_columns"]

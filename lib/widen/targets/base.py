@@ -105,6 +105,11 @@ class WideTarget(ABC):
         analyzed. Nothing to do where the engine keeps its own."""
         return 0
 
+    def text_columns(self, conn: connection, layout: ShipLayout, kinds: dict[str, str]) -> None:
+        """Turn the typed columns of the channels in ``kinds`` (channel -> its column type now) to
+        text holding each value's source text, in the caller's DDL transaction."""
+        raise NotImplementedError(f"{self.kind} targets have no typed columns")
+
     @abstractmethod
     def chunk_write(self, chunk: Chunk, layout: ShipLayout, has_order_key: bool) -> ChunkWrite:
         """How one backfill chunk gets in."""

@@ -340,8 +340,10 @@ class DeltaChunkWriter(ChunkWriter):
     """
 
     def __init__(self, layout: ShipLayout, ship_id: str, has_order_key: bool):
+        from pyspark.sql.types import StringType
+
         super().__init__({}, None, layout, ship_id, has_order_key)
-        fields = [pa.field(f.name, pa.int64() if f.name != "unknown_channels" else pa.string())
+        fields = [pa.field(f.name, pa.string() if isinstance(f.dataType, StringType) else pa.int64())
                   for f in STATS_SCHEMA.fields]
         fields += [pa.field("created_time", pa.timestamp("us", tz="UTC")), pa.field("reject_raw", pa.string())]
         fields += [pa.field(name, pa.string()) for name in self.internal_names]
@@ -380,8 +382,9 @@ class DeltaChunkWriter(ChunkWriter):
                 "reject_raw": rejects.column("raw").combine_chunks()}))
         return out
 
-    def _stats(self, narrow: int, rejected: int, duplicates: int, wide: int, unknown: list[str]) -> pa.RecordBatch:
-        stats = ChunkWriter._stats(narrow, rejected, duplicates, wide, unknown)
+    def _stats(self, narrow: int, rejected: int, duplicates: int, wide: int, unknown: list[str],
+               misfit: list[str] | None = None) -> pa.RecordBatch:
+        stats = ChunkWriter._stats(narrow, rejected, duplicates, wide, unknown, misfit)
         return self._batch(1, {name: stats.column(name) for name in stats.schema.names})
 
 

@@ -25,11 +25,11 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 from widen.catalog import ledger
 from widen.catalog.layouts import lock_layout
 from widen.config import TargetConfig
-from widen.core import kernels
+from widen.core import kernels, typed
 from widen.core.checksum import HASH_MD5, HASH_PG
 from widen.core.chunks import Chunk
 from widen.core.layout import LayoutRules, ShipLayout
-from widen.pg import checksums, db
+from widen.pg import checksums, db, render
 from widen.pg.server import Server
 from widen.targets.base import ChunkWrite, WideChecksums, WideTarget, present_columns
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 STATS_SCHEMA = StructType([
     StructField("narrow_rows", LongType()), StructField("rejected_rows", LongType()),
     StructField("duplicate_rows", LongType()), StructField("wide_rows", LongType()),
-    StructField("unknown_channels", StringType()),
+    StructField("unknown_channels", StringType()), StructField("misfit_channels", StringType()),
 ])
 
 
@@ -78,7 +78,7 @@ def create_staging(conn: connection, staging: Staging, layout: ShipLayout) -> No
     """(Re)create empty UNLOGGED staging tables for every part and for rejects; commits."""
     with conn.cursor() as cur:
         for part in layout.parts:
-            cols = [sql.SQL("{} text").format(sql.Identifier(c.column_name))
+            cols = [sql.SQL("{} {}").format(sql.Identifier(c.column_name), render.column_type(c.column_type))
                     for c in layout.part_channels(part)]
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging.wide(part)))
             cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (created_time timestamptz{}{})").format(
@@ -113,10 +113,12 @@ class ChunkWriter:
         # Column order inside each staging table = layout.part_channels(part).
         self.channel_index: dict[str, int] = {}
         self.part_slices: dict[int, tuple[int, int]] = {}
+        self.column_types: list[str] = []
         for part in self.parts:
             first = len(self.channel_index)
             for c in layout.part_channels(part):
                 self.channel_index[c.data_channel_id] = len(self.channel_index)
+                self.column_types.append(c.column_type)
             self.part_slices[part] = (first, len(self.channel_index))
 
     def __repr__(self) -> str:
@@ -143,6 +145,12 @@ class ChunkWriter:
             yield self._stats(narrow_rows, rejects.num_rows, 0, 0, sorted(set(unknown.to_pylist())))
             return
         wide, duplicates = kernels.dedup_and_pivot(coded, len(self.channel_index), self.has_order_key)
+        misfit = typed.misfits([(channel, self.column_types[i], wide.columns[i])
+                                for channel, i in self.channel_index.items() if self.column_types[i] != typed.TEXT])
+        if misfit:
+            # Nothing is written: the driver turns the columns to text and runs the chunk again.
+            yield self._stats(narrow_rows, rejects.num_rows, 0, 0, [], misfit)
+            return
         yield from self._write(wide, rejects)
         yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [])
 
@@ -188,11 +196,12 @@ class ChunkWriter:
 
     @staticmethod
     def _stats(narrow: int, rejected: int, duplicates: int, wide: int,
-               unknown: list[str]) -> pa.RecordBatch:
+               unknown: list[str], misfit: list[str] | None = None) -> pa.RecordBatch:
         return pa.RecordBatch.from_pydict({
             "narrow_rows": pa.array([narrow], pa.int64()), "rejected_rows": pa.array([rejected], pa.int64()),
             "duplicate_rows": pa.array([duplicates], pa.int64()), "wide_rows": pa.array([wide], pa.int64()),
-            "unknown_channels": pa.array(["\x1f".join(unknown) if unknown else None], pa.string())})
+            "unknown_channels": pa.array(["\x1f".join(unknown) if unknown else None], pa.string()),
+            "misfit_channels": pa.array(["\x1f".join(misfit) if misfit else None], pa.string())})
 
 
 def copy_into(cur: cursor, table: sql.Composable, columns: list[pa.Array]) -> None:
@@ -203,44 +212,59 @@ def copy_into(cur: cursor, table: sql.Composable, columns: list[pa.Array]) -> No
 
 
 def merge_statement(server_version: int, target: sql.Composable, staging: sql.Composable,
-                    columns: list[str], greatest: bool = False) -> sql.Composable:
+                    columns: list[str], greatest: bool = False, types: dict[str, str] | None = None) -> sql.Composable:
     """Column-wise upsert: a NULL in the batch never overwrites a value already there.
 
     By default a value in the batch replaces the one in the table (the backfill's chunk holds every
     reading of its range; with an order column the later batch holds the later rows). With
     ``greatest`` a cell keeps the greater of the two by byte order: DESIGN.md's duplicate rule
     without an order column, applied across micro-batches. MERGE on PostgreSQL 15+,
-    ``INSERT … ON CONFLICT`` on 11–14.
+    ``INSERT … ON CONFLICT`` on 11–14. ``types``: column -> its type where not text (typed columns
+    compare by the text the source printed: byte order for ``greatest``, and -0 differs from 0).
     """
+    server = Server(server_version)
     cols = [sql.Identifier(c) for c in columns]
     all_cols = sql.SQL(", ").join([sql.Identifier("created_time"), *cols])
-    combine = _combine(greatest)
-    wins = ('{new}.{c} IS NOT NULL AND (w.{c} IS NULL OR {new}.{c} COLLATE "C" > w.{c} COLLATE "C")' if greatest
-            else "{new}.{c} IS NOT NULL AND {new}.{c} IS DISTINCT FROM w.{c}")
-    if Server(server_version).merge:
+    if server.merge:
         if not cols:
             return sql.SQL(
                 "MERGE INTO {t} AS w USING {s} AS s ON w.created_time = s.created_time "
                 "WHEN NOT MATCHED THEN INSERT (created_time) VALUES (s.created_time)").format(
                 t=target, s=staging)
-        sets = sql.SQL(", ").join(sql.SQL("{c} = " + combine).format(c=c, new=sql.SQL("s")) for c in cols)
-        changed = sql.SQL(" OR ").join(sql.SQL("(" + wins + ")").format(c=c, new=sql.SQL("s")) for c in cols)
+        rules = [_cell_rule(c, (types or {}).get(name, typed.TEXT), greatest, server, sql.Identifier("s"))
+                 for name, c in zip(columns, cols)]
+        sets = sql.SQL(", ").join(sql.SQL("{} = {}").format(c, combine) for c, (combine, _) in zip(cols, rules))
+        changed = sql.SQL(" OR ").join(sql.SQL("({})").format(wins) for _, wins in rules)
         values = sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in [sql.Identifier("created_time"), *cols])
         return sql.SQL(
             "MERGE INTO {t} AS w USING {s} AS s ON w.created_time = s.created_time "
             "WHEN MATCHED AND ({changed}) THEN UPDATE SET {sets} "
             "WHEN NOT MATCHED THEN INSERT ({all_cols}) VALUES ({values})").format(
             t=target, s=staging, changed=changed, sets=sets, all_cols=all_cols, values=values)
-    return upsert_statement(target, columns, staging, greatest)
+    return upsert_statement(target, columns, staging, greatest, types, server)
 
 
-def _combine(greatest: bool) -> str:
-    """How a cell's new value ({new}.{c}) and old one (w.{c}) combine."""
-    return 'GREATEST({new}.{c} COLLATE "C", w.{c} COLLATE "C")' if greatest else "COALESCE({new}.{c}, w.{c})"
+def _cell_rule(c: sql.Identifier, column_type: str, greatest: bool, server: Server,
+               new_alias: sql.Composable) -> tuple[sql.Composable, sql.Composable]:
+    """(how a cell's new value and old one (``w``) combine, when the new one changes the cell)."""
+    new, old = sql.SQL("{}.{}").format(new_alias, c), sql.SQL("w.{}").format(c)
+    new_text, old_text = render.typed_text(new, column_type, server), render.typed_text(old, column_type, server)
+    if greatest:
+        bigger = sql.SQL('{n} IS NOT NULL AND (w.{c} IS NULL OR {nt} COLLATE "C" > {ot} COLLATE "C")').format(
+            n=new, c=c, nt=new_text, ot=old_text)
+        if column_type == typed.TEXT:
+            return sql.SQL('GREATEST({n} COLLATE "C", w.{c} COLLATE "C")').format(n=new, c=c), bigger
+        return sql.SQL("CASE WHEN {b} THEN {n} ELSE w.{c} END").format(b=bigger, n=new, c=c), bigger
+    # a double compares by its text: -0 = 0 and NaN = NaN as numbers, not as cells
+    changes = (sql.SQL("{n} IS NOT NULL AND {nt} IS DISTINCT FROM {ot}") if column_type == typed.DOUBLE
+               else sql.SQL("{n} IS NOT NULL AND {n} IS DISTINCT FROM w.{c}"))
+    return (sql.SQL("COALESCE({n}, {o})").format(n=new, o=old),
+            changes.format(n=new, c=c, nt=new_text, ot=old_text))
 
 
 def upsert_statement(target: sql.Composable, columns: list[str], staging: sql.Composable | None = None,
-                     greatest: bool = False) -> sql.Composable:
+                     greatest: bool = False, types: dict[str, str] | None = None,
+                     server: Server = render.NEWEST) -> sql.Composable:
     """The ``INSERT … ON CONFLICT`` form of ``merge_statement`` (same column-wise rule).
 
     From ``staging``, or with ``staging=None`` from ``VALUES %s`` for ``execute_values`` (the
@@ -253,7 +277,9 @@ def upsert_statement(target: sql.Composable, columns: list[str], staging: sql.Co
     if not cols:
         return sql.SQL("INSERT INTO {t} (created_time) {rows} ON CONFLICT (created_time) DO NOTHING").format(
             t=target, rows=rows)
-    sets = sql.SQL(", ").join(sql.SQL("{c} = " + _combine(greatest)).format(c=c, new=sql.SQL("EXCLUDED")) for c in cols)
+    sets = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(c, _cell_rule(c, (types or {}).get(name, typed.TEXT), greatest, server,
+                                                sql.SQL("EXCLUDED"))[0]) for name, c in zip(columns, cols))
     return sql.SQL(
         "INSERT INTO {t} AS w ({all_cols}) {rows} ON CONFLICT (created_time) DO UPDATE SET {sets}").format(
         t=target, all_cols=all_cols, rows=rows, sets=sets)
@@ -264,13 +290,18 @@ def merge_parts(cur: cursor, server_version: int, target_schema: str, staging: S
     """MERGE every part's staging table into its wide table; returns the rows merged into part 1."""
     merged = 0
     for part in layout.parts:
-        columns = [c.column_name for c in layout.part_channels(part)]
+        members = layout.part_channels(part)
         cur.execute(merge_statement(server_version, sql.Identifier(target_schema, layout.tables[part]),
-                                    staging.wide(part), columns))
+                                    staging.wide(part), [c.column_name for c in members], types=column_types(members)))
         if part == layout.parts[0]:
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(staging.wide(part)))
             merged = cur.fetchone()[0]
     return merged
+
+
+def column_types(members: list) -> dict[str, str]:
+    """column -> type of the channels (``ChannelColumn``) whose column is not text."""
+    return {c.column_name: c.column_type for c in members if c.column_type != typed.TEXT}
 
 
 def ensure_wide_tables(conn: connection, target_schema: str, layout: ShipLayout) -> int:
@@ -300,7 +331,8 @@ def ensure_wide_tables(conn: connection, target_schema: str, layout: ShipLayout)
                 if channel.column_name in existing:
                     continue
                 col = sql.Identifier(channel.column_name)
-                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text").format(ident, col))
+                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    ident, col, render.column_type(channel.column_type)))
                 cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS %s").format(ident, col),
                             (f"data_channel_id={channel.data_channel_id}",))
                 statements += 2
@@ -309,7 +341,8 @@ def ensure_wide_tables(conn: connection, target_schema: str, layout: ShipLayout)
 
 
 
-def wide_per_time(target_schema: str, layout: ShipLayout, hashes: checksums.Hashes) -> tuple[sql.Composable, dict]:
+def wide_per_time(target_schema: str, layout: ShipLayout, hashes: checksums.Hashes,
+                  server: Server = render.NEWEST) -> tuple[sql.Composable, dict]:
     """(created_time, cells, s) of one ship's wide rows in [%(lo)s, %(hi)s), all parts together.
 
     Channel names go as parameters (``%(c0)s`` …): a literal ``%`` in a name would otherwise be
@@ -325,8 +358,9 @@ def wide_per_time(target_schema: str, layout: ShipLayout, hashes: checksums.Hash
         for c in members:
             key = f"c{len(names)}"
             names[key] = c.data_channel_id
-            text = sql.SQL("{ch}::text || {us} || {col}").format(ch=sql.Placeholder(key), us=checksums.US,
-                                                                 col=sql.Identifier(c.column_name))
+            text = sql.SQL("{ch}::text || {us} || {col}").format(
+                ch=sql.Placeholder(key), us=checksums.US,
+                col=render.typed_text(sql.Identifier(c.column_name), c.column_type, server))
             terms.append(sql.SQL("coalesce({h}, 0)").format(h=hashes.cell(text)))
         sums = sql.SQL(" + ").join(terms) if terms else sql.SQL("0")
         per_part.append(sql.SQL(
@@ -353,7 +387,7 @@ class PostgresChecksums(WideChecksums):
             return {}
         group = {"bucket": Server.of(self.cur.connection).bucket_start(sql.Placeholder("width")),
                  "range": sql.SQL("0"), "time": sql.SQL("created_time")}[grouping]
-        per_time, names = wide_per_time(self.schema, layout, self.hashes)
+        per_time, names = wide_per_time(self.schema, layout, self.hashes, Server.of(self.cur.connection))
         params = {"ship": ship, "lo": lo, "hi": hi, "width": width, **names}
         return checksums.aggregates(self.cur, per_time, group, params, hashes=self.hashes)
 
@@ -372,7 +406,8 @@ class PostgresChecksums(WideChecksums):
             if found is None:
                 continue
             has_row = True
-            target.update({c.data_channel_id: v for c, v in zip(members, found) if v is not None})
+            target.update({c.data_channel_id: typed.text_of(c.column_type, v) for c, v in zip(members, found)
+                           if v is not None})
         if not has_row:
             cur.execute(sql.SQL("SELECT 1 FROM {} WHERE created_time = %s").format(
                 sql.Identifier(self.schema, layout.tables[1])), (created_time,))
@@ -437,7 +472,8 @@ class PostgresTarget(WideTarget):
 
     @property
     def rules(self) -> LayoutRules:
-        return LayoutRules(self.cfg.wide_table_template, self.cfg.max_columns_per_table, self.cfg.max_row_bytes)
+        return LayoutRules(self.cfg.wide_table_template, self.cfg.max_columns_per_table, self.cfg.max_row_bytes,
+                           typed=self.cfg.typed)
 
     @property
     def location(self) -> str:
@@ -469,6 +505,36 @@ class PostgresTarget(WideTarget):
             done += 1
         return done
 
+    def text_columns(self, conn: connection, layout: ShipLayout, kinds: dict[str, str]) -> None:
+        """``ALTER COLUMN … TYPE text USING`` the value's source text. A reader view on the wide
+        tables depends on the columns: in the same transaction it reads NULL for them while they
+        change, then the text columns (its column types stay text throughout)."""
+        import copy
+
+        server = Server.of(conn)
+        view = self.views.relation(conn.cursor(), layout.ship_id) if self.views else None
+        on_wide = view is not None and view[2] == "wide"
+        if on_wide:
+            hidden = copy.deepcopy(layout)
+            for channel in kinds:
+                del hidden.channels[channel]
+            self.views.redefine(conn, hidden)
+        with conn.cursor() as cur:
+            cur.execute(f"SET LOCAL lock_timeout = {max(1, round(self.cfg.lock_timeout_seconds * 1000))}")
+            for part in layout.parts:
+                changes = [sql.SQL("ALTER COLUMN {c} TYPE text USING {t}").format(
+                    c=sql.Identifier(c.column_name),
+                    t=render.typed_text(sql.Identifier(c.column_name), kinds[c.data_channel_id], server))
+                    for c in layout.part_channels(part) if c.data_channel_id in kinds]
+                if changes:
+                    cur.execute(sql.SQL("ALTER TABLE {} {}").format(
+                        sql.Identifier(self.cfg.schema, layout.tables[part]), sql.SQL(", ").join(changes)))
+        if on_wide:
+            done = copy.deepcopy(layout)
+            for channel in kinds:
+                done.channels[channel].column_type = typed.TEXT
+            self.views.redefine(conn, done)
+
     def chunk_write(self, chunk: Chunk, layout: ShipLayout, has_order_key: bool) -> ChunkWrite:
         return PostgresChunkWrite(self, chunk, layout, has_order_key)
 
@@ -476,23 +542,29 @@ class PostgresTarget(WideTarget):
                    txn: tuple[str, int] | None = None, index: int = 0) -> None:
         """In ``cur``'s transaction (with the stream's ledger row: ``txn`` is not needed)."""
         times = kernels.timestamp_text(wide.times)
+        server = Server.of(cur.connection)
         for part in layout.parts:
             present = [(c.column_name, col) for c, col in present_columns(layout, wide, part)]
             target = sql.Identifier(self.cfg.schema, layout.tables[part])
             names = [name for name, _ in present]
+            types = column_types([c for c, _ in present_columns(layout, wide, part)])
+            # typed cells arrive as text: the VALUES row casts them
+            values_template = "(" + ", ".join(["%s"] + [f"%s::{types.get(n, 'text')}" for n in names]) + ")"
             if wide.num_rows <= DIRECT_ROWS:
                 # A few timestamps: one parameterised upsert beats staging + COPY + merge (measured:
                 # 100 ships x 200 channels a batch, 2.6 s -> see BENCHMARKS.md).
                 rows = list(zip(times.to_pylist(), *(col.to_pylist() for _, col in present)))
-                db.execute_values(cur, upsert_statement(target, names, None, greatest), rows, page_size=len(rows))
+                db.execute_values(cur, upsert_statement(target, names, None, greatest, types, server), rows,
+                                  template=values_template, page_size=len(rows))
                 continue
             # Named per ship and part and dropped at commit: no DROP round trip per ship.
             staging = sql.Identifier(f"widen_stream_{index}_p{part}")
-            cols = [sql.SQL("{} text").format(sql.Identifier(name)) for name in names]
+            cols = [sql.SQL("{} {}").format(sql.Identifier(name), render.column_type(types.get(name, typed.TEXT)))
+                    for name in names]
             cur.execute(sql.SQL("CREATE TEMP TABLE {} (created_time timestamptz{}{}) ON COMMIT DROP").format(
                 staging, sql.SQL(", ") if cols else sql.SQL(""), sql.SQL(", ").join(cols)))
             copy_into(cur, staging, [times, *(col for _, col in present)])
-            cur.execute(merge_statement(cur.connection.server_version, target, staging, names, greatest=greatest))
+            cur.execute(merge_statement(cur.connection.server_version, target, staging, names, greatest, types))
 
     def delete_rows(self, cur: cursor, layout: ShipLayout, times: list, ranges: list) -> None:
         where = sql.SQL("(created_time = ANY(%(times)s) OR {})").format(
@@ -517,8 +589,11 @@ class PostgresTarget(WideTarget):
                 cells.append(sql.SQL("NULL::text AS {}").format(sql.Identifier(column)))
                 continue
             used.add(placed.part)
-            cells.append(sql.SQL("{} AS {}").format(sql.Identifier(alias[placed.part], placed.column_name),
-                                                   sql.Identifier(column)))
+            # text, as the narrow pivot it replaces (and in any reader's session): a column turned to
+            # text later changes no view column's type
+            cells.append(sql.SQL("{} AS {}").format(render.typed_text(
+                sql.Identifier(alias[placed.part], placed.column_name), placed.column_type, render.OLDEST_PRINTER),
+                sql.Identifier(column)))
         joins = [sql.SQL("LEFT JOIN {t} {a} ON {a}.created_time = {a1}.created_time").format(
             t=sql.Identifier(self.cfg.schema, layout.tables[part]), a=sql.Identifier(alias[part]),
             a1=sql.Identifier(alias[first])) for part in sorted(used - {first})]

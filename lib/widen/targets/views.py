@@ -123,6 +123,15 @@ class ReaderViews:
                          layout, [])
         return schema, name
 
+    def redefine(self, conn: connection, layout: ShipLayout) -> None:
+        """Define the ship's view again as it is recorded, over ``layout`` (a channel it lacks
+        reads NULL), in the caller's DDL transaction."""
+        with conn.cursor() as cur:
+            recorded = catalog.recorded(cur, self.catalog_schema, layout.ship_id)
+            if recorded is not None:
+                self._define(conn, cur, recorded, layout.ship_id,
+                             catalog.columns(cur, self.catalog_schema, layout.ship_id), layout, [])
+
     def _define(self, conn: connection, cur: cursor, view: tuple[str, str, str], ship: str,
                 columns: list[tuple[str, str]], layout: ShipLayout, new: list[tuple[str, str]]) -> int:
         schema, name, reads = view
