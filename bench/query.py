@@ -137,12 +137,29 @@ def narrow_q3(ship, channels):
 
 
 def wide_q3(w: Wide, channels):
-    rows = []
-    for c in sorted(channels):
-        column = sql.Identifier(w.layout.channels[c].column_name)
-        rows.append(sql.SQL("(SELECT {ch}, created_time, {col}::text FROM {t} WHERE {col} IS NOT NULL "
-                            "ORDER BY created_time DESC LIMIT 1)").format(ch=sql.Literal(c), col=column, t=w.table(c)))
-    return sql.SQL(" UNION ALL ").join(rows)
+    """The latest row of each part table holds most channels' latest values; a channel NULL there
+    is looked up on its own (a backward scan of the primary key to its last non-NULL value)."""
+    def run(cur) -> list:
+        found = {}
+        for part in w.layout.parts:
+            members = [c for c in w.layout.part_channels(part) if c.data_channel_id in channels]
+            cur.execute(sql.SQL("SELECT created_time, {} FROM {} ORDER BY created_time DESC LIMIT 1").format(
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.column_name)) for c in members),
+                sql.Identifier(w.schema, w.layout.tables[part])))
+            row = cur.fetchone()
+            for c, value in zip(members, row[1:]):
+                if value is not None:
+                    found[c.data_channel_id] = (c.data_channel_id, row[0], value)
+        missing = sorted(set(channels) - set(found))
+        if missing:
+            cur.execute(sql.SQL(" UNION ALL ").join(
+                sql.SQL("(SELECT {ch}, created_time, {col}::text FROM {t} WHERE {col} IS NOT NULL "
+                        "ORDER BY created_time DESC LIMIT 1)").format(
+                    ch=sql.Literal(c), col=sql.Identifier(w.layout.channels[c].column_name), t=w.table(c))
+                for c in missing))
+            found.update({r[0]: r for r in cur.fetchall()})
+        return [found[c] for c in sorted(found)]
+    return run
 
 
 def narrow_q4(ship, a, b, x, y):
@@ -179,17 +196,41 @@ def wide_q5(w: Wide, channels, day):
 
 # --- running and checking ---------------------------------------------------------------------------
 
+def ask(cur, query) -> list:
+    """A question's answer: a statement's rows, or what a function of the cursor returns."""
+    if callable(query):
+        return query(cur)
+    cur.execute(query)
+    return cur.fetchall()
+
+
 def timed(conn, query, repeat: int) -> tuple[float, list]:
+    """Warm: once to fill the caches, then the best of ``repeat``."""
     with conn.cursor() as cur:
-        cur.execute(query)
-        answer = cur.fetchall()
+        answer = ask(cur, query)
         best = math.inf
         for _ in range(repeat):
             began = time.perf_counter()
-            cur.execute(query)
-            cur.fetchall()
+            ask(cur, query)
             best = min(best, time.perf_counter() - began)
     return best, answer
+
+
+def timed_cold(home: Path, cfg, query) -> tuple[float, list]:
+    """Cold: the server restarted and the kernel's page cache dropped before the one run (what an
+    analyst meets on a narrow table bigger than memory)."""
+    embedded.stop(home)
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    embedded.ensure_running(home, port=cfg.target.connection.port)
+    conn = connect(cfg)
+    try:
+        with conn.cursor() as cur:
+            began = time.perf_counter()
+            answer = ask(cur, query)
+            return time.perf_counter() - began, answer
+    finally:
+        conn.close()
 
 
 def _same_value(a, b) -> bool:
@@ -249,6 +290,9 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=150)
     parser.add_argument("--hours", type=float, default=48)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cold", action="store_true",
+                        help="also time each question once from a cold cache (restarts the server; needs root "
+                             "to drop the kernel's page cache)")
     parser.add_argument("--reuse-data", action="store_true", help="keep the narrow table and wide tables of the last run")
     parser.add_argument("--home", default=str(ROOT / ".local" / "bench"))
     args = parser.parse_args()
@@ -308,7 +352,7 @@ def main() -> int:
         "q4 A > x and B < y": (narrow_q4(ship, a, b, x, y), lambda w: wide_q4(w, a, b, x, y)),
         "q5 1-min avg of 20, a day": (narrow_q5(ship, twenty, day), lambda w: wide_q5(w, twenty, day)),
     }
-    results, equal = {}, {}
+    results, equal, cold = {}, {}, {}
     for label, (narrow_query, wide_query) in questions.items():
         times, answers = {}, {}
         times["narrow"], answers["narrow"] = timed(conn, narrow_query, args.repeat)
@@ -318,6 +362,15 @@ def main() -> int:
         equal[label] = all(same(answers["narrow"], answers[form]) for form in FORMS)
         print(f"{label}: narrow {times['narrow']:.3f} s, text {times['text']:.3f} s, typed {times['typed']:.3f} s, "
               f"{len(answers['narrow'])} rows, equal {equal[label]}", flush=True)
+    if args.cold:
+        conn.close()
+        for label, (narrow_query, wide_query) in questions.items():
+            cold[label] = {"narrow": timed_cold(Path(args.home), configs["text"], narrow_query)[0]}
+            for form in FORMS:
+                cold[label][form] = timed_cold(Path(args.home), configs["text"], wide_query(wides[form]))[0]
+            print(f"{label} (cold): narrow {cold[label]['narrow']:.3f} s, text {cold[label]['text']:.3f} s, "
+                  f"typed {cold[label]['typed']:.3f} s", flush=True)
+        conn = connect(configs["text"])
 
     sizes = {"narrow": size_of(conn, [NARROW])}
     for form in FORMS:
@@ -326,15 +379,19 @@ def main() -> int:
 
     print(f"\n{narrow_rows:,} narrow rows, {args.ships} ships x {args.channels} channels x {args.hours:g} h; ship "
           f"{ship!r}; {os.cpu_count()} cores, {platform.machine()}; best of {args.repeat} after a warm-up")
-    print(f"{'question':<28} {'narrow s':>9} {'text s':>8} {'typed s':>8} {'text x':>7} {'typed x':>8} {'equal':>6}")
+    print(f"{'question':<36} {'narrow s':>9} {'text s':>8} {'typed s':>8} {'text x':>7} {'typed x':>8} {'equal':>6}")
     for label, times in results.items():
-        print(f"{label:<28} {times['narrow']:>9.3f} {times['text']:>8.3f} {times['typed']:>8.3f} "
+        print(f"{label:<36} {times['narrow']:>9.3f} {times['text']:>8.3f} {times['typed']:>8.3f} "
               f"{times['narrow'] / times['text']:>6.1f}x {times['narrow'] / times['typed']:>7.1f}x {str(equal[label]):>6}")
-    print(f"{'size on disk (with indexes)':<28} {sizes['narrow'] / 2**20:>7.0f}MB {sizes['text'] / 2**20:>6.0f}MB "
+    for label, times in cold.items():
+        print(f"{label + ' (cold)':<36} {times['narrow']:>9.3f} {times['text']:>8.3f} {times['typed']:>8.3f} "
+              f"{times['narrow'] / times['text']:>6.1f}x {times['narrow'] / times['typed']:>7.1f}x")
+    print(f"{'size on disk (with indexes)':<36} {sizes['narrow'] / 2**20:>7.0f}MB {sizes['text'] / 2**20:>6.0f}MB "
           f"{sizes['typed'] / 2**20:>6.0f}MB {sizes['narrow'] / sizes['text']:>6.1f}x {sizes['narrow'] / sizes['typed']:>7.1f}x")
     if backfill_seconds:
         print(f"backfill: text {backfill_seconds['text']:.1f} s, typed {backfill_seconds['typed']:.1f} s")
-    print(json.dumps({"narrow_rows": narrow_rows, "seconds": results, "equal": equal, "bytes": sizes,
+    print(json.dumps({"narrow_rows": narrow_rows, "seconds": results, "cold_seconds": cold, "equal": equal,
+                      "bytes": sizes,
                       "backfill_seconds": {k: round(v, 1) for k, v in backfill_seconds.items()}}))
     conn.close()
     return 0 if all(equal.values()) else 1

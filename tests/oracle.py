@@ -110,9 +110,14 @@ def copy_delta_tables(spark, cur, delta_root: str, catalog_schema: str, into_sch
     from widen.targets.delta import quoted, table_dir
 
     cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s}").format(s=sql.Identifier(into_schema)))
-    cur.execute(sql.SQL("SELECT table_name, array_agg(column_name ORDER BY column_name) FROM {} c "
+    cur.execute(sql.SQL("SELECT table_name, array_agg(column_name ORDER BY column_name), "
+                        "array_agg(coalesce(column_type, 'text') ORDER BY column_name) FROM {} c "
                         "GROUP BY 1").format(sql.Identifier(catalog_schema, "channel_columns")))
-    columns = dict(cur.fetchall())
+    rows = cur.fetchall()
+    columns = {table: names for table, names, _ in rows}
+    # typed columns (target.column_types typed) keep their type, so the oracle compares their text
+    # as PostgreSQL prints it; a double goes over as its exact repr (psycopg2 loses -0.0)
+    kinds = {table: dict(zip(names, types)) for table, names, types in rows}
     cur.execute(sql.SQL("SELECT table_name FROM {}").format(sql.Identifier(catalog_schema, "wide_tables")))
     for (table,) in cur.fetchall():
         frame = spark.read.format("delta").load(f"{delta_root}/{table_dir(table)}")
@@ -120,14 +125,17 @@ def copy_delta_tables(spark, cur, delta_root: str, catalog_schema: str, into_sch
         assert sorted(frame.columns) == sorted(["created_time", *expected]), (table, frame.columns)
         cur.execute(sql.SQL("CREATE TABLE {} (created_time timestamptz PRIMARY KEY{})").format(
             sql.Identifier(into_schema, table),
-            sql.SQL("").join(sql.SQL(", {} text").format(sql.Identifier(c)) for c in expected)))
+            sql.SQL("").join(sql.SQL(", {} {}").format(sql.Identifier(c), sql.SQL(kinds[table][c])) for c in expected)))
         rows = frame.select("created_time", *[quoted(c) for c in expected]).toArrow().to_pylist()
         if rows:
             from psycopg2.extras import execute_values
 
             # execute_values %-formats its text: a '%' in the table name must be doubled first.
             insert = "INSERT INTO " + sql.Identifier(into_schema, table).as_string(cur).replace("%", "%%")
-            execute_values(cur, insert + " VALUES %s", [tuple(r.values()) for r in rows])
+            from psycopg2.extensions import AsIs
+
+            execute_values(cur, insert + " VALUES %s", [
+                tuple(AsIs(f"'{v!r}'::float8") if isinstance(v, float) else v for v in r.values()) for r in rows])
 
 
 def reader_view(cur, catalog_schema: str, ship: str) -> tuple[sql.Identifier, str, list[str]]:

@@ -69,20 +69,40 @@ def test_fits_agrees_with_postgres(batch, pg):
             assert typed.fits(column_type, pa.array(batch, pa.string())) == all(expected)
 
 
-def test_typed_delta_target_is_refused(make_config, tmp_path):
+def test_unknown_column_types_are_refused(make_config):
     with pytest.raises(ConfigError, match="column_types"):
-        make_config("typed_delta", target__kind="delta", target__delta_root=str(tmp_path),
-                    target__column_types="typed")
+        make_config("typed_bad", target__column_types="double")
 
 
-def fresh(pg) -> None:
+def fresh(pg, name: str = NAME) -> None:
     with pg.cursor() as cur:
-        for schema in (f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"):
+        for schema in (f"src_{name}", f"wide_{name}", f"cat_{name}"):
             cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(f"src_{NAME}")))
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(f"src_{name}")))
         cur.execute(sql.SQL("CREATE TABLE {} (ship_id text, data_channel_id text, created_time timestamptz, "
                             "value_format text, double_v double precision, long_v bigint, str_v text, "
-                            "bool_v boolean)").format(sql.Identifier(f"src_{NAME}", "tbl_data_timeseries")))
+                            "bool_v boolean)").format(sql.Identifier(f"src_{name}", "tbl_data_timeseries")))
+
+
+def hostile_rows() -> list[tuple]:
+    """nasty.rows() (NaN, ±Infinity, -0, 1e300, 5e-324, bigint extremes, …) and channels for the types."""
+    return nasty.rows() + [
+        # one channel, two formats: text from the plan on
+        (SHIP, "mixed", nasty.at(0), "Decimal", 1.5, None, None, None),
+        (SHIP, "mixed", nasty.at(15), "String", None, None, "1.50", None),
+        # -0 and 0 in one double column: equal as numbers, different cells
+        (SHIP, "zeros", nasty.at(0), "Decimal", -0.0, None, None, None),
+        (SHIP, "zeros", nasty.at(15), "Decimal", 0.0, None, None, None),
+        (SHIP, "late", nasty.at(0), "Decimal", 2.5, None, None, None),
+    ]
+
+
+#: after the plan, a String reading reaches the Decimal channel "late", in a later chunk
+LATE_STRING = (SHIP, "late", nasty.at(7200), "String", None, None, "2.50", None)
+#: for the stream: a String reading in the bigint column "integer", a double and a boolean
+STREAMED = [(SHIP, "integer", nasty.at(60), "String", None, None, "007", None),
+            (SHIP, "decimal", nasty.at(3600 * 3), "Decimal", 0.1 + 0.7, None, None, None),
+            (OTHER, "boolean", nasty.at(3600 * 3), "Boolean", None, None, None, True)]
 
 
 def column_types(cur, ship: str) -> dict[str, tuple[str, str]]:
@@ -114,16 +134,7 @@ def test_typed_journey_on_postgres(make_config, spark, pg, tmp_path):
     config = make_config(NAME, target__column_types="typed")
     config = replace(config, stream=replace(config.stream, start="earliest", settle_seconds=0.0, query_name=NAME,
                                             checkpoint=str(tmp_path / "cp")))
-    rows = nasty.rows() + [
-        # one channel, two formats: text from the plan on
-        (SHIP, "mixed", nasty.at(0), "Decimal", 1.5, None, None, None),
-        (SHIP, "mixed", nasty.at(15), "String", None, None, "1.50", None),
-        # -0 and 0 in one double column: equal as numbers, different cells
-        (SHIP, "zeros", nasty.at(0), "Decimal", -0.0, None, None, None),
-        (SHIP, "zeros", nasty.at(15), "Decimal", 0.0, None, None, None),
-        (SHIP, "late", nasty.at(0), "Decimal", 2.5, None, None, None),
-    ]
-    nasty.insert(pg, f"src_{NAME}", rows)
+    nasty.insert(pg, f"src_{NAME}", hostile_rows())
 
     planned = plan.run(config, spark)
     assert planned.exit_code == 0, planned.report
@@ -135,8 +146,7 @@ def test_typed_journey_on_postgres(make_config, spark, pg, tmp_path):
             sql.Identifier(f"cat_{NAME}", "channel_columns")), (SHIP,))
         assert dict(cur.fetchall()) == {"decimal": "double precision", "integer": "bigint", "mixed": "text",
                                         "zeros": "double precision", "late": "double precision"}
-    # after the plan a String reading reaches the Decimal channel "late", in a later chunk
-    nasty.insert(pg, f"src_{NAME}", [(SHIP, "late", nasty.at(7200), "String", None, None, "2.50", None)])
+    nasty.insert(pg, f"src_{NAME}", [LATE_STRING])
 
     filled = backfill.run(config, spark)
     assert filled.exit_code == 0, filled.report
@@ -167,10 +177,7 @@ def test_typed_journey_on_postgres(make_config, spark, pg, tmp_path):
     with db.connection(config.target.connection) as conn:
         views.switch(conn, target.layouts.load(conn, SHIP), WIDE)
         conn.commit()
-    nasty.insert(pg, f"src_{NAME}", [
-        (SHIP, "integer", nasty.at(60), "String", None, None, "007", None),
-        (SHIP, "decimal", nasty.at(3600 * 3), "Decimal", 0.1 + 0.7, None, None, None),
-        (OTHER, "boolean", nasty.at(3600 * 3), "Boolean", None, None, None, True)])
+    nasty.insert(pg, f"src_{NAME}", STREAMED)
     streamed = stream.run(config, spark, once=True)
     assert streamed.exit_code == 0, streamed.report
     check_oracle(pg)
@@ -232,3 +239,71 @@ def test_typed_merges_compare_cells_by_their_text(pg, server_version):
         # by byte order "5" > "-0" but "NaN" > "5" (as numbers NaN is the greatest too; -0 < 5); "9" > "10"
         assert cur.fetchall() == [("5", 9), ("NaN", 9)]
         cur.execute("DROP SCHEMA typed_merge CASCADE")
+
+
+def test_typed_journey_on_delta(make_config, spark, pg, tmp_path):
+    """The same journey into Delta tables: typed Spark columns, a column rewritten as text by the
+    backfill and another by the stream, reconcile exact on the hostile values, tampered cells
+    found and repaired; checked by copying the Delta tables (typed) into PostgreSQL for the oracle."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from widen.targets.delta import table_dir
+
+    name = "typed_delta"
+    fresh(pg, name)
+    root = str(tmp_path / "lake")
+    config = make_config(name, target__kind="delta", target__delta_root=root, target__column_types="typed")
+    config = replace(config, stream=replace(config.stream, start="earliest", settle_seconds=0.0, query_name=name,
+                                            checkpoint=str(tmp_path / "cp")))
+    nasty.insert(pg, f"src_{name}", hostile_rows())
+
+    def check() -> None:
+        with pg.cursor() as cur:
+            oracle.copy_delta_tables(spark, cur, root, f"cat_{name}", f"wide_{name}")
+            oracle.assert_equal_to_oracle(cur, f"src_{name}", f"wide_{name}", f"cat_{name}")
+
+    def spark_types(ship: str) -> dict[str, str]:
+        with pg.cursor() as cur:
+            cur.execute(sql.SQL("SELECT data_channel_id, table_name, column_name FROM {} WHERE ship_id = %s").format(
+                sql.Identifier(f"cat_{name}", "channel_columns")), (ship,))
+            placed = cur.fetchall()
+        out = {}
+        for channel, table, column in placed:
+            schema = spark.read.format("delta").load(f"{root}/{table_dir(table)}").schema
+            out[channel] = schema[column].dataType.simpleString()
+        return out
+
+    assert plan.run(config, spark).exit_code == 0
+    nasty.insert(pg, f"src_{name}", [LATE_STRING])
+    filled = backfill.run(config, spark)
+    assert filled.exit_code == 0, filled.report
+    check()
+    types = spark_types(SHIP)
+    assert (types["decimal"], types["integer"], types["zeros"], types["mixed"], types["late"]) == (
+        "double", "bigint", "double", "string", "string")
+    assert spark_types(OTHER)["boolean"] == "boolean"
+    clean = reconcile.run(config, spark)
+    assert clean.exit_code == 0, clean.report
+
+    nasty.insert(pg, f"src_{name}", STREAMED)
+    streamed = stream.run(config, spark, once=True)
+    assert streamed.exit_code == 0, streamed.report
+    check()
+    assert spark_types(SHIP)["integer"] == "string"
+
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id, data_channel_id, table_name, column_name FROM {} WHERE "
+                            "(ship_id, data_channel_id) IN ((%s, 'zeros'), (%s, 'boolean'))").format(
+            sql.Identifier(f"cat_{name}", "channel_columns")), (SHIP, OTHER))
+        placed = {(ship, channel): (table, column) for ship, channel, table, column in cur.fetchall()}
+    for (ship, channel), value in (((SHIP, "zeros"), F.lit(0.0)), ((OTHER, "boolean"), F.lit(False))):
+        table, column = placed[(ship, channel)]
+        DeltaTable.forPath(spark, f"{root}/{table_dir(table)}").update(
+            F.col("created_time") == F.lit(nasty.at(0)), {f"`{column}`": value})
+    found = reconcile.run(config, spark)
+    assert found.exit_code == 1, found.report
+    assert found.summary["cells_different"] == 2, found.report
+    repaired = reconcile.run(config, spark, repair=True)
+    assert repaired.exit_code == 0, repaired.report
+    check()

@@ -581,9 +581,6 @@ def parse(raw: dict, env: dict[str, str] | None = None) -> Config:
     if source.mode == "cdc" and target.is_delta:
         raise ConfigError("source.mode cdc writes updates and deletes into PostgreSQL wide tables; a Delta "
                           "target (target.kind delta) takes source.mode poll for now")
-    if target.typed and target.is_delta:
-        raise ConfigError("target.column_types typed is for PostgreSQL wide tables for now; a Delta target "
-                          "(target.kind delta) takes target.column_types text")
     if "{ship_id}" not in target.wide_table_template:
         raise ConfigError("target.wide_table_template: must contain {ship_id}")
     if target.is_delta and bool(target.delta_root) == bool(target.delta_database):

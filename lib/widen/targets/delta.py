@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from widen.catalog import ledger
 from widen.config import TargetConfig
-from widen.core import kernels, naming
+from widen.core import kernels, naming, typed
 from widen.core.checksum import HASH_MD5, UNIT_SEPARATOR, Aggregate, from_micros
 from widen.core.chunks import Chunk
 from widen.core.layout import ChannelColumn, LayoutRules, ShipLayout
@@ -110,7 +110,7 @@ class DeltaTarget(WideTarget):
         collide when their directories (or metastore names) do."""
         key = naming.delta_dir_name if self.target.delta_root else functools.partial(naming.delta_dir_name, lower=True)
         return LayoutRules(self.target.wide_table_template, self.target.max_columns_per_table, float("inf"),
-                           fold_case=True, storage_key=key)
+                           fold_case=True, storage_key=key, typed=self.target.typed)
 
     @property
     def location(self) -> str:
@@ -178,17 +178,19 @@ class DeltaTarget(WideTarget):
         builder = builder.comment(f"widen: ship_id={ship} part={part}")
         builder = builder.addColumn("created_time", "TIMESTAMP", nullable=False)
         for c in members:
-            builder = builder.addColumn(c.column_name, "STRING", comment=f"data_channel_id={c.data_channel_id}")
+            builder = builder.addColumn(c.column_name, typed.SPARK_TYPES[c.column_type].upper(),
+                                        comment=f"data_channel_id={c.data_channel_id}")
         for key, value in TABLE_PROPERTIES.items():
             builder = builder.property(key, value)
         builder.execute()
 
     def _add_columns(self, name: str, members: list[ChannelColumn]) -> None:
         """Schema evolution by an empty append with ``mergeSchema``: no SQL text holds a name."""
-        from pyspark.sql.types import StringType, StructField, StructType, TimestampType
+        from pyspark.sql.types import StructField, StructType, TimestampType, _parse_datatype_string
 
         schema = StructType([StructField("created_time", TimestampType(), False)] + [
-            StructField(c.column_name, StringType(), True, {"comment": f"data_channel_id={c.data_channel_id}"})
+            StructField(c.column_name, _parse_datatype_string(typed.SPARK_TYPES[c.column_type]), True,
+                        {"comment": f"data_channel_id={c.data_channel_id}"})
             for c in members])
         writer = self.spark.createDataFrame([], schema).write.format("delta").mode("append") \
             .option("mergeSchema", "true")
@@ -197,6 +199,26 @@ class DeltaTarget(WideTarget):
             writer.save(path)
         else:
             writer.saveAsTable(self.qualified(name))
+
+    def text_columns(self, conn: connection, layout: ShipLayout, kinds: dict[str, str]) -> None:
+        """Rewrite each part table that has one of the columns with them as the source's text (one
+        overwrite commit per table, schema replaced; the rows and the other columns unchanged)."""
+        from pyspark.sql import functions as F
+
+        for part in layout.parts:
+            changed = {c.column_name: c for c in layout.part_channels(part) if c.data_channel_id in kinds}
+            if not changed or not self.exists(layout.tables[part]):
+                continue
+            name = layout.tables[part]
+            frame = self.read(name)
+            frame = frame.select(*[
+                source_text(F.col(quoted(col)), kinds[changed[col].data_channel_id]).alias(
+                    col, metadata={"comment": f"data_channel_id={changed[col].data_channel_id}"})
+                if col in changed else F.col(quoted(col)) for col in frame.columns])
+            writer = frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+            path = self.path(name)
+            retry_conflicts(lambda w=writer, p=path, n=name: w.save(p) if p is not None else w.saveAsTable(
+                self.qualified(n)), f"columns of {name} to text")
 
     def drop(self, layout: ShipLayout) -> list[str]:
         """Drop the ship's part tables (their directories, under a root). Returns what was dropped."""
@@ -218,16 +240,25 @@ class DeltaTarget(WideTarget):
 
     # -- DML ---------------------------------------------------------------------------------------
     def merge(self, table_name: str, source: DataFrame, columns: list[tuple[str, str]], greatest: bool,
-              lo: dt.datetime, hi: dt.datetime, txn: tuple[str, int] | None = None) -> None:
+              lo: dt.datetime, hi: dt.datetime, txn: tuple[str, int] | None = None,
+              types: dict[str, str] | None = None) -> None:
         """Column-wise MERGE of ``source`` (``created_time`` and internal column names) into a table.
 
         ``columns`` pairs each source column with its target column. A NULL never overwrites a
         value; a value replaces the old one, or with ``greatest`` the greater by byte order stays
         (Spark compares strings by their UTF-8 bytes, like ``COLLATE "C"``). Only rows in
         [``lo``, ``hi``] are looked at. With ``txn`` = (app id, version) the commit is skipped when
-        the table already has that version of that app id.
+        the table already has that version of that app id. ``types``: target column -> its type
+        where not text (``core.typed``): the source's text is cast to it, and cells compare by the
+        text the source printed (-0 is not 0; ``greatest`` by byte order, as for text).
         """
         from pyspark.sql import functions as F
+
+        types = types or {}
+        if types:
+            source = source.select("created_time", *[
+                F.col(quoted(src)).cast(typed.SPARK_TYPES[types[dst]]).alias(src) if dst in types else F.col(quoted(src))
+                for src, dst in columns])
 
         def new(src: str):
             return F.col(f"s.{quoted(src)}")
@@ -238,11 +269,21 @@ class DeltaTarget(WideTarget):
         condition = ((F.col("w.created_time") == F.col("s.created_time"))
                      & F.col("w.created_time").between(F.lit(lo), F.lit(hi)))
         if greatest:
-            sets = {quoted(dst): F.greatest(new(src), old(dst)) for src, dst in columns}
-            changes = [new(src).isNotNull() & (old(dst).isNull() | (new(src) > old(dst))) for src, dst in columns]
+            sets, changes = {}, []
+            for src, dst in columns:
+                if dst not in types:
+                    sets[quoted(dst)] = F.greatest(new(src), old(dst))
+                    changes.append(new(src).isNotNull() & (old(dst).isNull() | (new(src) > old(dst))))
+                    continue
+                bigger = new(src).isNotNull() & (old(dst).isNull() | (
+                    source_text(new(src), types[dst]) > source_text(old(dst), types[dst])))
+                sets[quoted(dst)] = F.when(bigger, new(src)).otherwise(old(dst))
+                changes.append(bigger)
         else:
             sets = {quoted(dst): F.coalesce(new(src), old(dst)) for src, dst in columns}
-            changes = [new(src).isNotNull() & ~new(src).eqNullSafe(old(dst)) for src, dst in columns]
+            # Spark's own text of a double is exact (-0.0 and 0.0 differ), not the source's
+            changes = [new(src).isNotNull() & ~(new(src).cast("string") if dst in types else new(src)).eqNullSafe(
+                old(dst).cast("string") if dst in types else old(dst)) for src, dst in columns]
         inserts = {"created_time": F.col("s.created_time"), **{quoted(dst): new(src) for src, dst in columns}}
 
         def run():
@@ -403,7 +444,7 @@ def merge_wide(target: DeltaTarget, layout: ShipLayout, wide: kernels.Pivoted, g
                           **{name: col for name, (_, col) in zip(names, present)}})
         frame = target.spark.createDataFrame(table)
         target.merge(layout.tables[part], frame, [(name, c.column_name) for name, (c, _) in zip(names, present)],
-                     greatest, lo, hi, txn)
+                     greatest, lo, hi, txn, column_types([c for c, _ in present]))
 
 
 def merge_chunk(target: DeltaTarget, layout: ShipLayout, writer: DeltaChunkWriter, output: DataFrame) -> None:
@@ -420,7 +461,38 @@ def merge_chunk(target: DeltaTarget, layout: ShipLayout, writer: DeltaChunkWrite
         columns = [(writer.internal_names[index + i], c.column_name) for i, c in enumerate(members)]
         index += len(members)
         target.merge(layout.tables[part], wide.select("created_time", *(src for src, _ in columns)),
-                     columns, False, lo, hi)
+                     columns, False, lo, hi, types=column_types(members))
+
+
+def column_types(members: list[ChannelColumn]) -> dict[str, str]:
+    """column -> type of the channels whose column is not text."""
+    return {c.column_name: c.column_type for c in members if c.column_type != typed.TEXT}
+
+
+def source_text(col: Column, column_type: str) -> Column:
+    """A typed Delta column's value as the source printed it (PostgreSQL 12's text of a double, by
+    ``values.float8_text`` in a vectorised UDF: Spark has no exact equivalent)."""
+    from pyspark.sql import functions as F
+
+    if column_type == typed.DOUBLE:
+        # pandas gives a NULL as NaN too: the NULLs are put back outside the UDF
+        return F.when(col.isNotNull(), _float8_text_udf()(col))
+    return col.cast("string")
+
+
+@functools.cache
+def _float8_text_udf() -> Callable:
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+
+    def float8_text(values: Any) -> Any:
+        from widen.core.values import float8_text as text
+
+        return pd.Series([text(float(v)) for v in values], dtype=object)
+
+    # real types (not this module's postponed strings): Spark reads them to pick a Series UDF
+    float8_text.__annotations__ = {"values": pd.Series, "return": pd.Series}
+    return pandas_udf(float8_text, "string")
 
 
 def chunk_rejects(output: DataFrame, ship_id: str, rows_per_batch: int = 10_000) -> Iterator[pa.Table]:
@@ -517,7 +589,9 @@ class DeltaChecksums(WideChecksums):
             cols = [F.col(quoted(c.column_name)) for c in members]
             cells = reduce(lambda a, b: a + b, [c.isNotNull().cast("bigint") for c in cols], F.lit(0).cast("bigint"))
             sums = reduce(lambda a, b: a + b, [
-                F.coalesce(self._cell(F.concat(F.lit(c.data_channel_id + UNIT_SEPARATOR), col)), F.lit(0).cast("bigint"))
+                F.coalesce(self._cell(F.concat(F.lit(c.data_channel_id + UNIT_SEPARATOR),
+                                               source_text(col, c.column_type) if c.column_type != typed.TEXT else col)),
+                           F.lit(0).cast("bigint"))
                 for c, col in zip(members, cols)], F.lit(0).cast("bigint"))
             frames.append(frame.select("created_time", cells.alias("cells"), sums.alias("s")))
         united = reduce(lambda a, b: a.unionByName(b), frames)
@@ -559,7 +633,8 @@ class DeltaChecksums(WideChecksums):
             if not found:
                 continue
             has_row = True
-            target.update({c.data_channel_id: v for c, v in zip(members, found[0][1:]) if v is not None})
+            target.update({c.data_channel_id: typed.text_of(c.column_type, v) for c, v in zip(members, found[0][1:])
+                           if v is not None})
         return has_row, target
 
 
