@@ -40,6 +40,7 @@ bench: setup
 	$(PY) bench/stream.py
 	$(PY) bench/reconcile.py
 	$(PY) bench/rollback.py
+	$(PY) bench/query.py
 
 db-start: setup
 	$(PY) -m widen.embedded start

@@ -15,7 +15,8 @@ Each is run once to warm the cache, then --repeat times; the best time counts. T
 three forms must be equal (values compared as doubles; averages to 1e-9 relative). Also prints
 each form's size on disk (tables, TOAST and indexes) and the backfill time in text and in typed mode.
 
-    .venv/bin/python bench/query.py [--small] [--reuse-data] [--repeat 3]
+    .venv/bin/python bench/query.py [--small] [--reuse-data | --reuse-wide] [--repeat 3] [--cold]
+                                    [--backfill-order typed,text]
 """
 from __future__ import annotations
 
@@ -293,7 +294,10 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true",
                         help="also time each question once from a cold cache (restarts the server; needs root "
                              "to drop the kernel's page cache)")
-    parser.add_argument("--reuse-data", action="store_true", help="keep the narrow table and wide tables of the last run")
+    parser.add_argument("--reuse-data", action="store_true", help="keep the narrow table of the last run")
+    parser.add_argument("--reuse-wide", action="store_true", help="keep its wide tables too (no backfill)")
+    parser.add_argument("--backfill-order", default="text,typed",
+                        help="which mode's backfill runs first (the first also warms the JVM)")
     parser.add_argument("--home", default=str(ROOT / ".local" / "bench"))
     args = parser.parse_args()
     if args.small:
@@ -302,6 +306,8 @@ def main() -> int:
     configs = {form: make_config(server, form) for form in FORMS}
     conn = connect(configs["text"])
     backfill_seconds: dict[str, float] = {}
+    if args.reuse_wide:
+        args.reuse_data = True
     if not args.reuse_data:
         made = generate.generate_fleet(configs["text"].source.connection, SRC_SCHEMA, ships=args.ships,
                                        channels=args.channels, hours=args.hours, replace=True, replace_any_table=True)
@@ -314,9 +320,10 @@ def main() -> int:
         cur.execute("VACUUM ANALYZE " + NARROW.as_string(cur))
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(NARROW))
         narrow_rows = cur.fetchone()[0]
-    if not args.reuse_data:
+    if not args.reuse_wide:
         spark = get_spark(configs["text"])
-        for form, cfg in configs.items():
+        for form in args.backfill_order.split(","):
+            cfg = configs[form]
             with conn.cursor() as cur:
                 for schema in FORMS[form]:
                     cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
