@@ -17,7 +17,7 @@ Prints narrow rows/s and the ratios, and checks that every competitor's tables e
 (EXCEPT both ways). Default data: 8 ships x 150 channels x 48 h at 15 s = 13.8M narrow rows;
 --small gives 2 ships x 40 channels x 6 h.
 
-    .venv/bin/python bench/backfill.py [--small] [--skip spark-native] [--reuse-data]
+    .venv/bin/python bench/backfill.py [--small] [--skip spark-native] [--reuse-data] [--cli] [--hours 192]
                                        [--old-source pgbuilds/11.22]
 """
 from __future__ import annotations
@@ -57,8 +57,12 @@ CATALOG = "bench_catalog"
 
 
 def make_config(server) -> widen_config.Config:
+    return widen_config.parse(raw_config(server))
+
+
+def raw_config(server) -> dict:
     conn = {"host": server.host, "port": server.port, "database": server.database, "user": server.user}
-    return widen_config.parse({
+    return ({
         "embedded": "never", "jars_dir": str(ROOT / "jars"),
         "source": {**conn, "schema": SRC_SCHEMA},
         "target": {**conn, "schema": SCHEMAS["widen"], "catalog_schema": CATALOG},
@@ -101,12 +105,38 @@ def create_tables(conn, schema: str, ship_layouts) -> None:
 
 # --- competitors -----------------------------------------------------------------------------
 
-def run_widen(cfg, spark) -> float:
+#: widen's time before its first chunk started, per run name (from the backfill's summary)
+BEFORE_FIRST_CHUNK: dict[str, float] = {}
+
+
+def run_widen(cfg, spark, name: str = "widen") -> float:
     """A backfill from scratch: it finds the channels itself (the others are handed them)."""
     began = time.monotonic()
     result = backfill.run(cfg, spark)
     assert result.exit_code == 0, result.summary
+    BEFORE_FIRST_CHUNK[name] = result.summary["seconds_before_first_chunk"]
     return time.monotonic() - began
+
+
+def run_widen_cli(raw: dict, home: str) -> tuple[float, float]:
+    """``./spark-submit.sh plan`` then ``./spark-submit.sh backfill``, as a user runs them (a JVM
+    start for the backfill; plan runs as plain Python): (plan seconds, backfill seconds)."""
+    import subprocess
+
+    path = Path(home) / "bench-cli.yaml"
+    path.write_text(json.dumps(raw))          # YAML reads JSON
+    times = []
+    for job in ("plan", "backfill"):
+        began = time.monotonic()
+        done = subprocess.run([str(ROOT / "spark-submit.sh"), job, "--config", str(path)], capture_output=True,
+                              text=True, env={**os.environ, "WIDEN_HOME": home})
+        times.append(time.monotonic() - began)
+        if done.returncode != 0:
+            raise SystemExit(f"{job} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        if job == "backfill":
+            BEFORE_FIRST_CHUNK["widen"] = summary["seconds_before_first_chunk"]
+    return times[0], times[1]
 
 
 def delta_config(cfg, home: str):
@@ -313,6 +343,9 @@ def main() -> int:
     parser.add_argument("--reuse-data", action="store_true", help="keep the narrow table of the last run")
     parser.add_argument("--home", default=str(ROOT / ".local" / "bench"))
     parser.add_argument("--delta", action="store_true", help="also backfill into Delta tables (widen-delta)")
+    parser.add_argument("--cli", action="store_true",
+                        help="widen as a user runs it: ./spark-submit.sh plan, then ./spark-submit.sh backfill "
+                             "(JVM start included)")
     parser.add_argument("--old-source", type=Path, metavar="BUILD",
                         help="also backfill from an old server started from this build (e.g. pgbuilds/11.22)")
     args = parser.parse_args()
@@ -334,11 +367,17 @@ def main() -> int:
         print(f"copied the narrow table to PostgreSQL {args.old_source.name} in "
               f"{copy_narrow_table(cfg, old_cfg):.0f} s", flush=True)
     reset(conn, [CATALOG, CATALOG + "_delta", CATALOG + "_old", *SCHEMAS.values(), SCHEMAS["widen"] + "_old"])
+    cli_parts = None
+    if args.cli:
+        cli_parts = run_widen_cli(raw_config(server), args.home)
+        timings = {"widen": sum(cli_parts)}
+        print(f"widen (CLI): plan {cli_parts[0]:.1f} s + backfill {cli_parts[1]:.1f} s", flush=True)
     began = time.monotonic()
     spark = get_spark(cfg)
     spark_start = time.monotonic() - began
-    timings = {"widen": run_widen(cfg, spark)}
-    print(f"widen: {timings['widen']:.1f} s", flush=True)
+    if not args.cli:
+        timings = {"widen": run_widen(cfg, spark)}
+    print(f"widen: {timings['widen']:.1f} s ({BEFORE_FIRST_CHUNK['widen']} s before its first chunk)", flush=True)
     ship_layouts = layouts(conn)
     for name in ("sql-pivot", "copy-pandas", "spark-native"):
         if name in args.skip:
@@ -354,12 +393,12 @@ def main() -> int:
     equal = {name: same_tables(conn, SCHEMAS[name], ship_layouts) for name in timings if name != "widen"}
     if old_cfg:
         name = f"widen-{args.old_source.name}"
-        timings[name] = run_widen(old_cfg, spark)
+        timings[name] = run_widen(old_cfg, spark, name)
         print(f"{name}: {timings[name]:.1f} s", flush=True)
         equal[name] = same_tables(conn, old_cfg.target.schema, ship_layouts)
     if args.delta:
         delta_cfg = delta_config(cfg, args.home)
-        timings["widen-delta"] = run_widen(delta_cfg, spark)
+        timings["widen-delta"] = run_widen(delta_cfg, spark, "widen-delta")
         print(f"widen-delta: {timings['widen-delta']:.1f} s", flush=True)
         equal["widen-delta"] = same_in_delta(conn, spark, delta_cfg, ship_layouts)
     print(f"\n{narrow_rows:,} narrow rows, {args.ships} ships x {args.channels} channels x {args.hours:g} h; "
@@ -370,8 +409,12 @@ def main() -> int:
         print(f"{name:<14} {seconds:>8.1f} {narrow_rows / seconds:>14,.0f} {ratio:>14.2f}x "
               f"{('-' if name == 'widen' else str(equal[name])):>12}")
     print("widen's time includes finding each ship's channels; the others were handed them")
+    print("before the first chunk: " + ", ".join(f"{k} {v} s" for k, v in BEFORE_FIRST_CHUNK.items())
+          + (f"; through the CLI: plan {cli_parts[0]:.1f} s + backfill {cli_parts[1]:.1f} s (JVM start included)"
+             if cli_parts else ""))
     print(json.dumps({"narrow_rows": narrow_rows, "seconds": {k: round(v, 2) for k, v in timings.items()},
-                      "same_tables": equal}))
+                      "before_first_chunk": BEFORE_FIRST_CHUNK, "same_tables": equal,
+                      "cli": {"plan": round(cli_parts[0], 2), "backfill": round(cli_parts[1], 2)} if cli_parts else None}))
     conn.close()
     spark.stop()
     return 0 if all(equal.values()) else 1

@@ -34,13 +34,14 @@ def migrated(fresh_fleet, make_config, spark):
     config = make_config(NAME)
     conn = fresh_fleet(NAME, ships=3, channels=12, hours=3, seed=11)
     nasty.insert(conn, SRC)
-    planned = plan.run(config)
+    planned = plan.run(config, exact=True)
+    fast = plan.run(config)
     # A channel the plan never saw arrives before the backfill: it must get a column, not be lost.
     fleet_ship = generate.ship_ids(1)[0]
     nasty.insert(conn, SRC, [(fleet_ship, LATE_CHANNEL, nasty.at(7000), "Integer", None, 42, None,
                               None)])
     first = backfill.run(config, spark)
-    yield {"config": config, "conn": conn, "plan": planned, "first": first}
+    yield {"config": config, "conn": conn, "plan": planned, "fast_plan": fast, "first": first}
     conn.close()
 
 
@@ -153,3 +154,26 @@ def test_a_replayed_chunk_changes_no_row(migrated, pg, spark):
         oracle.assert_equal_to_oracle(cur, SRC, TGT, CAT)
     assert {k: v for k, v in after.items() if k != "ledger"} == {k: v for k, v in before.items() if k != "ledger"}
     assert len(after["ledger"]) == len(before["ledger"])
+
+
+def test_plan_without_exact_estimates_and_counts_nothing_it_would_scan_for(migrated, pg):
+    """The default plan (no --exact) on the hostile fleet: the same channels and layout as the exact
+    one (a small table is sampled whole), rows and spans per ship from the index, rejects and
+    duplicates not counted and said so."""
+    fast, exact = migrated["fast_plan"], migrated["plan"]
+    assert fast.exit_code == 0, fast.report
+    assert fast.summary["estimated"] is True and exact.summary["estimated"] is False
+    assert fast.summary["rejected_rows"] is None and fast.summary["duplicate_rows"] is None
+    assert "plan --exact" in fast.report and "plan --exact" not in exact.report
+    by_ship = {r["ship_id"]: r for r in fast.summary["plan"]}
+    exact_by_ship = {r["ship_id"]: r for r in exact.summary["plan"]}
+    assert set(by_ship) == set(exact_by_ship)
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id, count(*), count(DISTINCT data_channel_id) FILTER (WHERE {v}) FROM {t} "
+                            "WHERE ship_id <> '' AND data_channel_id IS DISTINCT FROM %s GROUP BY 1").format(
+            t=sql.Identifier(SRC, "tbl_data_timeseries"), v=oracle.VALID), (LATE_CHANNEL,))
+        for ship, rows, channels in cur.fetchall():
+            assert by_ship[ship]["channels"] == channels == exact_by_ship[ship]["channels"]
+            assert by_ship[ship]["narrow_rows"] == rows
+            assert by_ship[ship]["rejected_rows"] is None and by_ship[ship]["duplicate_rows"] is None
+            assert by_ship[ship]["parts"] == exact_by_ship[ship]["parts"]

@@ -99,8 +99,10 @@ def hostile_rows() -> list[tuple]:
 
 #: after the plan, a String reading reaches the Decimal channel "late", in a later chunk
 LATE_STRING = (SHIP, "late", nasty.at(7200), "String", None, None, "2.50", None)
-#: for the stream: a String reading in the bigint column "integer", a double and a boolean
+#: for the stream: a String reading in the bigint column "integer", a double and a boolean, and a
+#: second reading of "zeros" at a time the wide table has (-0 there): the greater text, 5, stays
 STREAMED = [(SHIP, "integer", nasty.at(60), "String", None, None, "007", None),
+            (SHIP, "zeros", nasty.at(0), "Decimal", 5.0, None, None, None),
             (SHIP, "decimal", nasty.at(3600 * 3), "Decimal", 0.1 + 0.7, None, None, None),
             (OTHER, "boolean", nasty.at(3600 * 3), "Boolean", None, None, None, True)]
 
@@ -195,10 +197,10 @@ def test_typed_journey_on_postgres(make_config, spark, pg, tmp_path):
             sql.Identifier(f"src_{NAME}", "tbl_data_timeseries")), (SHIP,))
         assert seen == cur.fetchall()
 
-    # tampered typed cells: -0 made 0 (equal as numbers, not as cells), a boolean flipped, a
+    # tampered typed cells: 0 made -0 (equal as numbers, not as cells), a boolean flipped, a
     # double one step away; found and repaired
     with pg.cursor() as cur:
-        tamper(cur, SHIP, "zeros", "0", nasty.at(0))
+        tamper(cur, SHIP, "zeros", "-0", nasty.at(15))
         tamper(cur, OTHER, "boolean", "false", nasty.at(0))
         tamper(cur, SHIP, "decimal", "0.30000000000000004", nasty.at(15 * 6))     # 0.1 + 0.2 there
         cur.execute(sql.SQL("UPDATE {} SET {} = 0.3 WHERE created_time = %s").format(
@@ -297,10 +299,11 @@ def test_typed_journey_on_delta(make_config, spark, pg, tmp_path):
                             "(ship_id, data_channel_id) IN ((%s, 'zeros'), (%s, 'boolean'))").format(
             sql.Identifier(f"cat_{name}", "channel_columns")), (SHIP, OTHER))
         placed = {(ship, channel): (table, column) for ship, channel, table, column in cur.fetchall()}
-    for (ship, channel), value in (((SHIP, "zeros"), F.lit(0.0)), ((OTHER, "boolean"), F.lit(False))):
+    for (ship, channel), value, when in (((SHIP, "zeros"), F.expr("CAST('-0' AS DOUBLE)"), nasty.at(15)),
+                                         ((OTHER, "boolean"), F.lit(False), nasty.at(0))):
         table, column = placed[(ship, channel)]
         DeltaTable.forPath(spark, f"{root}/{table_dir(table)}").update(
-            F.col("created_time") == F.lit(nasty.at(0)), {f"`{column}`": value})
+            F.col("created_time") == F.lit(when), {f"`{column}`": value})
     found = reconcile.run(config, spark)
     assert found.exit_code == 1, found.report
     assert found.summary["cells_different"] == 2, found.report

@@ -101,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stream (source.mode cdc): drop widen's replication slot and publication, then stop")
     parser.add_argument("--repair", action="store_true",
                         help="reconcile: re-merge what differs from the source, then check again")
+    parser.add_argument("--exact", action="store_true",
+                        help="plan: exact channel statistics, rejected rows and duplicate keys (scans the narrow "
+                             "table; by default channels come from an index skip scan or a sample)")
     parser.add_argument("--no-duplicates", action="store_true",
-                        help="plan: skip the duplicate-key count (a full GROUP BY)")
+                        help="plan --exact: skip the duplicate-key count (a full GROUP BY)")
     parser.add_argument("--out", help="report: the HTML file to write (default: <home>/report/widen-report.html)")
     parser.add_argument("--refresh", type=_seconds, help="report: the page asks a browser to reload it every N seconds")
     parser.add_argument("--verbose", action="store_true", help="debug lines, tracebacks and Spark's own logs")

@@ -81,8 +81,13 @@ class Backfill:
             else:
                 unplanned.append(ship)
         if unplanned:
-            stats = self.source.channel_stats(src, unplanned)
+            # No full scan before the first chunk: a skip scan or a sample; channels it misses
+            # get their columns when a chunk meets them (``add_channels``)
+            began = time.monotonic()
+            stats, how = self.source.survey(src, unplanned)
             src.rollback()
+            log.info("channels of %d ship(s) without a layout found by %s in %.1f s", len(unplanned), how,
+                     time.monotonic() - began)
             planned, self.problems = layouts.plan(tgt, {s: self.source.new_channels(v) for s, v in stats.items()})
             self.layouts.update(planned)
         tgt.rollback()
@@ -378,11 +383,15 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     record_started(tgt_cfg.connection, tgt_cfg.catalog_schema, planned, done)
     results = []
     measured = BackfillMetrics(metrics.current(JOB), planned, done)
+    before_chunks = None
     if todo:
         work.spark = get_spark(config, spark)
         work.target = open_target(tgt_cfg, work.spark)
         work.target.views = target.views
         progress = Progress(JOB, len(todo), sum(c.narrow_rows for c in todo), bf.progress_seconds)
+        before_chunks = time.monotonic() - began
+        log.info("first chunk starts %.1f s after the start (chunks planned, layouts found, Spark ready)",
+                 before_chunks)
 
         def one(chunk: Chunk) -> dict:
             result = work.run_chunk_with_retries(chunk, progress)
@@ -415,6 +424,7 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
         "rejected_rows": sum(r["rejected_rows"] for r in ok) + swept,
         "duplicate_rows": sum(r["duplicate_rows"] for r in ok),
         "seconds": round(seconds, 2), "rows_per_second": round(narrow / seconds) if seconds else 0,
+        "seconds_before_first_chunk": None if before_chunks is None else round(before_chunks, 2),
         "chunk_seconds": {"read_pivot_copy": round(sum(r["spark_seconds"] for r in ok), 2),
                           "merge": round(sum(r["merge_seconds"] for r in ok), 2)},
         "failed": [{"chunk": r["chunk"].label(), "error": r["error"]} for r in failed],

@@ -1,9 +1,12 @@
 """``plan``: what the migration will do, per ship, before it does it.
 
-Narrow rows, time span, channels and formats, duplicate keys, rows that will be rejected, the
-estimated wide row width and the channel -> column layout (split into part tables so each row fits
-with headroom; table names unique across the fleet). Records ``wide_tables`` and
-``channel_columns``; creates no wide table.
+Narrow rows and time span per ship (an index-only count), channels and formats, the estimated wide
+row width and the channel -> column layout (split into part tables so each row fits with headroom;
+table names unique across the fleet). By default the channels, formats and sizes come from what is
+cheap (``NarrowTable.survey``: a skip scan of an index on (ship_id, data_channel_id), else a
+sample), marked as estimates, and rejected rows and duplicate keys are not counted; ``--exact``
+scans the narrow table for all of them. Records ``wide_tables`` and ``channel_columns``; creates no
+wide table.
 """
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PlanOptions:
     ships: list[str] | None = None
-    #: the duplicate-key count is a full GROUP BY of the narrow table
+    #: exact channel statistics, reject and duplicate counts: full scans of the narrow table
+    exact: bool = False
+    #: with ``exact``: the duplicate-key count (a full GROUP BY of the narrow table)
     duplicates: bool = True
 
 
@@ -40,10 +45,19 @@ def run(config: Config, spark: SparkSession, options: PlanOptions) -> Result:
     target = open_target(config.target, spark)
     with source.connect() as src, db.connection(config.target.connection) as tgt:
         schema.migrate(tgt, config.target.catalog_schema)
-        stats = source.channel_stats(src, ships)
-        rejects = source.reject_counts(src, ships)
-        dups = source.duplicate_counts(src, ships) if options.duplicates else {}
+        if options.exact:
+            how = "scan"
+            stats = source.channel_stats(src, ships)
+            rejects = source.reject_counts(src, ships)
+            dups = source.duplicate_counts(src, ships) if options.duplicates else {}
+        else:
+            spans = source.ship_spans(src, ships)
+            stats, how = source.survey(src, sorted(spans))
+            for ship, (rows, lo, hi) in spans.items():
+                stats[ship].update(rows=rows, start=lo, end=hi)
+            rejects, dups = {}, {}
         index_warning = source.index_warning(src)
+        channel_index = source.channel_index(src)
         src.rollback()
         rolled_back = sorted(set(stats) & ship_states.ships_in_state(tgt, config.target.catalog_schema,
                                                                      ship_states.ROLLED_BACK))
@@ -78,40 +92,54 @@ def run(config: Config, spark: SparkSession, options: PlanOptions) -> Result:
         column_types: dict[str, int] = defaultdict(int)
         for c in (layout.channels.values() if layout else ()):
             column_types[c.column_type] += 1
+        counted = options.exact
         rows.append({
             "column_types": dict(column_types), "mixed_format_channels": mixed,
             "ship_id": ship, "narrow_rows": s["rows"] + sum(rejects.get(ship, {}).values()),
-            "valid_rows": s["rows"], "start": s["start"], "end": s["end"],
+            "valid_rows": s["rows"] if counted else None, "start": s["start"], "end": s["end"],
             "channels": len(s["channels"]), "formats": dict(formats),
-            "duplicate_keys": dups.get(ship, (0, 0))[0], "duplicate_rows": dups.get(ship, (0, 0))[1],
-            "rejected_rows": sum(rejects.get(ship, {}).values()),
-            "reject_reasons": rejects.get(ship, {}), "parts": parts,
+            "duplicate_keys": dups.get(ship, (0, 0))[0] if counted and options.duplicates else None,
+            "duplicate_rows": dups.get(ship, (0, 0))[1] if counted and options.duplicates else None,
+            "rejected_rows": sum(rejects.get(ship, {}).values()) if counted else None,
+            "reject_reasons": rejects.get(ship, {}) if counted else None, "parts": parts,
         })
     orphan_rejects = {reason: n for ship, reasons in rejects.items() if ship is None or ship not in stats
                       for reason, n in reasons.items()}
+    exact = options.exact
     summary = {
         "ships": len(rows), "narrow_rows": sum(r["narrow_rows"] for r in rows) + sum(orphan_rejects.values()),
-        "rejected_rows": sum(r["rejected_rows"] for r in rows) + sum(orphan_rejects.values()),
-        "duplicate_rows": sum(r["duplicate_rows"] for r in rows),
+        "rejected_rows": sum(r["rejected_rows"] for r in rows) + sum(orphan_rejects.values()) if exact else None,
+        "duplicate_rows": sum(r["duplicate_rows"] for r in rows) if exact and options.duplicates else None,
+        # how the channels, formats and sizes were found, and whether they are estimates
+        "channels_found_by": how, "estimated": not exact, "channel_index": channel_index,
         "tables": sum(len(r["parts"]) for r in rows), "problems": problems,
         "seconds": round(time.monotonic() - started, 2), "plan": rows,
         "rejects_without_ship": orphan_rejects,
         "warnings": [index_warning] if index_warning else [],
         "ships_rolled_back": rolled_back,
     }
-    report = format_report(rows, problems, config.target.typed) + (
+    report = format_report(rows, problems, config.target.typed, exact) + (
         f"\nWARNING: {index_warning}" if index_warning else "")
+    if not exact:
+        report += (f"\nchannels, formats and value sizes: estimates from a {how}"
+                   + ("" if channel_index else " (an index on (ship_id, data_channel_id) makes it a skip scan "
+                      "that finds every channel)")
+                   + "; rejected rows and duplicate keys not counted: plan --exact scans for them")
     return Result("plan", EXIT_PROBLEM if problems else EXIT_OK, summary, report)
 
 
-def format_report(rows: list[dict], problems: list[str], typed_columns: bool = False) -> str:
-    header = (f"{'ship_id':<24} {'narrow rows':>12} {'channels':>8} {'dup rows':>9} {'rejected':>9} "
-              f"{'parts':>5} {'est row B':>9}  span")
+def format_report(rows: list[dict], problems: list[str], typed_columns: bool = False, exact: bool = True) -> str:
+    header = (f"{'ship_id':<24} {'narrow rows':>12} {'channels':>8}{'' if exact else '~'} {'dup rows':>9} "
+              f"{'rejected':>9} {'parts':>5} {'est row B':>9}  span")
     lines = [header, "-" * len(header)]
+
+    def count(value: int | None) -> str:
+        return "-" if value is None else f"{value:,}"
+
     for r in rows:
         widest = max((p["est_row_bytes"] for p in r["parts"]), default=0)
-        lines.append(f"{r['ship_id'][:24]:<24} {r['narrow_rows']:>12,} {r['channels']:>8} "
-                     f"{r['duplicate_rows']:>9,} {r['rejected_rows']:>9,} {len(r['parts']):>5} "
+        lines.append(f"{r['ship_id'][:24]:<24} {r['narrow_rows']:>12,} {r['channels']:>8}{'' if exact else ' '} "
+                     f"{count(r['duplicate_rows']):>9} {count(r['rejected_rows']):>9} {len(r['parts']):>5} "
                      f"{widest:>9}  {r['start']} .. {r['end']}")
     if typed_columns:
         for r in rows:

@@ -67,6 +67,10 @@ class Server:
         return self.version >= 120000
 
     @property
+    def tablesample(self) -> bool:
+        return self.version >= 90500
+
+    @property
     def merge(self) -> bool:
         return self.version >= 150000
 

@@ -63,6 +63,23 @@ def narrow_columns(cur: cursor, schema: str, table: str) -> dict[str, str] | Non
     return {name: kind for name, kind in rows if name is not None}
 
 
+#: rows per channel whose formats and sizes the skip-scan survey reads
+SURVEY_ROWS_PER_CHANNEL = 16
+#: rows the sampling survey reads (a ``TABLESAMPLE SYSTEM`` of about that many)
+SURVEY_SAMPLE_ROWS = 200_000
+
+
+def _stats_of(rows: list) -> dict:
+    """One ship's ``channel_stats`` shape from (channel, format, rows, average bytes) rows."""
+    channels: dict[str, dict] = {}
+    for channel, fmt, count, avg in rows:
+        ch = channels.setdefault(channel, {"formats": defaultdict(int), "rows": 0, "bytes": 0.0})
+        ch["formats"][fmt] += count
+        ch["rows"] += count
+        ch["bytes"] += float(avg or 0) * count
+    return {"rows": sum(c["rows"] for c in channels.values()), "start": None, "end": None, "channels": channels}
+
+
 class PostgresSource(NarrowTable):
     """The narrow table ``source.schema.source.table`` of ``source``'s connection."""
 
@@ -204,6 +221,89 @@ class PostgresSource(NarrowTable):
                 ch["rows"] += rows
                 ch["bytes"] += float(avg or 0) * rows
         return ships
+
+    def ship_spans(self, conn: connection, ship_ids: list[str] | None) -> dict[str, tuple[int, dt.datetime, dt.datetime]]:
+        """Per ship: (its rows, its first and last created_time), from the (ship_id, created_time)
+        index alone where the table is vacuumed (an index-only scan)."""
+        where = [sql.SQL("ship_id IS NOT NULL"), sql.SQL("ship_id <> ''")]
+        params: list = []
+        if ship_ids:
+            where.append(sql.SQL("ship_id = ANY(%s)"))
+            params.append(list(ship_ids))
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT ship_id, count(*), min(created_time), max(created_time) FROM {} "
+                                "WHERE {} GROUP BY 1").format(self.table, sql.SQL(" AND ").join(where)), params)
+            return {ship: (rows, lo, hi) for ship, rows, lo, hi in cur.fetchall()}
+
+    def channel_index(self, conn: connection) -> str | None:
+        """The name of an index that leads with (ship_id, data_channel_id): with one, a ship's
+        channels are found by a skip scan (one index probe per channel) instead of a scan."""
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT i.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid "
+                "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_attribute a0 ON a0.attrelid = c.oid AND a0.attnum = x.indkey[0] "
+                "JOIN pg_attribute a1 ON a1.attrelid = c.oid AND a1.attnum = x.indkey[1] "
+                "WHERE n.nspname = %s AND c.relname = %s AND a0.attname = 'ship_id' "
+                "AND a1.attname = 'data_channel_id' AND x.indpred IS NULL ORDER BY 1 LIMIT 1",
+                (self.cfg.schema, self.cfg.table))
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    def survey(self, conn: connection, ship_ids: list[str]) -> tuple[dict[str, dict], str]:
+        """``channel_stats`` of the ships from what is cheap, with how it was found:
+
+        - ``skip scan``: with an index leading with (ship_id, data_channel_id) every channel of
+          every ship, one index probe each, and the format and size of its first
+          ``SURVEY_ROWS_PER_CHANNEL`` valid rows;
+        - ``sample``: else (9.5+) the channels, formats and sizes in a ``TABLESAMPLE SYSTEM`` of
+          about ``SURVEY_SAMPLE_ROWS`` rows;
+        - ``scan``: else the full ``channel_stats``.
+
+        Row counts and spans are left out (``plan_chunks`` has them). A channel not found here is
+        found by the first chunk that meets it and gets its column then, by the same rule; a
+        format not seen here turns a typed column to text when it comes (``core.typed``)."""
+        if not ship_ids:
+            return {}, "skip scan"
+        if self.channel_index(conn):
+            return self._skip_scan(conn, ship_ids), "skip scan"
+        if not Server.of(conn).tablesample:
+            return self.channel_stats(conn, ship_ids), "scan"
+        return self._sample(conn, ship_ids), "sample"
+
+    def _skip_scan(self, conn: connection, ship_ids: list[str]) -> dict[str, dict]:
+        query = sql.SQL(
+            "WITH RECURSIVE c AS ("
+            "(SELECT data_channel_id AS ch FROM {t} WHERE ship_id = %(s)s AND data_channel_id IS NOT NULL "
+            "ORDER BY data_channel_id LIMIT 1) UNION ALL "
+            "SELECT (SELECT data_channel_id FROM {t} WHERE ship_id = %(s)s AND data_channel_id > c.ch "
+            "ORDER BY data_channel_id LIMIT 1) FROM c WHERE c.ch IS NOT NULL) "
+            "SELECT c.ch, r.value_format, count(*), avg(octet_length(r.v)) FROM c CROSS JOIN LATERAL "
+            "(SELECT value_format, {v} AS v FROM {t} WHERE ship_id = %(s)s AND data_channel_id = c.ch AND {valid} "
+            "LIMIT {n}) r WHERE c.ch IS NOT NULL GROUP BY 1, 2").format(
+            t=self.table, v=self.rendered_value(conn), valid=render.valid_row(),
+            n=sql.Literal(SURVEY_ROWS_PER_CHANNEL))
+        ships: dict[str, dict] = {}
+        with conn.cursor() as cur:
+            for ship in ship_ids:
+                cur.execute(query, {"s": ship})
+                ships[ship] = _stats_of(cur.fetchall())
+        return ships
+
+    def _sample(self, conn: connection, ship_ids: list[str]) -> dict[str, dict]:
+        with conn.cursor() as cur:
+            cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (self.table.as_string(cur),))
+            estimate = max(float(cur.fetchone()[0]), 1.0)
+            percent = min(100.0, max(0.01, 100.0 * SURVEY_SAMPLE_ROWS / estimate))
+            where, params = self._valid_rows_of(ship_ids)
+            cur.execute(sql.SQL(
+                "SELECT ship_id, data_channel_id, value_format, count(*), avg(octet_length({v})) "
+                "FROM {t} TABLESAMPLE SYSTEM ({p}) REPEATABLE (7) WHERE {w} GROUP BY 1, 2, 3").format(
+                v=self.rendered_value(conn), t=self.table, p=sql.Literal(percent), w=where), params)
+            found: dict[str, list] = defaultdict(list)
+            for ship, *row in cur.fetchall():
+                found[ship].append(row)
+        return {ship: _stats_of(found.get(ship, [])) for ship in ship_ids}
 
     @staticmethod
     def new_channels(stats: dict) -> NewChannels:

@@ -161,6 +161,14 @@ class DeltaTarget(WideTarget):
             if not self.exists(name):
                 retry_conflicts(lambda p=part, n=name, m=members: self._create(layout.ship_id, p, n, m), f"create {name}")
                 commits += 1
+                first = layout.tables[layout.parts[0]]
+                if part != layout.parts[0] and self.exists(first):
+                    # every part has a row for every time the first part has (rows written before it)
+                    times = self.read(first).select("created_time")
+                    lo, hi = _time_range(times)
+                    if lo is not None:
+                        self.merge(name, times, [], False, lo, hi)
+                        commits += 1
                 continue
             have = set(self.read(name).columns)
             missing = [c for c in members if c.column_name not in have]
@@ -462,6 +470,13 @@ def merge_chunk(target: DeltaTarget, layout: ShipLayout, writer: DeltaChunkWrite
         index += len(members)
         target.merge(layout.tables[part], wide.select("created_time", *(src for src, _ in columns)),
                      columns, False, lo, hi, types=column_types(members))
+
+
+def _time_range(frame: DataFrame) -> tuple:
+    from pyspark.sql import functions as F
+
+    lo, hi = frame.agg(F.min("created_time"), F.max("created_time")).first()
+    return lo, hi
 
 
 def column_types(members: list[ChannelColumn]) -> dict[str, str]:

@@ -327,6 +327,17 @@ def ensure_wide_tables(conn: connection, target_schema: str, layout: ShipLayout)
                 cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(ident),
                             (f"widen: ship_id={layout.ship_id} part={part}",))
                 statements += 2
+                first = layout.parts[0]
+                if part != first:
+                    # every part has a row for every time the first part has (a part made mid-way:
+                    # the rows written before it)
+                    cur.execute("SELECT to_regclass(%s)", (sql.Identifier(target_schema, layout.tables[first])
+                                                            .as_string(cur),))
+                    if cur.fetchone()[0] is not None:
+                        cur.execute(sql.SQL("INSERT INTO {} (created_time) SELECT created_time FROM {} "
+                                            "ON CONFLICT DO NOTHING").format(
+                            ident, sql.Identifier(target_schema, layout.tables[first])))
+                        statements += 1
             for channel in layout.part_channels(part):
                 if channel.column_name in existing:
                     continue
@@ -433,7 +444,15 @@ class PostgresChunkWrite(ChunkWrite):
         return [row.asDict() for row in frame.mapInArrow(self.writer, STATS_SCHEMA).collect()]
 
     def merge(self, cur: cursor) -> int:
-        return merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, self.layout)
+        merged = merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, self.layout)
+        # a part table another chunk of the ship made while this one ran: it gets this chunk's times
+        now = self.target.layouts.load(cur.connection, self.layout.ship_id)
+        first = self.layout.parts[0]
+        for part in sorted(set(now.parts) - set(self.layout.parts)):
+            cur.execute(sql.SQL("INSERT INTO {} (created_time) SELECT created_time FROM {} "
+                                "ON CONFLICT DO NOTHING").format(
+                sql.Identifier(self.target.cfg.schema, now.tables[part]), self.staging.wide(first)))
+        return merged
 
     def rejects(self, cur: cursor, catalog_schema: str, job: str, label: str) -> None:
         ledger.replace_rejects(cur, catalog_schema, self.staging.rejects, job, label)
@@ -511,9 +530,12 @@ class PostgresTarget(WideTarget):
         change, then the text columns (its column types stay text throughout)."""
         import copy
 
+        from widen.catalog.views import WIDE
+
         server = Server.of(conn)
-        view = self.views.relation(conn.cursor(), layout.ship_id) if self.views else None
-        on_wide = view is not None and view[2] == "wide"
+        with conn.cursor() as cur:
+            view = self.views.relation(cur, layout.ship_id) if self.views else None
+        on_wide = view is not None and view[2] == WIDE
         if on_wide:
             hidden = copy.deepcopy(layout)
             for channel in kinds:
