@@ -83,10 +83,12 @@ def misfits(columns: list[tuple[str, str, pa.Array]]) -> list[str]:
     return [channel for channel, column_type, values in columns if not fits(column_type, values)]
 
 
-def text_of(column_type: str, value: object) -> str | None:
+def text_of(column_type: str, value: str | float | bool | None) -> str | None:
     """A typed column's Python value (as psycopg2 or Spark return it) as the source prints it."""
-    if value is None or column_type == TEXT:
-        return value
+    if value is None:
+        return None
+    if column_type == TEXT:
+        return str(value)
     if column_type == DOUBLE:
         return float8_text(float(value))
     if column_type == BOOLEAN:

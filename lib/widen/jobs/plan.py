@@ -54,7 +54,8 @@ def run(config: Config, spark: SparkSession, options: PlanOptions) -> Result:
             spans = source.ship_spans(src, ships)
             stats, how = source.survey(src, sorted(spans))
             for ship, (rows, lo, hi) in spans.items():
-                stats[ship].update(rows=rows, start=lo, end=hi)
+                # a ship with rejected rows only has no channel (a full-scan survey leaves it out)
+                stats.setdefault(ship, {"channels": {}}).update(rows=rows, start=lo, end=hi)
             rejects, dups = {}, {}
         index_warning = source.index_warning(src)
         channel_index = source.channel_index(src)

@@ -292,8 +292,11 @@ class PostgresSource(NarrowTable):
 
     def _sample(self, conn: connection, ship_ids: list[str]) -> dict[str, dict]:
         with conn.cursor() as cur:
-            cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (self.table.as_string(cur),))
-            estimate = max(float(cur.fetchone()[0]), 1.0)
+            # a table never analyzed has no row estimate (-1 or 0): guess ~50 rows a page
+            cur.execute("SELECT reltuples, pg_relation_size(oid) / 8192 * 50 FROM pg_class WHERE oid = %s::regclass",
+                        (self.table.as_string(cur),))
+            tuples, guess = cur.fetchone()
+            estimate = max(float(tuples) if tuples and tuples > 0 else float(guess), 1.0)
             percent = min(100.0, max(0.01, 100.0 * SURVEY_SAMPLE_ROWS / estimate))
             where, params = self._valid_rows_of(ship_ids)
             cur.execute(sql.SQL(

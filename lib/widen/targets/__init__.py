@@ -126,8 +126,14 @@ def prepare_ship(conn: connection, target: WideTarget, ship: str, channels: list
             known.pop(ship, None)
         else:
             known[ship] = layout
-    if layout is not None and rows is not None and misfit_channels(layout, rows):
-        return prepare_ship(conn, target, ship, channels, known, rows)
+    misfit = misfit_channels(layout, rows) if layout is not None and rows is not None else []
+    if misfit:
+        layout = text_columns(conn, target, ship, misfit)
+        if known is not None:
+            if layout is None:
+                known.pop(ship, None)
+            else:
+                known[ship] = layout
     return layout
 
 

@@ -449,9 +449,12 @@ class PostgresChunkWrite(ChunkWrite):
         now = self.target.layouts.load(cur.connection, self.layout.ship_id)
         first = self.layout.parts[0]
         for part in sorted(set(now.parts) - set(self.layout.parts)):
+            table = sql.Identifier(self.target.cfg.schema, now.tables[part])
+            cur.execute("SELECT to_regclass(%s)", (table.as_string(cur),))
+            if cur.fetchone()[0] is None:      # not made yet: it is filled from the first part when it is
+                continue
             cur.execute(sql.SQL("INSERT INTO {} (created_time) SELECT created_time FROM {} "
-                                "ON CONFLICT DO NOTHING").format(
-                sql.Identifier(self.target.cfg.schema, now.tables[part]), self.staging.wide(first)))
+                                "ON CONFLICT DO NOTHING").format(table, self.staging.wide(first)))
         return merged
 
     def rejects(self, cur: cursor, catalog_schema: str, job: str, label: str) -> None:
