@@ -18,6 +18,7 @@ Prints narrow rows/s and the ratios, and checks that every competitor's tables e
 --small gives 2 ships x 40 channels x 6 h.
 
     .venv/bin/python bench/backfill.py [--small] [--skip spark-native] [--reuse-data] [--cli] [--hours 192]
+                                       [--channel-index]
                                        [--old-source pgbuilds/11.22]
 """
 from __future__ import annotations
@@ -346,6 +347,9 @@ def main() -> int:
     parser.add_argument("--cli", action="store_true",
                         help="widen as a user runs it: ./spark-submit.sh plan, then ./spark-submit.sh backfill "
                              "(JVM start included)")
+    parser.add_argument("--channel-index", action="store_true",
+                        help="give the narrow table an index on (ship_id, data_channel_id, created_time), so "
+                             "widen finds channels by a skip scan (without it: a TABLESAMPLE); not timed")
     parser.add_argument("--old-source", type=Path, metavar="BUILD",
                         help="also backfill from an old server started from this build (e.g. pgbuilds/11.22)")
     args = parser.parse_args()
@@ -359,6 +363,12 @@ def main() -> int:
                                        channels=args.channels, hours=args.hours, replace=True, replace_any_table=True)
         print(f"generated {made['rows']:,} narrow rows in {made['seconds']} s", flush=True)
     with conn.cursor() as cur:
+        index = sql.Identifier(SRC_SCHEMA, "bench_narrow_ship_channel_time")
+        if args.channel_index:
+            cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (ship_id, data_channel_id, created_time)").format(
+                sql.Identifier(index.strings[1]), sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries")))
+        else:
+            cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(index))
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries")))
         narrow_rows = cur.fetchone()[0]
         cur.execute("VACUUM ANALYZE " + sql.Identifier(SRC_SCHEMA, "tbl_data_timeseries").as_string(cur))
@@ -408,7 +418,9 @@ def main() -> int:
         ratio = seconds / timings["widen"]
         print(f"{name:<14} {seconds:>8.1f} {narrow_rows / seconds:>14,.0f} {ratio:>14.2f}x "
               f"{('-' if name == 'widen' else str(equal[name])):>12}")
-    print("widen's time includes finding each ship's channels; the others were handed them")
+    print("widen's time includes finding each ship's channels ("
+          + ("index skip scan" if args.channel_index else "TABLESAMPLE: no index leads with (ship_id, data_channel_id)")
+          + "); the others were handed them")
     print("before the first chunk: " + ", ".join(f"{k} {v} s" for k, v in BEFORE_FIRST_CHUNK.items())
           + (f"; through the CLI: plan {cli_parts[0]:.1f} s + backfill {cli_parts[1]:.1f} s (JVM start included)"
              if cli_parts else ""))

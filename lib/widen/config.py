@@ -104,7 +104,7 @@ class Connection:
     key: str = "connection"
     #: seconds to wait for the server to accept a session (libpq connect_timeout, JDBC connectTimeout)
     connect_timeout_seconds: float = 10.0
-    #: JDBC reads: seconds a read may wait for the next rows before the socket is given up (0: never)
+    #: backfill reads: seconds a read may wait for the next rows before the socket is given up (0: never)
     socket_timeout_seconds: float = 600.0
     #: set by the job that opens it (``backfill.statement_timeout_seconds`` …), not by this section
     statement_timeout_seconds: float = 0.0
@@ -212,6 +212,7 @@ class SourceConfig:
     schema: str = "tenant"
     table: str = "tbl_data_timeseries"
     order_column: str | None = None
+    #: unused since the backfill reads by COPY; accepted so older configs still load
     fetch_size: int = field(default=50000, metadata=_meta(minimum=1))
     #: ``postgres`` (the narrow table over JDBC/psycopg2) or ``delta`` (a Delta table of narrow
     #: rows, streaming only: ``readStream`` on ``delta_path`` or the catalog table ``delta_table``)

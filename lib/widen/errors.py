@@ -91,7 +91,8 @@ _CONNECTION_TEXT = re.compile(
     r"connection (to \S+ )?refused|could not connect|connection attempt failed|server closed the connection|"
     r"terminating connection|connection reset|broken pipe|an i/o error occurred|eofexception|"
     r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)|"
-    r"no connection to the server|timeout expired|sockettimeoutexception|connection has been closed", re.I)
+    r"no connection to the server|timeout expired|sockettimeoutexception|connection has been closed|"
+    r"readtimeout: the source sent nothing", re.I)
 
 
 def is_connection_failure(err: BaseException) -> bool:

@@ -9,6 +9,7 @@ when the source has an order column, ``order_key``.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,24 @@ if TYPE_CHECKING:
 #: narrow rows as every source hands them on (``values.ROW_COLUMNS``), as Arrow
 ROW_SCHEMA = pa.schema(list(zip(values.ROW_COLUMNS, [pa.string(), pa.string(), pa.timestamp("us", tz="UTC"),
                                                     pa.string(), pa.string(), pa.int64()])))
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def epoch_us(moment: dt.datetime) -> int:
+    """Microseconds since the epoch, exactly (a naive ``moment`` is UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return (moment - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def chunk_columns(has_order_key: bool) -> dict[str, pa.DataType]:
+    """The columns of a backfill chunk's narrow rows (``values.UNKNOWN_CHANNEL``): name → type."""
+    columns = {"created_us": pa.int64(), "channel": pa.int32(), "value": pa.string()}
+    if has_order_key:
+        columns["order_key"] = pa.int64()
+    return columns
+
 
 def collect(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
     """All batches of one partition as a table (the schema is used only when there are none)."""

@@ -33,6 +33,12 @@ RAW_REJECT_FIELDS = ("reason", "data_channel_id", "value_format", "double_v", "l
 ROW_COLUMNS = ("ship_id", "data_channel_id", "created_time", "value", "reject", "order_key")
 ROW_SPARK_SCHEMA = ("ship_id string, data_channel_id string, created_time timestamp, value string, "
                     "reject string, order_key long")
+#: a backfill chunk's narrow rows as its reader hands them to its writer (``kernels.chunk_columns``):
+#: ``created_us``, ``channel`` (the channel's position in the writer's list, or one of the two codes
+#: below), ``value`` (the rendered value; the channel's name for an unknown channel; the raw-reject
+#: text for a rejected row) and, with an order column, ``order_key``
+UNKNOWN_CHANNEL = -1
+REJECTED_ROW = -2
 
 
 def float8_text(value: float | None) -> str | None:

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -131,10 +132,10 @@ class Backfill:
             write = self.target.chunk_write(chunk, layout, cfg.order_column is not None)
             try:
                 t0 = time.monotonic()
-                frame = self.source.read_chunk(self.spark, chunk, partitions_for(
+                narrow = self.source.read_chunk(self.spark, chunk, partitions_for(
                     chunk, bf.partitions_per_chunk, bf.max_rows_per_partition), write.channels)
                 self.spark.sparkContext.setJobDescription(f"widen backfill {chunk.label()}")
-                stats = write.run(frame)
+                stats = write.run(narrow)
                 spark_seconds = time.monotonic() - t0
                 unknown = sorted({c for row in stats if row["unknown_channels"]
                                   for c in row["unknown_channels"].split("\x1f")})
@@ -326,6 +327,30 @@ def record_backfilled(conn_cfg: Connection, catalog_schema: str, planned: dict[s
         tgt.commit()
 
 
+class ShipEnds:
+    """Which ship a finished chunk completes: its last chunk of this run, all of them written."""
+
+    def __init__(self, todo: list[Chunk]):
+        self._left: dict[str, int] = defaultdict(int)
+        for chunk in todo:
+            self._left[chunk.ship_id] += 1
+        self._spoiled: set[str] = set()
+        self._lock = threading.Lock()
+        self.tables = 0                     # wide tables analyzed
+
+    def finished(self, chunk: Chunk, result: dict) -> bool:
+        """True once for a ship whose chunks of this run all succeeded, with the last of them."""
+        with self._lock:
+            if not result["ok"] or result.get("rolled_back"):
+                self._spoiled.add(chunk.ship_id)
+            self._left[chunk.ship_id] -= 1
+            return self._left[chunk.ship_id] == 0 and chunk.ship_id not in self._spoiled
+
+    def count(self, tables: int) -> None:
+        with self._lock:
+            self.tables += tables
+
+
 def analyze_ships(conn_cfg: Connection, target: WideTarget, ships: list[str]) -> int:
     """The planner's statistics of the wide tables of ``ships`` (every chunk of theirs this run
     wrote succeeded), so analysts' first queries are planned on real figures; tables analyzed. A
@@ -384,6 +409,7 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     results = []
     measured = BackfillMetrics(metrics.current(JOB), planned, done)
     before_chunks = None
+    ship_ends = ShipEnds(todo)
     if todo:
         work.spark = get_spark(config, spark)
         work.target = open_target(tgt_cfg, work.spark)
@@ -396,6 +422,9 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
         def one(chunk: Chunk) -> dict:
             result = work.run_chunk_with_retries(chunk, progress)
             measured.chunk(chunk, result, progress)
+            if ship_ends.finished(chunk, result):
+                # while the other chunks go on: the statistics are ready when the last chunk is
+                ship_ends.count(analyze_ships(tgt_cfg.connection, work.target, [chunk.ship_id]))
             return result
 
         with progress, ThreadPoolExecutor(max_workers=bf.parallel_chunks,
@@ -413,8 +442,7 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
                 raise
             log.warning("the lifecycle could not be recorded (%s): the next backfill records it",
                         errors.describe(err))
-    analyzed = analyze_ships(tgt_cfg.connection, work.target, sorted(
-        {r["chunk"].ship_id for r in ok} - {r["chunk"].ship_id for r in failed + not_started}))
+    analyzed = ship_ends.tables
     seconds = time.monotonic() - began
     narrow = sum(r["narrow_rows"] for r in ok)
     summary = {

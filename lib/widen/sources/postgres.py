@@ -1,6 +1,6 @@
 """The narrow PostgreSQL table: every statement widen runs against it.
 
-Chunk planning and partitioned JDBC reads (the backfill), channel statistics (plan), the stream's
+Chunk planning and partitioned reads by COPY in the Spark tasks (the backfill), channel statistics (plan), the stream's
 reads (``widen.sources.postgres_stream``, a Spark data source built on this class's connection),
 the narrow side of reconcile's checksums, the rows a repair re-reads, and the raw rows of rejects.
 Values are rendered in SQL (``widen.pg.render``): a wide cell is byte for byte what PostgreSQL
@@ -11,26 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg2 import sql
 
 from widen.config import ConfigError, SourceConfig
-from widen.core import kernels
+from widen.core import kernels, values
 from widen.core.checksum import HASH_MD5, HASH_PG, Aggregate
 from widen.core.chunks import Chunk, aligned_range, sub_ranges
 from widen.core.layout import NewChannels
-from widen.pg import checksums, db, render
+from widen.pg import checksums, copy_read, db, render
 from widen.pg.server import Server
 from widen.sources.base import NarrowTable
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection, cursor
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
     from widen.core.layout import ShipLayout
 
@@ -372,78 +373,48 @@ class PostgresSource(NarrowTable):
             return [Chunk(ship_id, *aligned_range(lo, width, start, end), count)
                     for ship_id, lo, count in cur.fetchall()]
 
-    def chunk_query(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime, channels: list[str]) -> str:
-        """The JDBC ``dbtable`` subquery for one ship and one created_time range: one row per created_time.
+    def chunk_select(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime, channels: list[str]) -> str:
+        """The SELECT a backfill task reads for one ship and one created_time range: one row per narrow
+        row, in ``kernels.chunk_columns`` order.
 
-        The database does the cheap half of the pivot (grouping by time, index-ordered) and the rows
-        that cross the wire drop from one per reading to one per timestamp, which is what the JDBC
-        driver and Spark spend their time on. Columns:
+        - ``created_us``: created_time in microseconds after ``lo`` (the reader adds ``lo``). A
+          double's epoch of a sub-range-sized interval is exact to the microsecond (below 2^53 µs,
+          285 years) and far cheaper than ``extract``'s numeric on PostgreSQL 14 and later;
+        - ``channel``: the channel's position in ``channels`` (joined in SQL, so long names never cross
+          the wire), ``values.UNKNOWN_CHANNEL`` for a valid channel not in the list,
+          ``values.REJECTED_ROW`` for a row that breaks a rule;
+        - ``value``: the value rendered by PostgreSQL; the channel's name for an unknown channel; the
+          raw-reject text (``values.RAW_REJECT_FIELDS``) for a rejected row;
+        - ``order_key`` when an order column is configured.
 
-        - ``created_us``: created_time in microseconds since the epoch (a bigint decodes far faster than
-          a timestamp; exact on every version, as ``extract`` is numeric from PostgreSQL 14 and, before
-          it, a double within 0.3 µs of the value, which the cast rounds to the right microsecond);
-        - ``channel_idx`` and ``value``: aligned arrays over the valid rows of that time: the channel's
-          position in ``channels`` (joined in SQL, so long names never cross the wire; NULL for a
-          channel not in the list) and the value rendered by PostgreSQL;
-        - ``unknown``: names of valid channels not in ``channels``;
-        - ``order_key``: aligned with ``value`` when an order column is configured;
-        - ``rejects``: one raw-reject text array per rejected row (``values.RAW_REJECT_FIELDS``).
-
-        Rows of one group reach every ``array_agg`` in the same order, so the arrays stay aligned.
-        A server without aggregate ``FILTER`` (9.3) groups the valid and the rejected rows in two
-        subqueries joined on created_time: the same columns, two index range scans.
-        """
-        cfg = self.cfg
+        No aggregate and no sort: rows leave in index order as the scan finds them, on every server
+        from 9.3 (the grouping happens in the Arrow pivot, which is faster than the database's)."""
         valid = render.valid_row("t")
         if channels:
             known = sql.SQL("(VALUES {}) AS m(name, idx)").format(sql.SQL(", ").join(
                 sql.SQL("({}, {})").format(sql.Literal(name), sql.Literal(i)) for i, name in enumerate(channels)))
         else:
             known = sql.SQL("(SELECT NULL::text AS name, NULL::integer AS idx WHERE false) AS m")
-        parts = dict(v=valid, value=self.rendered_value(conn, "t"), raw=render.raw_reject("t"), t=self.table,
-                     known=known, ship=sql.Literal(ship_id), lo=sql.Literal(lo), hi=sql.Literal(hi),
-                     o=sql.Identifier(cfg.order_column or "created_time"))
-        in_range = "t.ship_id = {ship} AND t.created_time >= {lo} AND t.created_time < {hi}"
-        if Server.of(conn).aggregate_filter:
-            order = "array_agg(t.{o}) FILTER (WHERE {v}) AS order_key, " if cfg.order_column else ""
-            query = sql.SQL(
-                "(SELECT (extract(epoch FROM t.created_time) * 1000000)::bigint AS created_us, "
-                "array_agg(m.idx) FILTER (WHERE {v}) AS channel_idx, "
-                "array_agg({value}) FILTER (WHERE {v}) AS value, "
-                "array_agg(t.data_channel_id) FILTER (WHERE {v} AND m.idx IS NULL) AS unknown, " + order +
-                "array_agg({raw}) FILTER (WHERE NOT {v}) AS rejects "
-                "FROM {t} AS t LEFT JOIN {known} ON m.name = t.data_channel_id "
-                "WHERE " + in_range + " GROUP BY t.created_time) AS narrow_chunk").format(**parts)
-        else:
-            order = ("array_agg(t.{o}) AS order_key, ", "g.order_key, ") if cfg.order_column else ("", "")
-            query = sql.SQL(
-                "(SELECT (extract(epoch FROM coalesce(g.created_time, r.created_time)) * 1000000)::bigint AS created_us, "
-                "g.channel_idx, g.value, g.unknown, " + order[1] + "r.rejects FROM "
-                "(SELECT t.created_time, array_agg(m.idx) AS channel_idx, array_agg({value}) AS value, "
-                "nullif(array_remove(array_agg(CASE WHEN m.idx IS NULL THEN t.data_channel_id END), NULL), '{{}}') "
-                "AS unknown, " + order[0] + "count(*) AS n "
-                "FROM {t} AS t LEFT JOIN {known} ON m.name = t.data_channel_id "
-                "WHERE " + in_range + " AND {v} GROUP BY t.created_time) AS g "
-                "FULL JOIN (SELECT t.created_time, array_agg({raw}) AS rejects FROM {t} AS t "
-                "WHERE " + in_range + " AND NOT {v} GROUP BY t.created_time) AS r "
-                "ON r.created_time = g.created_time) AS narrow_chunk").format(**parts)
-        return query.as_string(conn)
+        order = sql.SQL(", t.{}").format(sql.Identifier(self.cfg.order_column)) if self.cfg.order_column else sql.SQL("")
+        return sql.SQL(
+            "SELECT (date_part('epoch', t.created_time - {lo}) * 1000000)::bigint, "
+            "CASE WHEN {v} THEN coalesce(m.idx, {unknown}) ELSE {rejected} END, "
+            "CASE WHEN NOT {v} THEN {raw} WHEN m.idx IS NULL THEN t.data_channel_id ELSE {value} END{order} "
+            "FROM {t} AS t LEFT JOIN {known} ON m.name = t.data_channel_id "
+            "WHERE t.ship_id = {ship} AND t.created_time >= {lo} AND t.created_time < {hi}").format(
+            v=valid, unknown=sql.Literal(values.UNKNOWN_CHANNEL), rejected=sql.Literal(values.REJECTED_ROW),
+            raw=render.raw_reject("t"), value=self.rendered_value(conn, "t"), order=order, t=self.table,
+            known=known, ship=sql.Literal(ship_id), lo=sql.Literal(lo), hi=sql.Literal(hi)).as_string(conn)
 
-    def read_chunk(self, spark: SparkSession, chunk: Chunk, partitions: int, channels: list[str]) -> DataFrame:
-        """A partitioned JDBC read of one chunk: one Spark partition per created_time sub-range.
-
-        Each sub-range is its own single-partition JDBC read whose range sits inside the SQL (so the
-        index on created_time is used); their union keeps one partition each, with no shuffle.
-        """
-        from pyspark.sql import DataFrame
-
-        conn_cfg = self.cfg.connection
-        props = {**conn_cfg.jdbc_properties(), "fetchsize": str(self.cfg.fetch_size)}
+    def read_chunk(self, spark: SparkSession, chunk: Chunk, partitions: int, channels: list[str]) -> NarrowChunk:
+        """One chunk as Spark partitions, one per created_time sub-range, each read by the Python
+        worker that handles it (``ChunkReader``): the index range scan sits inside each SELECT."""
         with self.connect() as conn:
-            frames = [spark.read.jdbc(conn_cfg.jdbc_url(), self.chunk_query(conn, chunk.ship_id, lo, hi, channels),
-                                      properties=props)
-                      for lo, hi in sub_ranges(chunk.range_start, chunk.range_end, partitions)]
-        return functools.reduce(DataFrame.union, frames)
+            queries = [(self.chunk_select(conn, chunk.ship_id, lo, hi, channels), kernels.epoch_us(lo))
+                       for lo, hi in sub_ranges(chunk.range_start, chunk.range_end, partitions)]
+        reader = ChunkReader(self.cfg.connection.psycopg_params(), queries, self.cfg.order_column is not None,
+                             self.cfg.connection.socket_timeout_seconds)
+        return NarrowChunk(spark, reader)
 
     def channel_formats(self, conn: connection, chunk: Chunk, channels: list[str]) -> NewChannels:
         """Channels a chunk met that its layout lacked: each one's most common format, average bytes
@@ -651,3 +622,68 @@ class PostgresSource(NarrowTable):
                                     "(SELECT count(*) FROM ({n} EXCEPT {w}) b)").format(w=wide, n=narrow))
                 diffs += cur.fetchone()[0]
         return diffs
+
+
+class ChunkReader:
+    """The read half of a backfill task, run in the Python worker: sub-range numbers in, the narrow
+    rows of those sub-ranges out as Arrow batches of ``kernels.chunk_columns`` (``copy_read``).
+
+    Holds the source's connection parameters (password included, resolved on the driver so a
+    cluster's executors need no secret of their own); its repr never shows them."""
+
+    def __init__(self, conn_params: dict, queries: list[tuple[str, int]], has_order_key: bool,
+                 socket_timeout: float):
+        self._conn_params = conn_params
+        self.queries = queries
+        self.columns = kernels.chunk_columns(has_order_key)
+        self.socket_timeout = socket_timeout
+
+    def __repr__(self) -> str:
+        return f"ChunkReader({len(self.queries)} sub-ranges)"
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        numbers = [n for batch in batches for n in batch.column(0).to_pylist()]
+        if not numbers:
+            return
+        conn = db.open_session(self._conn_params)
+        try:
+            with conn.cursor() as cur:
+                # (the session sends UTF-8, which Arrow reads: ``db.session_params``) one sort-free
+                # scan needs no parallel workers on a busy source
+                if conn.server_version >= 90600:
+                    cur.execute("SET max_parallel_workers_per_gather = 0")
+                for n in numbers:
+                    query, lo_us = self.queries[n]
+                    rows = copy_read.copy_csv(cur, query, self.columns, self.socket_timeout)
+                    after = rows.column("created_us")
+                    yield from rows.set_column(0, "created_us", pc.add(after, pa.scalar(lo_us, pa.int64()))).to_batches()
+            conn.rollback()
+        finally:
+            conn.close()
+
+
+class NarrowChunk:
+    """A chunk's narrow rows for Spark: ``map(fn, schema)`` runs ``fn`` over each sub-range's rows in
+    the task that read them (one Spark partition per sub-range), so they reach the writer without
+    passing through the JVM."""
+
+    def __init__(self, spark: SparkSession, reader: ChunkReader):
+        self.spark = spark
+        self.reader = reader
+
+    @property
+    def partitions(self) -> int:
+        return len(self.reader.queries)
+
+    def map(self, fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+            schema: StructType) -> DataFrame:
+        """``fn`` (Arrow batches of ``kernels.chunk_columns`` in, batches of ``schema`` out) over
+        every sub-range: a DataFrame of ``schema``."""
+        reader = self.reader
+
+        def read_then(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            return fn(reader(batches))
+
+        n = self.partitions
+        return self.spark.range(0, n, 1, n).mapInArrow(read_then, schema)
+

@@ -104,13 +104,7 @@ def prepare_ship(conn: connection, target: WideTarget, ship: str, channels: list
         misfit = misfit_channels(layout, rows) if rows is not None else []
         if not misfit:
             return layout
-        layout = text_columns(conn, target, ship, misfit)
-        if known is not None:
-            if layout is None:
-                known.pop(ship, None)
-            else:
-                known[ship] = layout
-        return layout
+        return _remember(known, ship, text_columns(conn, target, ship, misfit))
 
     def ddl(cur: cursor) -> ShipLayout | None:
         if not ships.lock_ship_for_write(cur, target.cfg.catalog_schema, ship):
@@ -121,19 +115,20 @@ def prepare_ship(conn: connection, target: WideTarget, ship: str, channels: list
 
     layout = db.run_ddl(conn, target.cfg, ddl, lambda: target.ddl_tables(target.layouts.load(conn, ship)),
                         f"ship {ship!r}: tables and columns")
+    _remember(known, ship, layout)
+    misfit = misfit_channels(layout, rows) if layout is not None and rows is not None else []
+    if misfit:
+        layout = _remember(known, ship, text_columns(conn, target, ship, misfit))
+    return layout
+
+
+def _remember(known: dict[str, ShipLayout] | None, ship: str, layout: ShipLayout | None) -> ShipLayout | None:
+    """``layout`` into the cache (a rolled-back ship, None, leaves it), and back."""
     if known is not None:
         if layout is None:
             known.pop(ship, None)
         else:
             known[ship] = layout
-    misfit = misfit_channels(layout, rows) if layout is not None and rows is not None else []
-    if misfit:
-        layout = text_columns(conn, target, ship, misfit)
-        if known is not None:
-            if layout is None:
-                known.pop(ship, None)
-            else:
-                known[ship] = layout
     return layout
 
 

@@ -22,7 +22,8 @@ from widen.core.layout import LayoutRules, ShipLayout
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection, cursor
-    from pyspark.sql import DataFrame
+
+    from widen.sources.postgres import NarrowChunk
 
 
 class ChunkWrite(ABC):
@@ -33,8 +34,8 @@ class ChunkWrite(ABC):
     channels: list[str]
 
     @abstractmethod
-    def run(self, frame: DataFrame) -> list[dict]:
-        """Run the Spark job over the chunk's source frame; the per-partition stats rows
+    def run(self, narrow: NarrowChunk) -> list[dict]:
+        """Run the Spark job over the chunk's narrow rows (``NarrowChunk.map``); the per-partition stats rows
         (``narrow_rows``, ``rejected_rows``, ``duplicate_rows``, ``wide_rows``, ``unknown_channels``)."""
 
     @abstractmethod

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
     from widen.core.layout import ShipLayout
+    from widen.sources.postgres import NarrowChunk
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 #: the txn session confs are session-wide: one idempotent MERGE at a time in this process
@@ -544,11 +545,11 @@ class DeltaChunkWrite(ChunkWrite):
         self.channels = self.writer.channels
         self.output = None
 
-    def run(self, frame: DataFrame) -> list[dict]:
+    def run(self, narrow: NarrowChunk) -> list[dict]:
         from pyspark import StorageLevel
 
         # Kept once computed: the stats, each part's MERGE and the rejects all read it.
-        self.output = frame.mapInArrow(self.writer, self.writer.schema).persist(StorageLevel.MEMORY_AND_DISK)
+        self.output = narrow.map(self.writer, self.writer.schema).persist(StorageLevel.MEMORY_AND_DISK)
         return [row.asDict() for row in self.output.where("narrow_rows IS NOT NULL")
                 .select(*STATS_SCHEMA.fieldNames()).collect()]
 

@@ -25,7 +25,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 from widen.catalog import ledger
 from widen.catalog.layouts import lock_layout
 from widen.config import TargetConfig
-from widen.core import kernels, typed
+from widen.core import kernels, typed, values
 from widen.core.checksum import HASH_MD5, HASH_PG
 from widen.core.chunks import Chunk
 from widen.core.layout import LayoutRules, ShipLayout
@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     import datetime as dt
 
     from psycopg2.extensions import connection, cursor
-    from pyspark.sql import DataFrame
 
     from widen.core.layout import ShipLayout
+    from widen.sources.postgres import NarrowChunk
 
 STATS_SCHEMA = StructType([
     StructField("narrow_rows", LongType()), StructField("rejected_rows", LongType()),
@@ -130,20 +130,27 @@ class ChunkWriter:
         return list(self.channel_index)
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Narrow rows (``kernels.chunk_columns``, from ``ChunkReader``) in, this partition's stats out."""
         batches = list(batches)
         if not batches:
             yield self._stats(0, 0, 0, 0, [])
             return
         table = pa.Table.from_batches(batches)
         del batches
-        unknown = table.column("unknown").combine_chunks().flatten()
-        rejects = self._reject_rows(table)
-        coded = self._valid_rows(table)
-        narrow_rows = coded.num_rows + rejects.num_rows
-        if len(unknown):
+        channel = table.column("channel")
+        narrow_rows = table.num_rows
+        special = pc.less(channel, 0)
+        if pc.any(special).as_py():
+            coded, rejects, unknown = self._split(table, channel)
+        else:                               # nearly always: every row valid, every channel known
+            coded, rejects, unknown = table, table.slice(0, 0), []
+        if unknown:
             # Nothing is written: the driver adds the columns and runs the chunk again.
-            yield self._stats(narrow_rows, rejects.num_rows, 0, 0, sorted(set(unknown.to_pylist())))
+            yield self._stats(narrow_rows, rejects.num_rows, 0, 0, unknown)
             return
+        coded = pa.table({"created_time": pc.cast(coded.column("created_us"), pa.timestamp("us", tz="UTC")),
+                          "channel": coded.column("channel"), "value": coded.column("value"),
+                          **({"order_key": coded.column("order_key")} if self.has_order_key else {})})
         wide, duplicates = kernels.dedup_and_pivot(coded, len(self.channel_index), self.has_order_key)
         misfit = typed.misfits([(channel, self.column_types[i], wide.columns[i])
                                 for channel, i in self.channel_index.items() if self.column_types[i] != typed.TEXT])
@@ -151,8 +158,17 @@ class ChunkWriter:
             # Nothing is written: the driver turns the columns to text and runs the chunk again.
             yield self._stats(narrow_rows, rejects.num_rows, 0, 0, [], misfit)
             return
+        rejects = pa.table({"created_time": pc.cast(rejects.column("created_us"), pa.timestamp("us", tz="UTC")),
+                            "raw": rejects.column("value")})
         yield from self._write(wide, rejects)
         yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [])
+
+    @staticmethod
+    def _split(table: pa.Table, channel: pa.ChunkedArray) -> tuple[pa.Table, pa.Table, list[str]]:
+        """The valid rows of known channels, the rejected rows, and the unknown channels' names."""
+        unknown = table.filter(pc.equal(channel, values.UNKNOWN_CHANNEL)).column("value")
+        return (table.filter(pc.greater_equal(channel, 0)), table.filter(pc.equal(channel, values.REJECTED_ROW)),
+                sorted(set(unknown.to_pylist())))
 
     def _write(self, wide: kernels.Pivoted, rejects: pa.Table) -> list[pa.RecordBatch]:
         """COPY the partition's wide rows and rejects into the chunk's staging tables."""
@@ -170,23 +186,6 @@ class ChunkWriter:
         finally:
             conn.close()
         return []
-
-    def _valid_rows(self, table: pa.Table) -> pa.Table:
-        """One row per valid reading: the time of its group, its column number, its value."""
-        values = table.column("value").combine_chunks()
-        times = pc.cast(table.column("created_us").combine_chunks(), pa.timestamp("us", tz="UTC"))
-        parents = pc.list_parent_indices(values)
-        columns = {"created_time": times.take(parents),
-                   "channel": table.column("channel_idx").combine_chunks().flatten(),
-                   "value": values.flatten()}
-        if self.has_order_key:
-            columns["order_key"] = table.column("order_key").combine_chunks().flatten()
-        return pa.table(columns)
-
-    def _reject_rows(self, table: pa.Table) -> pa.Table:
-        raw = table.column("rejects").combine_chunks()
-        times = pc.cast(table.column("created_us").combine_chunks(), pa.timestamp("us", tz="UTC"))
-        return pa.table({"created_time": times.take(pc.list_parent_indices(raw)), "raw": raw.flatten()})
 
     def _reject_columns(self, rejects: pa.Table) -> list[pa.Array]:
         n = rejects.num_rows
@@ -438,10 +437,10 @@ class PostgresChunkWrite(ChunkWrite):
                                   has_order_key)
         self.channels = self.writer.channels
 
-    def run(self, frame: DataFrame) -> list[dict]:
+    def run(self, narrow: NarrowChunk) -> list[dict]:
         with db.connection(self.target.cfg.connection) as conn:
             create_staging(conn, self.staging, self.layout)
-        return [row.asDict() for row in frame.mapInArrow(self.writer, STATS_SCHEMA).collect()]
+        return [row.asDict() for row in narrow.map(self.writer, STATS_SCHEMA).collect()]
 
     def merge(self, cur: cursor) -> int:
         merged = merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, self.layout)
