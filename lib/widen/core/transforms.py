@@ -112,3 +112,25 @@ def _arrow_type(spark_type: DataType) -> pa.DataType:
     from pyspark.sql.pandas.types import to_arrow_type
 
     return to_arrow_type(spark_type)
+
+
+class NarrowChunk:
+    """A backfill chunk's narrow rows for Spark: a frame of sub-range numbers (one per partition)
+    and the function that reads a partition's sub-ranges (``widen.sources.postgres.ChunkReader``:
+    Arrow batches of ``kernels.chunk_columns``). ``map(fn, schema)`` runs ``fn`` over the rows in the
+    task that read them, so they reach the writer without passing through the JVM."""
+
+    def __init__(self, numbers: DataFrame, reader: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]):
+        self.numbers = numbers
+        self.reader = reader
+
+    def map(self, fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+            schema: StructType) -> DataFrame:
+        """``fn`` (narrow batches in, batches of ``schema`` out) over every sub-range."""
+        reader = self.reader
+
+        def read_then(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            return fn(reader(batches))
+
+        return self.numbers.mapInArrow(read_then, schema)
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -31,9 +31,9 @@ from widen.sources.base import NarrowTable
 if TYPE_CHECKING:
     from psycopg2.extensions import connection, cursor
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
 
     from widen.core.layout import ShipLayout
+    from widen.core.transforms import NarrowChunk
 
 #: the narrow table's columns and the PostgreSQL types (base type names) each may have
 NARROW_COLUMNS = {
@@ -412,9 +412,11 @@ class PostgresSource(NarrowTable):
         with self.connect() as conn:
             queries = [(self.chunk_select(conn, chunk.ship_id, lo, hi, channels), kernels.epoch_us(lo))
                        for lo, hi in sub_ranges(chunk.range_start, chunk.range_end, partitions)]
+        from widen.core.transforms import NarrowChunk  # pyspark: not imported by the jobs that need no Spark
+
         reader = ChunkReader(self.cfg.connection.psycopg_params(), queries, self.cfg.order_column is not None,
                              self.cfg.connection.socket_timeout_seconds)
-        return NarrowChunk(spark, reader)
+        return NarrowChunk(spark.range(0, len(queries), 1, len(queries)), reader)
 
     def channel_formats(self, conn: connection, chunk: Chunk, channels: list[str]) -> NewChannels:
         """Channels a chunk met that its layout lacked: each one's most common format, average bytes
@@ -660,30 +662,3 @@ class ChunkReader:
             conn.rollback()
         finally:
             conn.close()
-
-
-class NarrowChunk:
-    """A chunk's narrow rows for Spark: ``map(fn, schema)`` runs ``fn`` over each sub-range's rows in
-    the task that read them (one Spark partition per sub-range), so they reach the writer without
-    passing through the JVM."""
-
-    def __init__(self, spark: SparkSession, reader: ChunkReader):
-        self.spark = spark
-        self.reader = reader
-
-    @property
-    def partitions(self) -> int:
-        return len(self.reader.queries)
-
-    def map(self, fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
-            schema: StructType) -> DataFrame:
-        """``fn`` (Arrow batches of ``kernels.chunk_columns`` in, batches of ``schema`` out) over
-        every sub-range: a DataFrame of ``schema``."""
-        reader = self.reader
-
-        def read_then(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            return fn(reader(batches))
-
-        n = self.partitions
-        return self.spark.range(0, n, 1, n).mapInArrow(read_then, schema)
-

@@ -23,7 +23,7 @@ from widen.core.layout import LayoutRules, ShipLayout
 if TYPE_CHECKING:
     from psycopg2.extensions import connection, cursor
 
-    from widen.sources.postgres import NarrowChunk
+    from widen.core.transforms import NarrowChunk
 
 
 class ChunkWrite(ABC):

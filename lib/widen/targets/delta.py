@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
     from widen.core.layout import ShipLayout
-    from widen.sources.postgres import NarrowChunk
+    from widen.core.transforms import NarrowChunk
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 #: the txn session confs are session-wide: one idempotent MERGE at a time in this process

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from psycopg2.extensions import connection, cursor
 
     from widen.core.layout import ShipLayout
-    from widen.sources.postgres import NarrowChunk
+    from widen.core.transforms import NarrowChunk
 
 STATS_SCHEMA = StructType([
     StructField("narrow_rows", LongType()), StructField("rejected_rows", LongType()),
@@ -137,11 +137,10 @@ class ChunkWriter:
             return
         table = pa.Table.from_batches(batches)
         del batches
-        channel = table.column("channel")
+        codes = table.column("channel")
         narrow_rows = table.num_rows
-        special = pc.less(channel, 0)
-        if pc.any(special).as_py():
-            coded, rejects, unknown = self._split(table, channel)
+        if pc.any(pc.less(codes, 0)).as_py():
+            coded, rejects, unknown = self._split(table, codes)
         else:                               # nearly always: every row valid, every channel known
             coded, rejects, unknown = table, table.slice(0, 0), []
         if unknown:
@@ -164,10 +163,10 @@ class ChunkWriter:
         yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [])
 
     @staticmethod
-    def _split(table: pa.Table, channel: pa.ChunkedArray) -> tuple[pa.Table, pa.Table, list[str]]:
+    def _split(table: pa.Table, codes: pa.ChunkedArray) -> tuple[pa.Table, pa.Table, list[str]]:
         """The valid rows of known channels, the rejected rows, and the unknown channels' names."""
-        unknown = table.filter(pc.equal(channel, values.UNKNOWN_CHANNEL)).column("value")
-        return (table.filter(pc.greater_equal(channel, 0)), table.filter(pc.equal(channel, values.REJECTED_ROW)),
+        unknown = table.filter(pc.equal(codes, values.UNKNOWN_CHANNEL)).column("value")
+        return (table.filter(pc.greater_equal(codes, 0)), table.filter(pc.equal(codes, values.REJECTED_ROW)),
                 sorted(set(unknown.to_pylist())))
 
     def _write(self, wide: kernels.Pivoted, rejects: pa.Table) -> list[pa.RecordBatch]:
