@@ -374,6 +374,15 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     began = time.monotonic()
     tgt_cfg, bf = config.target, config.backfill
     ships, start, end = options.ships, options.start, options.end
+    # A session of its own takes seconds to start (spark-submit): it starts while the chunks are
+    # planned. pyspark is imported here first: two threads importing it at once can deadlock.
+    session = None
+    if spark is None:
+        import pyspark.sql  # noqa: F401
+
+        starting = ThreadPoolExecutor(1, thread_name_prefix="widen-spark-start")
+        session = starting.submit(get_spark, config)
+        starting.shutdown(wait=False)
     source = open_table(config.source, JOB)
     target = open_target(tgt_cfg, spark)
     reader_views(target, config, source)
@@ -411,7 +420,7 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     before_chunks = None
     ship_ends = ShipEnds(todo)
     if todo:
-        work.spark = get_spark(config, spark)
+        work.spark = session.result() if session else get_spark(config, spark)
         work.target = open_target(tgt_cfg, work.spark)
         work.target.views = target.views
         progress = Progress(JOB, len(todo), sum(c.narrow_rows for c in todo), bf.progress_seconds)
