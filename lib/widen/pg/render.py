@@ -33,19 +33,20 @@ def _columns(alias: str | None):
     return col
 
 
-def rendered_value(alias: str | None = None, server: Server = NEWEST,
-                   double_type: str = "float8", any_session: bool = False) -> sql.Composable:
+def rendered_value(alias: str | None = None, server: Server = NEWEST, double_type: str = "float8",
+                   any_session: bool = False, otherwise: sql.Composable | None = None) -> sql.Composable:
     """``CASE value_format WHEN 'Decimal' THEN double_v::text … END`` (optionally qualified), on
     ``server`` whose ``double_v`` is of ``double_type`` (float8 or float4). ``any_session``: the
     same text whatever the reading session's ``extra_float_digits`` (for a view, whose readers'
-    sessions widen does not set)."""
+    sessions widen does not set). ``otherwise``: the value for any other format (NULL by default)."""
     col = _columns(alias)
     double = (sql.SQL("{}::text").format(col("double_v")) if server.shortest_floats and not any_session
               else shortest_float_text(col("double_v"), double_type))
     return sql.SQL(
         "CASE {fmt} WHEN 'Decimal' THEN {d} WHEN 'Integer' THEN {l}::text "
-        "WHEN 'String' THEN {s} WHEN 'Boolean' THEN {b}::text END"
-    ).format(fmt=col("value_format"), d=double, l=col("long_v"), s=col("str_v"), b=col("bool_v"))
+        "WHEN 'String' THEN {s} WHEN 'Boolean' THEN {b}::text{otherwise} END"
+    ).format(fmt=col("value_format"), d=double, l=col("long_v"), s=col("str_v"), b=col("bool_v"),
+             otherwise=sql.SQL(" ELSE {}").format(otherwise) if otherwise is not None else sql.SQL(""))
 
 
 #: per type: (digits printed as ``%.Ng`` by a cast to numeric, most digits ever needed, smallest
