@@ -7,6 +7,7 @@ import pytest
 from psycopg2 import sql
 
 from widen.jobs import backfill, plan
+from widen.pg import db
 from widen.sources import generate
 
 NAME = "bf"
@@ -177,3 +178,41 @@ def test_plan_without_exact_estimates_and_counts_nothing_it_would_scan_for(migra
             assert by_ship[ship]["narrow_rows"] == rows
             assert by_ship[ship]["rejected_rows"] is None and by_ship[ship]["duplicate_rows"] is None
             assert by_ship[ship]["parts"] == exact_by_ship[ship]["parts"]
+
+
+def test_analyze_leaves_the_channels_to_autovacuum_only_where_it_runs(pg, make_config):
+    """``backfill.analyze: created_time`` analyzes that column where autovacuum will do the rest
+    (PostgreSQL keeps the table's change count after a partial ANALYZE), everything where it
+    will not; ``all`` everything."""
+    from types import SimpleNamespace
+
+    from widen.targets.postgres import PostgresTarget
+
+    cfg = make_config("analyze_columns")
+    schema = cfg.target.schema
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s}").format(s=sql.Identifier(schema)))
+        # autovacuum on, but held off this table for the test's few seconds by a huge threshold
+        for table, options in (("auto_on", "autovacuum_analyze_threshold = 2000000000"),
+                               ("auto_off", "autovacuum_enabled = false")):
+            cur.execute(sql.SQL("CREATE TABLE {} (created_time timestamptz PRIMARY KEY, a text, b text) WITH ({})")
+                        .format(sql.Identifier(schema, table), sql.SQL(options)))
+            cur.execute(sql.SQL("INSERT INTO {} SELECT t, i::text, (i % 7)::text FROM generate_series(1, 500) i, "
+                                "LATERAL (SELECT timestamptz '2026-01-01' + i * interval '1 s' AS t) x")
+                        .format(sql.Identifier(schema, table)))
+
+    def stats() -> dict[str, set[str]]:
+        with pg.cursor() as cur:
+            cur.execute("SELECT tablename, attname FROM pg_stats WHERE schemaname = %s", (schema,))
+            out: dict[str, set[str]] = {}
+            for table, column in cur.fetchall():
+                out.setdefault(table, set()).add(column)
+            return out
+
+    target = PostgresTarget(cfg.target)
+    layout = SimpleNamespace(tables={1: "auto_on", 2: "auto_off"})
+    with db.connection(cfg.target.connection) as conn:
+        assert target.analyze(conn, layout, "created_time") == 2
+        assert stats() == {"auto_on": {"created_time"}, "auto_off": {"created_time", "a", "b"}}
+        assert target.analyze(conn, layout, "all") == 2
+        assert stats() == {"auto_on": {"created_time", "a", "b"}, "auto_off": {"created_time", "a", "b"}}

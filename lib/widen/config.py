@@ -289,6 +289,9 @@ class BackfillConfig:
     max_connection_failures: int = field(default=3, metadata=_meta(minimum=1))
     #: server-side limit for one statement of the backfill (0: none)
     statement_timeout_seconds: float = field(default=3600.0, metadata=_meta(minimum=0))
+    #: what a ship's wide tables get analyzed for when its chunks are done: ``created_time`` (the
+    #: channels' statistics then come from autovacuum; all columns where it is off) or ``all``
+    analyze: str = field(default="created_time", metadata=_meta(choices=("created_time", "all")))
 
 
 @dataclass(frozen=True)

@@ -351,7 +351,7 @@ class ShipEnds:
             self.tables += tables
 
 
-def analyze_ships(conn_cfg: Connection, target: WideTarget, ships: list[str]) -> int:
+def analyze_ships(conn_cfg: Connection, target: WideTarget, ships: list[str], columns: str = "all") -> int:
     """The planner's statistics of the wide tables of ``ships`` (every chunk of theirs this run
     wrote succeeded), so analysts' first queries are planned on real figures; tables analyzed. A
     failure is a warning: autovacuum analyzes them later."""
@@ -361,7 +361,7 @@ def analyze_ships(conn_cfg: Connection, target: WideTarget, ships: list[str]) ->
     try:
         with db.connection(conn_cfg) as conn:
             for ship in ships:
-                done += target.analyze(conn, target.layouts.load(conn, ship))
+                done += target.analyze(conn, target.layouts.load(conn, ship), columns)
     except psycopg2.Error as err:
         log.warning("the wide tables could not all be analyzed (%s): autovacuum will", errors.describe(err))
     if done:
@@ -433,7 +433,7 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
             measured.chunk(chunk, result, progress)
             if ship_ends.finished(chunk, result):
                 # while the other chunks go on: the statistics are ready when the last chunk is
-                ship_ends.count(analyze_ships(tgt_cfg.connection, work.target, [chunk.ship_id]))
+                ship_ends.count(analyze_ships(tgt_cfg.connection, work.target, [chunk.ship_id], bf.analyze))
             return result
 
         with progress, ThreadPoolExecutor(max_workers=bf.parallel_chunks,

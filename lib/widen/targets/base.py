@@ -101,9 +101,9 @@ class WideTarget(ABC):
         """(schema, table) pairs whose locks DDL waits for, for ``db.lock_holders``."""
         return []
 
-    def analyze(self, conn: connection, layout: ShipLayout) -> int:
-        """Refresh the planner's statistics of the ship's tables (after its backfill); the tables
-        analyzed. Nothing to do where the engine keeps its own."""
+    def analyze(self, conn: connection, layout: ShipLayout, columns: str = "all") -> int:
+        """Refresh the planner's statistics of the ship's tables (after its backfill; ``columns``:
+        ``backfill.analyze``); the tables analyzed. Nothing to do where the engine keeps its own."""
         return 0
 
     def text_columns(self, conn: connection, layout: ShipLayout, kinds: dict[str, str]) -> None:

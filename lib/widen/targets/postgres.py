@@ -297,6 +297,18 @@ def merge_parts(cur: cursor, server_version: int, target_schema: str, staging: S
     return merged
 
 
+def autovacuum_analyzes(cur: cursor, table: sql.Composable) -> bool:
+    """Whether autovacuum analyzes ``table`` (on for the server, with the counts it needs, and not
+    turned off for the table)."""
+    cur.execute(sql.SQL(
+        "SELECT current_setting('autovacuum')::boolean AND current_setting('track_counts')::boolean "
+        "AND coalesce((SELECT option_value::boolean FROM pg_options_to_table(c.reloptions) "
+        "WHERE option_name = 'autovacuum_enabled'), true) FROM pg_class c WHERE c.oid = {}::regclass").format(
+        sql.Literal(table.as_string(cur))))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def column_types(members: list) -> dict[str, str]:
     """column -> type of the channels (``ChannelColumn``) whose column is not text."""
     return {c.column_name: c.column_type for c in members if c.column_type != typed.TEXT}
@@ -509,15 +521,21 @@ class PostgresTarget(WideTarget):
     def ddl_tables(self, layout: ShipLayout) -> list[tuple[str, str]]:
         return [(self.cfg.schema, t) for t in layout.tables.values()]
 
-    def analyze(self, conn: connection, layout: ShipLayout) -> int:
+    def analyze(self, conn: connection, layout: ShipLayout, columns: str = "all") -> int:
         """``ANALYZE`` each table (readers and writers go on: it only waits for a VACUUM or DDL,
-        at most ``target.lock_timeout_seconds``; a table it cannot get is left to autovacuum)."""
+        at most ``target.lock_timeout_seconds``; a table it cannot get is left to autovacuum).
+
+        ``columns`` ``created_time``: that column only (20 ms, against 1.3 s for 150 text columns),
+        where autovacuum runs for the table: PostgreSQL keeps a table's change count after an
+        ANALYZE of some columns, so autovacuum computes the channels' statistics soon after."""
         done = 0
         for table in layout.tables.values():
+            name = sql.Identifier(self.cfg.schema, table)
             with conn.cursor() as cur:
                 cur.execute(f"SET LOCAL lock_timeout = {max(1, round(self.cfg.lock_timeout_seconds * 1000))}")
+                some = columns == "created_time" and autovacuum_analyzes(cur, name)
                 try:
-                    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(self.cfg.schema, table)))
+                    cur.execute(sql.SQL("ANALYZE {} (created_time)" if some else "ANALYZE {}").format(name))
                 except psycopg2.errors.LockNotAvailable:
                     conn.rollback()
                     continue
