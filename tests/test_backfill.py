@@ -181,25 +181,31 @@ def test_plan_without_exact_estimates_and_counts_nothing_it_would_scan_for(migra
 
 
 def test_analyze_leaves_the_channels_to_autovacuum_only_where_it_runs(pg, make_config):
-    """``backfill.analyze: created_time`` analyzes that column where autovacuum will do the rest
-    (PostgreSQL keeps the table's change count after a partial ANALYZE), everything where it
-    will not; ``all`` everything."""
+    """``backfill.analyze: created_time`` analyzes that column where autovacuum will analyze the
+    table soon (PostgreSQL keeps the table's change count after a partial ANALYZE), every column
+    where it will not (off for the table; too few rows changed since its last ANALYZE, as for a big
+    table that got a new column); ``all`` every column."""
     from types import SimpleNamespace
 
     from widen.targets.postgres import PostgresTarget
 
     cfg = make_config("analyze_columns")
     schema = cfg.target.schema
+    tables = {"fresh": "", "auto_off": "WITH (autovacuum_enabled = false)", "settled": ""}
     with pg.cursor() as cur:
         cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s}").format(s=sql.Identifier(schema)))
-        # autovacuum on, but held off this table for the test's few seconds by a huge threshold
-        for table, options in (("auto_on", "autovacuum_analyze_threshold = 2000000000"),
-                               ("auto_off", "autovacuum_enabled = false")):
-            cur.execute(sql.SQL("CREATE TABLE {} (created_time timestamptz PRIMARY KEY, a text, b text) WITH ({})")
-                        .format(sql.Identifier(schema, table), sql.SQL(options)))
-            cur.execute(sql.SQL("INSERT INTO {} SELECT t, i::text, (i % 7)::text FROM generate_series(1, 500) i, "
-                                "LATERAL (SELECT timestamptz '2026-01-01' + i * interval '1 s' AS t) x")
+        for table, options in tables.items():
+            cur.execute(sql.SQL("CREATE TABLE {} (created_time timestamptz PRIMARY KEY, a text, b text) " + options)
                         .format(sql.Identifier(schema, table)))
+            cur.execute(sql.SQL("INSERT INTO {} SELECT timestamptz '2026-01-01' + i * interval '1 s', i::text, "
+                                "(i % 7)::text FROM generate_series(1, 500) i").format(sql.Identifier(schema, table)))
+        # analyzed in full, then a new channel's column and one row: autovacuum is not due
+        settled = sql.Identifier(schema, "settled")
+        cur.execute("SELECT pg_stat_force_next_flush()")        # the inserts counted before the ANALYZE
+        cur.execute(sql.SQL("ANALYZE {}").format(settled))
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN c text").format(settled))
+        cur.execute(sql.SQL("INSERT INTO {} VALUES (timestamptz '2027-01-01', 'x', 'y', 'z')").format(settled))
+        cur.execute("SELECT pg_stat_force_next_flush()")        # the change counts, visible to all
 
     def stats() -> dict[str, set[str]]:
         with pg.cursor() as cur:
@@ -207,12 +213,18 @@ def test_analyze_leaves_the_channels_to_autovacuum_only_where_it_runs(pg, make_c
             out: dict[str, set[str]] = {}
             for table, column in cur.fetchall():
                 out.setdefault(table, set()).add(column)
+            cur.execute("SELECT relname FROM pg_stat_user_tables WHERE schemaname = %s AND autoanalyze_count > 0",
+                        (schema,))
+            for (table,) in cur.fetchall():          # autovacuum came in between: it analyzed all
+                out[table] = out.get(table, set()) | {"autovacuum"}
             return out
 
+    every = {"created_time", "a", "b"}
     target = PostgresTarget(cfg.target)
-    layout = SimpleNamespace(tables={1: "auto_on", 2: "auto_off"})
     with db.connection(cfg.target.connection) as conn:
-        assert target.analyze(conn, layout, "created_time") == 2
-        assert stats() == {"auto_on": {"created_time"}, "auto_off": {"created_time", "a", "b"}}
-        assert target.analyze(conn, layout, "all") == 2
-        assert stats() == {"auto_on": {"created_time", "a", "b"}, "auto_off": {"created_time", "a", "b"}}
+        assert target.analyze(conn, SimpleNamespace(tables=dict(enumerate(tables))), "created_time") == 3
+        found = stats()
+        assert found["auto_off"] == every and found["settled"] == every | {"c"}
+        assert found["fresh"] in ({"created_time"}, every | {"autovacuum"})
+        assert target.analyze(conn, SimpleNamespace(tables={1: "fresh"}), "all") == 1
+        assert stats()["fresh"] >= every

@@ -92,3 +92,37 @@ def test_the_reader_asks_for_utf8_from_a_latin1_database(pg, make_config):
     finally:
         with pg.cursor() as cur:
             cur.execute("DROP DATABASE widen_latin1 WITH (FORCE)")
+
+
+def spark_wrapped(err: BaseException) -> Exception:
+    """``err`` as the driver sees it when a Python worker raised it: a traceback in Spark's message."""
+    return Exception("An exception was thrown from the Python worker. Please see the stack trace below.\n"
+                     "Traceback (most recent call last):\n  File \"copy_read.py\", line 1, in copy_csv\n"
+                     f"{type(err).__module__}.{type(err).__name__}: {err}\n")
+
+
+def test_a_workers_lost_server_counts_for_the_breaker(pg_server, pg):
+    """Real libpq failures, raised in a task, reach the driver as text: each still counts as a
+    server that went away (``errors.is_connection_failure``), so an outage stops the backfill."""
+    failures = []
+    for host in ("widen-no-such-host.invalid", "127.0.0.1"):
+        try:                # a name that does not resolve; a port nobody listens on
+            psycopg2.connect(host=host, port=1, user="x", dbname="x", connect_timeout=3)
+        except psycopg2.OperationalError as err:
+            failures.append(err)
+    conn = psycopg2.connect(host=pg_server["host"], port=pg_server["port"], user=pg_server["user"],
+                            dbname=pg_server["database"])
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+            with pg.cursor() as killer:
+                killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(psycopg2.Error) as raised:      # the server ended the session
+                copy_read.copy_csv(cur, "SELECT 1::text", {"t": pa.string()})
+            failures.append(raised.value)
+    finally:
+        conn.close()
+    assert len(failures) == 3
+    for err in failures:
+        assert errors.is_connection_failure(spark_wrapped(err)), errors.describe(spark_wrapped(err))

@@ -92,7 +92,9 @@ _CONNECTION_TEXT = re.compile(
     r"terminating connection|connection reset|broken pipe|an i/o error occurred|eofexception|"
     r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)|"
     r"no connection to the server|timeout expired|sockettimeoutexception|connection has been closed|"
-    r"readtimeout: the source sent nothing", re.I)
+    r"readtimeout: the source sent nothing|could not receive data from server|could not send data to server|"
+    r"ssl syscall error|ssl connection has been closed|no route to host|network is unreachable|"
+    r"could not translate host name|connection timed out|\boperationalerror: ", re.I)
 
 
 def is_connection_failure(err: BaseException) -> bool:

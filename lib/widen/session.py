@@ -24,8 +24,8 @@ REQUIRED_CONF = {
 }
 
 
-#: defaults a config may override: measured, 100k-row Arrow batches (Spark's default is 10k)
-#: make the backfill's read about 25 % faster
+#: defaults a config may override: 100k-row Arrow batches (Spark's default is 10k) made the backfill's
+#: JDBC read of the time about 25 % faster; the Delta writer's and the stream's batches keep them
 DEFAULT_CONF = {
     "spark.sql.execution.arrow.maxRecordsPerBatch": "100000",
     # Delta Lake (a Delta narrow source; Delta targets): its jars are fetched with the JDBC driver

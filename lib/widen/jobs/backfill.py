@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -327,6 +327,19 @@ def record_backfilled(conn_cfg: Connection, catalog_schema: str, planned: dict[s
         tgt.commit()
 
 
+def start_session(config: Config) -> Future:
+    """A session of its own (spark-submit), started in a thread: it takes seconds, during which
+    the layouts are found. pyspark is imported here first: two threads importing it at once can
+    deadlock."""
+    import pyspark.sql  # noqa: F401
+
+    starting = ThreadPoolExecutor(1, thread_name_prefix="widen-spark-start")
+    try:
+        return starting.submit(get_spark, config)
+    finally:
+        starting.shutdown(wait=False)
+
+
 class ShipEnds:
     """Which ship a finished chunk completes: its last chunk of this run, all of them written."""
 
@@ -374,15 +387,7 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
     began = time.monotonic()
     tgt_cfg, bf = config.target, config.backfill
     ships, start, end = options.ships, options.start, options.end
-    # A session of its own takes seconds to start (spark-submit): it starts while the chunks are
-    # planned. pyspark is imported here first: two threads importing it at once can deadlock.
     session = None
-    if spark is None:
-        import pyspark.sql  # noqa: F401
-
-        starting = ThreadPoolExecutor(1, thread_name_prefix="widen-spark-start")
-        session = starting.submit(get_spark, config)
-        starting.shutdown(wait=False)
     source = open_table(config.source, JOB)
     target = open_target(tgt_cfg, spark)
     reader_views(target, config, source)
@@ -403,9 +408,11 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
         skipped_ships = sorted({c.ship_id for c in chunks} & rolled_back)
         chunks = [c for c in chunks if c.ship_id not in rolled_back]
         ship_ids = sorted({c.ship_id for c in chunks})
-        work.prepare_layouts(src, tgt, ship_ids)
         done = ledger.done_chunks(tgt, tgt_cfg.catalog_schema, ship_ids)
         tgt.rollback()
+        if spark is None and any(c.key not in done for c in chunks):
+            session = start_session(config)
+        work.prepare_layouts(src, tgt, ship_ids)
         swept = work.sweep_unplaceable_rejects(src, tgt, ships)
     todo = interleave_by_ship([c for c in chunks if c.key not in done and c.ship_id not in work.problems])
     for ship, why in work.problems.items():
@@ -433,7 +440,11 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
             measured.chunk(chunk, result, progress)
             if ship_ends.finished(chunk, result):
                 # while the other chunks go on: the statistics are ready when the last chunk is
-                ship_ends.count(analyze_ships(tgt_cfg.connection, work.target, [chunk.ship_id], bf.analyze))
+                try:
+                    ship_ends.count(analyze_ships(tgt_cfg.connection, work.target, [chunk.ship_id], bf.analyze))
+                except Exception as err:  # noqa: BLE001 - statistics never fail a backfill
+                    log.warning("ship %r: its wide tables could not be analyzed (%s): autovacuum will",
+                                chunk.ship_id, errors.describe(err))
             return result
 
         with progress, ThreadPoolExecutor(max_workers=bf.parallel_chunks,

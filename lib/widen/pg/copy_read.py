@@ -68,6 +68,9 @@ def copy_csv(cur: cursor, query: str, columns: dict[str, pa.DataType], socket_ti
         stop.set()
         if watcher:
             watcher.join()
+    if timed_out.is_set():             # shut down just as the last rows came: the session is gone
+        raise ReadTimeout(f"the source sent nothing for {socket_timeout:g} s "
+                          "(source.socket_timeout_seconds); the read was given up")
     data = sink.getvalue()
     sink.close()
     names = list(columns)
@@ -75,7 +78,8 @@ def copy_csv(cur: cursor, query: str, columns: dict[str, pa.DataType], socket_ti
         return pa.schema([pa.field(n, t) for n, t in columns.items()]).empty_table()
     return pacsv.read_csv(
         pa.BufferReader(data),
-        read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
+        # one block for all: a row longer than a block would fail to parse (a long str_v, a reject)
+        read_options=pacsv.ReadOptions(column_names=names, block_size=min(max(1 << 24, len(data) + 1), (1 << 31) - 1)),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(column_types=columns, null_values=[""], strings_can_be_null=True,
                                              quoted_strings_can_be_null=False))
