@@ -215,6 +215,21 @@ def test_typed_journey_on_postgres(make_config, spark, pg, tmp_path):
     check_oracle(pg)
     assert reconcile.run(config, spark).exit_code == 0
 
+    # the source's reading becomes a String its double column cannot hold ("0.30"): the repair
+    # turns the column text first (prepare_ship with the rows), then writes the cell
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("UPDATE {} SET value_format = 'String', double_v = NULL, str_v = '0.30' "
+                            "WHERE ship_id = %s AND data_channel_id = 'decimal' AND created_time = %s").format(
+            sql.Identifier(f"src_{NAME}", "tbl_data_timeseries")), (SHIP, nasty.at(15 * 6)))
+        assert cur.rowcount == 1
+    assert reconcile.run(config, spark).exit_code == 1
+    repaired = reconcile.run(config, spark, repair=True)
+    assert repaired.exit_code == 0, repaired.report
+    check_oracle(pg)
+    with pg.cursor() as cur:
+        assert column_types(cur, SHIP)["decimal"] == ("text", "text")
+    assert reconcile.run(config, spark).exit_code == 0
+
 
 @pytest.mark.parametrize("server_version", [180000, 140000], ids=["merge", "insert-on-conflict"])
 def test_typed_merges_compare_cells_by_their_text(pg, server_version):
