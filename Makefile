@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench db-start db-stop clean
 
-setup: $(VENV)/.installed jars/.fetched pgbuilds/.fetched
+setup: $(VENV)/.installed jars/.fetched pgbuilds/.fetched jars/.archived
 
 $(VENV)/.installed: requirements.txt setup.py
 	python3 -m venv $(VENV)
@@ -18,6 +18,12 @@ $(VENV)/.installed: requirements.txt setup.py
 jars/.fetched: build/jars-pom.xml
 	mvn -q -B -f build/jars-pom.xml dependency:copy-dependencies \
 	    -DoutputDirectory=$(CURDIR)/jars -DexcludeTransitive=true
+	touch $@
+
+# Spark's classes archived once (JDK class data sharing, lib/widen/jvm.py): a job's JVM starts
+# seconds sooner. A JDK that cannot write or use one leaves none, and jobs start as they would without.
+jars/.archived: $(VENV)/.installed jars/.fetched
+	$(PY) -m widen.jvm archive jars || echo "widen: no class archive; jobs start without one"
 	touch $@
 
 # Old PostgreSQL server builds (9.3 … 13) for tests/test_old_servers.py, fetched once from Maven

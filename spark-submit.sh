@@ -89,14 +89,26 @@ else
   jar_opts=(--jars "$jars")
 fi
 mkdir -p "$here/build"
-# Ship the library (never pyspark) as a zip; rebuilt every run so it matches the checkout.
-"$venv/bin/python" - "$here" <<'PY'
+# Ship the library (never pyspark) as a zip; rebuilt every run so it matches the checkout. The same
+# Python prints the options for the driver's JVM, when it runs here (widen.jvm: Spark's class archive
+# from make setup; the quick compiler only where the JVM only schedules). A config it cannot read
+# gets none: the job itself says what is wrong with it.
+jvm_options=$("$venv/bin/python" - "$here" "$job" "$config" "$deploy_mode" <<'PY'
 import pathlib, sys, zipfile
 root = pathlib.Path(sys.argv[1])
 with zipfile.ZipFile(root / "build" / "widen.zip", "w", zipfile.ZIP_DEFLATED) as zf:
     for path in sorted((root / "lib" / "widen").rglob("*.py")):
         zf.write(path, path.relative_to(root / "lib"))
+if sys.argv[4] == "client":
+    sys.path.insert(0, str(root / "lib"))
+    from widen import config, jvm
+    try:
+        loaded = config.load(sys.argv[3])
+    except config.BadInput:
+        loaded = None
+    print(" ".join(jvm.driver_java_options(loaded, sys.argv[2], root / "jars")))
 PY
+)
 [ $? -eq 0 ] || { echo "spark-submit.sh: could not build $here/build/widen.zip" >&2; exit 1; }
 export TZ=UTC
 export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$venv/bin/python}
@@ -124,7 +136,7 @@ else
   # shellcheck disable=SC2086
   "$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" --files "$config" \
     --py-files "$here/build/widen.zip" ${SPARK_SUBMIT_OPTS_EXTRA:-} \
-    --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$log4j" \
+    --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$log4j $jvm_options" \
     --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
     --conf spark.sql.session.timeZone=UTC \
     --conf spark.ui.showConsoleProgress=false \

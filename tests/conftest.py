@@ -92,6 +92,7 @@ def pg(pg_server):
 def spark():
     from pyspark.sql import SparkSession
 
+    from widen import jvm
     from widen.session import DEFAULT_CONF, REQUIRED_CONF
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -101,7 +102,11 @@ def spark():
                .config("spark.sql.shuffle.partitions", "2")
                .config("spark.ui.enabled", "false")
                .config("spark.driver.memory", "2g"))
-    for key, value in {**DEFAULT_CONF, **REQUIRED_CONF}.items():
+    conf = {**DEFAULT_CONF, **REQUIRED_CONF}
+    # Spark's classes from setup's archive, as every JVM widen starts (tests/test_jvm.py)
+    conf["spark.driver.extraJavaOptions"] = " ".join(
+        [conf["spark.driver.extraJavaOptions"], *jvm.driver_java_options(None, None, ROOT / "jars")])
+    for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")

@@ -35,6 +35,20 @@ def listening(ports: range) -> set:
     return found
 
 
+def driver_command_lines(marker: str) -> list[list[str]]:
+    """Command lines of running Spark driver JVMs whose arguments mention ``marker``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if (Path(args[0]).name == "java" and "org.apache.spark.deploy.SparkSubmit" in args
+                and "org.apache.spark.launcher.Main" not in args and any(marker in a for a in args)):
+            found.append(args)
+    return found
+
+
 def test_backfill_through_the_wrapper(fresh_fleet, write_config, pg, tmp_path):
     fresh_fleet(NAME, ships=2, channels=5, hours=2, seed=8).close()
     config_path = write_config(NAME)
@@ -43,10 +57,12 @@ def test_backfill_through_the_wrapper(fresh_fleet, write_config, pg, tmp_path):
     proc = subprocess.Popen([WRAPPER, "backfill", "--config", config_path.name], cwd=config_path.parent, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ui_addresses: set[str] = set()
+    drivers: list[list[str]] = []
     deadline = time.monotonic() + 600
     while proc.poll() is None:
         assert time.monotonic() < deadline
         ui_addresses |= listening(range(4040, 4100))
+        drivers = drivers or driver_command_lines(config_path.name)
         time.sleep(0.2)
     out, err = proc.communicate()
     assert proc.returncode == 0, err[-2000:]
@@ -54,6 +70,11 @@ def test_backfill_through_the_wrapper(fresh_fleet, write_config, pg, tmp_path):
     summary = json.loads(line)
     assert (summary["job"], summary["status"], summary["chunks_done"]) == ("backfill", "ok", 4)
     assert "[backfill] chunks 4/4" in err                 # progress on stderr
+    # The driver's JVM mapped Spark's classes from setup's archive and, as it only schedules a
+    # PostgreSQL-to-PostgreSQL backfill, ran the quick compiler only (widen.jvm).
+    [driver] = drivers
+    assert f"-XX:SharedArchiveFile={ROOT / 'jars' / 'spark-classes.jsa'}" in driver, driver
+    assert "-XX:TieredStopAtLevel=1" in driver, driver
     # The Spark UI ran, on the loopback only.
     assert ui_addresses and all(a.is_loopback for a in ui_addresses), ui_addresses
     with pg.cursor() as cur:

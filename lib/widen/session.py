@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from widen import jvm
 from widen.config import BadInput, Config, Connection
 
 if TYPE_CHECKING:
@@ -73,8 +74,9 @@ def _verbose() -> bool:
     return logging.getLogger("widen").isEnabledFor(logging.DEBUG)
 
 
-def get_spark(config: Config, spark: SparkSession | None = None) -> SparkSession:
-    """Return ``spark`` if given (tests, notebooks), else build or reuse the session for ``config``."""
+def get_spark(config: Config, spark: SparkSession | None = None, job: str | None = None) -> SparkSession:
+    """Return ``spark`` if given (tests, notebooks), else build or reuse the session for ``config``
+    (a JVM it starts gets ``widen.jvm``'s options for ``job``)."""
     if spark is not None:
         for key in ("spark.sql.session.timeZone", "spark.sql.caseSensitive"):
             spark.conf.set(key, REQUIRED_CONF[key])
@@ -94,8 +96,11 @@ def get_spark(config: Config, spark: SparkSession | None = None) -> SparkSession
         builder = builder.master(master)
         builder = builder.config("spark.jars", ",".join(jar_paths(config)))
     conf = {**DEFAULT_CONF, **config.spark.conf, **REQUIRED_CONF}
-    if not _verbose() and not os.environ.get("WIDEN_SUBMITTED"):
-        conf["spark.driver.extraJavaOptions"] += f" -Dlog4j2.configurationFile=file:{QUIET_LOG4J}"
+    if not os.environ.get("WIDEN_SUBMITTED"):
+        if not _verbose():
+            conf["spark.driver.extraJavaOptions"] += f" -Dlog4j2.configurationFile=file:{QUIET_LOG4J}"
+        conf["spark.driver.extraJavaOptions"] = " ".join(
+            [conf["spark.driver.extraJavaOptions"], *jvm.driver_java_options(config, job, config.jars_dir)])
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

@@ -335,7 +335,7 @@ def start_session(config: Config) -> Future:
 
     starting = ThreadPoolExecutor(1, thread_name_prefix="widen-spark-start")
     try:
-        return starting.submit(get_spark, config)
+        return starting.submit(get_spark, config, job=JOB)
     finally:
         starting.shutdown(wait=False)
 

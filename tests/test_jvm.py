@@ -1,0 +1,69 @@
+"""widen.jvm: the archive of Spark's classes ``make setup`` writes, and the options a driver JVM
+that widen starts gets. Each check starts a real JVM the way every job starts it (Spark's own
+``spark-submit``, here with ``--version``), outside the test run's Spark session."""
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pyspark
+
+from widen import jvm
+
+ROOT = Path(__file__).resolve().parents[1]
+SPARK_HOME = Path(pyspark.__file__).parent
+
+
+def spark_jvm(options: list[str]) -> subprocess.CompletedProcess:
+    """Spark's launcher and its JVM, with ``options`` as the driver's."""
+    env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_SUBMIT_OPTS": " ".join(options)}
+    return subprocess.run([str(SPARK_HOME / "bin" / "spark-submit"), "--version"], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=ROOT / "build")
+
+
+def test_setup_wrote_an_archive_the_jvm_maps(tmp_path):
+    archive = jvm.archive_path(ROOT / "jars")
+    assert jvm.usable_archive(ROOT / "jars") == archive, "make setup writes jars/spark-classes.jsa and checks it"
+    options = jvm.driver_java_options(None, None, ROOT / "jars")
+    assert f"-XX:SharedArchiveFile={archive}" in options
+    # -Xshare:on refuses to start a JVM that cannot map the archive; Spark's classes come from it.
+    done = spark_jvm([*options, "-Xshare:on", "-Xlog:class+load=info"])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "org.apache.spark.deploy.SparkSubmit source: shared objects file (top)" in done.stdout
+
+
+def test_an_archive_changed_since_its_check_is_never_offered(tmp_path):
+    """A truncated archive kills the JVM that maps it (SIGBUS); one of another JDK or garbage is
+    skipped by the JVM itself, silently."""
+    real = jvm.archive_path(ROOT / "jars")
+    copy = jvm.archive_path(tmp_path)
+    shutil.copyfile(real, copy)
+    (tmp_path / (copy.name + ".checked")).write_text(jvm._stamp(copy))
+    assert jvm.usable_archive(tmp_path) == copy
+    with open(copy, "r+b") as fh:                        # a disk that filled while it was written
+        fh.truncate(copy.stat().st_size // 3)
+    assert jvm.usable_archive(tmp_path) is None
+    assert jvm.driver_java_options(None, "backfill", tmp_path) == []
+    crashed = spark_jvm([f"-XX:SharedArchiveFile={copy}"])        # what offering it would do
+    assert crashed.returncode != 0, crashed.stdout[-2000:]
+    for stale in (ROOT / "build").glob("hs_err_pid*.log"):
+        stale.unlink()
+    # Garbage that passed the check (sealed as it is now): the JVM skips it and says nothing.
+    copy.write_bytes(os.urandom(1 << 16))
+    (tmp_path / (copy.name + ".checked")).write_text(jvm._stamp(copy))
+    options = jvm.driver_java_options(None, None, tmp_path)
+    assert options and options[0] == f"-XX:SharedArchiveFile={copy}"
+    done = spark_jvm(options)
+    assert done.returncode == 0 and "cds" not in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_quick_compiler_only_where_the_jvm_only_schedules(make_config, tmp_path):
+    both_postgres = make_config("jvmopts")
+    quick = "-XX:TieredStopAtLevel=1"
+    assert quick in jvm.driver_java_options(both_postgres, "backfill", tmp_path)
+    to_delta = replace(both_postgres, target=replace(both_postgres.target, kind="delta", delta_root=str(tmp_path)))
+    from_delta = replace(both_postgres, source=replace(both_postgres.source, kind="delta", delta_path=str(tmp_path)))
+    for config, job in [(to_delta, "backfill"), (from_delta, "backfill"), (both_postgres, "stream"),
+                        (both_postgres, "reconcile"), (both_postgres, None), (None, "backfill")]:
+        assert quick not in jvm.driver_java_options(config, job, tmp_path), (config and config.target.kind, job)
