@@ -90,10 +90,11 @@ else
 fi
 mkdir -p "$here/build"
 # Ship the library (never pyspark) as a zip; rebuilt every run so it matches the checkout. The same
-# Python prints the options for the driver's JVM, when it runs here (widen.jvm: Spark's class archive
-# from make setup; the quick compiler only where the JVM only schedules). A config it cannot read
-# gets none: the job itself says what is wrong with it.
-jvm_options=$("$venv/bin/python" - "$here" "$job" "$config" "$deploy_mode" <<'PY'
+# Python prints the options for the driver's JVM when spark-submit starts it here (widen.jvm: Spark's
+# class archive from make setup; the quick compiler only where the JVM only schedules; a plain-Python
+# job's session gets them from widen.session). A config it cannot read gets none: the job itself says
+# what is wrong with it.
+jvm_options=$("$venv/bin/python" - "$here" "$job" "$config" "$deploy_mode$light" <<'PY'
 import pathlib, sys, zipfile
 root = pathlib.Path(sys.argv[1])
 with zipfile.ZipFile(root / "build" / "widen.zip", "w", zipfile.ZIP_DEFLATED) as zf:
