@@ -20,10 +20,10 @@ jars/.fetched: build/jars-pom.xml
 	    -DoutputDirectory=$(CURDIR)/jars -DexcludeTransitive=true
 	touch $@
 
-# Spark's classes archived once (JDK class data sharing, lib/widen/jvm.py): a job's JVM starts
+# Spark's classes archived once (JDK class data sharing, lib/widen/class_archive.py): a job's JVM starts
 # seconds sooner. A JDK that cannot write or use one leaves none, and jobs start as they would without.
 jars/.archived: $(VENV)/.installed jars/.fetched
-	$(PY) -m widen.jvm archive jars || echo "widen: no class archive; jobs start without one"
+	$(PY) -m widen.class_archive jars || echo "widen: no class archive; jobs start without one"
 	touch $@
 
 # Old PostgreSQL server builds (9.3 … 13) for tests/test_old_servers.py, fetched once from Maven

@@ -39,7 +39,7 @@ def test_an_archive_changed_since_its_check_is_never_offered(tmp_path):
     real = jvm.archive_path(ROOT / "jars")
     copy = jvm.archive_path(tmp_path)
     shutil.copyfile(real, copy)
-    (tmp_path / (copy.name + ".checked")).write_text(jvm._stamp(copy))
+    jvm.seal(copy)
     assert jvm.usable_archive(tmp_path) == copy
     with open(copy, "r+b") as fh:                        # a disk that filled while it was written
         fh.truncate(copy.stat().st_size // 3)
@@ -51,7 +51,7 @@ def test_an_archive_changed_since_its_check_is_never_offered(tmp_path):
         stale.unlink()
     # Garbage that passed the check (sealed as it is now): the JVM skips it and says nothing.
     copy.write_bytes(os.urandom(1 << 16))
-    (tmp_path / (copy.name + ".checked")).write_text(jvm._stamp(copy))
+    jvm.seal(copy)
     options = jvm.driver_java_options(None, None, tmp_path)
     assert options and options[0] == f"-XX:SharedArchiveFile={copy}"
     done = spark_jvm(options)
@@ -63,7 +63,6 @@ def test_quick_compiler_only_where_the_jvm_only_schedules(make_config, tmp_path)
     quick = "-XX:TieredStopAtLevel=1"
     assert quick in jvm.driver_java_options(both_postgres, "backfill", tmp_path)
     to_delta = replace(both_postgres, target=replace(both_postgres.target, kind="delta", delta_root=str(tmp_path)))
-    from_delta = replace(both_postgres, source=replace(both_postgres.source, kind="delta", delta_path=str(tmp_path)))
-    for config, job in [(to_delta, "backfill"), (from_delta, "backfill"), (both_postgres, "stream"),
+    for config, job in [(to_delta, "backfill"), (both_postgres, "stream"),
                         (both_postgres, "reconcile"), (both_postgres, None), (None, "backfill")]:
         assert quick not in jvm.driver_java_options(config, job, tmp_path), (config and config.target.kind, job)
