@@ -34,8 +34,9 @@ def test_setup_wrote_an_archive_the_jvm_maps(tmp_path):
 
 
 def test_an_archive_changed_since_its_check_is_never_offered(tmp_path):
-    """A truncated archive kills the JVM that maps it (SIGBUS); one of another JDK or garbage is
-    skipped by the JVM itself, silently."""
+    """A truncated archive kills the JVM that maps it (SIGBUS with JDK 17, seen by hand: not
+    asserted here, a JDK update may change it); one of another JDK, or garbage, the JVM itself
+    skips, silently."""
     real = jvm.archive_path(ROOT / "jars")
     copy = jvm.archive_path(tmp_path)
     shutil.copyfile(real, copy)
@@ -45,10 +46,6 @@ def test_an_archive_changed_since_its_check_is_never_offered(tmp_path):
         fh.truncate(copy.stat().st_size // 3)
     assert jvm.usable_archive(tmp_path) is None
     assert jvm.driver_java_options(None, "backfill", tmp_path) == []
-    crashed = spark_jvm([f"-XX:SharedArchiveFile={copy}"])        # what offering it would do
-    assert crashed.returncode != 0, crashed.stdout[-2000:]
-    for stale in (ROOT / "build").glob("hs_err_pid*.log"):
-        stale.unlink()
     # Garbage that passed the check (sealed as it is now): the JVM skips it and says nothing.
     copy.write_bytes(os.urandom(1 << 16))
     jvm.seal(copy)
