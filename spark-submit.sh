@@ -102,12 +102,15 @@ with zipfile.ZipFile(root / "build" / "widen.zip", "w", zipfile.ZIP_DEFLATED) as
         zf.write(path, path.relative_to(root / "lib"))
 if sys.argv[4] == "client":
     sys.path.insert(0, str(root / "lib"))
-    from widen import config, jvm
-    try:
-        loaded = config.load(sys.argv[3])
-    except config.BadInput:
-        loaded = None
-    print(" ".join(jvm.driver_java_options(loaded, sys.argv[2], root / "jars")))
+    try:                                  # a speed-up only: nothing here may stop the job
+        from widen import config, jvm
+        try:
+            loaded = config.load(sys.argv[3])
+        except config.BadInput:
+            loaded = None
+        print(" ".join(jvm.driver_java_options(loaded, sys.argv[2], root / "jars")))
+    except Exception as err:
+        print(f"spark-submit.sh: no JVM options ({type(err).__name__}: {err})", file=sys.stderr)
 PY
 )
 [ $? -eq 0 ] || { echo "spark-submit.sh: could not build $here/build/widen.zip" >&2; exit 1; }

@@ -2,7 +2,6 @@
 that widen starts gets. Each check starts a real JVM the way every job starts it (Spark's own
 ``spark-submit``, here with ``--version``), outside the test run's Spark session."""
 import os
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +23,9 @@ def spark_jvm(options: list[str]) -> subprocess.CompletedProcess:
 
 def test_setup_wrote_an_archive_the_jvm_maps(tmp_path):
     archive = jvm.archive_path(ROOT / "jars")
-    assert jvm.usable_archive(ROOT / "jars") == archive, "make setup writes jars/spark-classes.jsa and checks it"
+    assert jvm.usable_archive(ROOT / "jars") == archive, (
+        "make setup writes jars/spark-classes.jsa and checks it with this JDK (after a JDK or pyspark "
+        "change: rm jars/.archived; make setup)")
     options = jvm.driver_java_options(None, None, ROOT / "jars")
     assert f"-XX:SharedArchiveFile={archive}" in options
     # -Xshare:on refuses to start a JVM that cannot map the archive; Spark's classes come from it.
@@ -37,15 +38,22 @@ def test_an_archive_changed_since_its_check_is_never_offered(tmp_path):
     """A truncated archive kills the JVM that maps it (SIGBUS with JDK 17, seen by hand: not
     asserted here, a JDK update may change it); one of another JDK, or garbage, the JVM itself
     skips, silently."""
-    real = jvm.archive_path(ROOT / "jars")
     copy = jvm.archive_path(tmp_path)
-    shutil.copyfile(real, copy)
+    with open(jvm.archive_path(ROOT / "jars"), "rb") as real:
+        copy.write_bytes(real.read(1 << 20))
     jvm.seal(copy)
     assert jvm.usable_archive(tmp_path) == copy
     with open(copy, "r+b") as fh:                        # a disk that filled while it was written
-        fh.truncate(copy.stat().st_size // 3)
+        fh.truncate(1 << 19)
     assert jvm.usable_archive(tmp_path) is None
     assert jvm.driver_java_options(None, "backfill", tmp_path) == []
+    # Sealed by another JDK: not offered either.
+    jvm.seal(copy)
+    seal = tmp_path / (copy.name + ".checked")
+    seal.write_text(seal.read_text().replace(str(jvm.java_binary()), "/opt/other-jdk/bin/java"))
+    assert jvm.usable_archive(tmp_path) is None
+    seal.write_bytes(b"\xff\xfe not text")
+    assert jvm.usable_archive(tmp_path) is None
     # Garbage that passed the check (sealed as it is now): the JVM skips it and says nothing.
     copy.write_bytes(os.urandom(1 << 16))
     jvm.seal(copy)

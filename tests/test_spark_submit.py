@@ -62,7 +62,7 @@ def test_backfill_through_the_wrapper(fresh_fleet, write_config, pg, tmp_path):
     while proc.poll() is None:
         assert time.monotonic() < deadline
         ui_addresses |= listening(range(4040, 4100))
-        drivers = drivers or driver_command_lines(config_path.name)
+        drivers = drivers or driver_command_lines(str(config_path))
         time.sleep(0.2)
     out, err = proc.communicate()
     assert proc.returncode == 0, err[-2000:]

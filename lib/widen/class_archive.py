@@ -45,7 +45,7 @@ def write_archive(jars_dir: str | os.PathLike) -> Path:
     from widen.session import DEFAULT_CONF, QUIET_LOG4J, REQUIRED_CONF
 
     final = jvm.archive_path(jars_dir)
-    partial = final.with_suffix(".partial")
+    partial = final.with_suffix(f".{os.getpid()}.partial")     # two setups at once write their own
     partial.unlink(missing_ok=True)
     os.environ.setdefault("TZ", "UTC")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -18,6 +18,7 @@ on this machine (never a notebook's session, never a cluster's executors):
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,9 +43,18 @@ def _seal_path(archive: Path) -> Path:
     return archive.with_name(archive.name + ".checked")
 
 
+def java_binary() -> str | None:
+    """The java Spark's launcher runs (``$JAVA_HOME/bin/java``, else the one on PATH), resolved."""
+    home = os.environ.get("JAVA_HOME")
+    found = shutil.which("java", path=os.path.join(home, "bin")) if home else shutil.which("java")
+    return os.path.realpath(found) if found else None
+
+
 def _stamp(archive: Path) -> str:
+    """The archive's size and mtime and the JDK that checked it: another JDK (even one that could
+    read the file) gets no archive options at all."""
     found = archive.stat()
-    return f"{found.st_size} {found.st_mtime_ns}"
+    return f"{found.st_size} {found.st_mtime_ns} {java_binary()}"
 
 
 def seal(archive: Path) -> None:
@@ -62,7 +72,7 @@ def usable_archive(jars_dir: str | os.PathLike) -> Path | None:
     archive = archive_path(jars_dir)
     try:
         return archive if _seal_path(archive).read_text().strip() == _stamp(archive) else None
-    except OSError:
+    except (OSError, ValueError):           # no file, no seal, a seal that is not text
         return None
 
 

@@ -81,6 +81,9 @@ def run(config: Config, spark: SparkSession, options: DemoOptions) -> Result:
     forget_earlier_demo(config, get_spark(config, spark) if needs_spark(config.target) else spark)
     planned = plan.run(config)
     log.info("plan:\n%s", planned.report)
+    # One session for every step: the backfill's own would be started for a backfill alone
+    # (widen.jvm: its JVM only schedules), and the stream and reconcile after it need more.
+    spark = get_spark(config, spark)
     first = backfill.run(config, spark)
     say(f"backfill: {first.summary['chunks_done']} chunks, {first.summary['narrow_rows']:,} narrow rows "
         f"-> {first.summary['wide_rows']:,} wide rows in {first.summary['seconds']} s")
