@@ -71,3 +71,16 @@ def test_quick_compiler_only_where_the_jvm_only_schedules(make_config, tmp_path)
     for config, job in [(to_delta, "backfill"), (both_postgres, "stream"),
                         (both_postgres, "reconcile"), (both_postgres, None), (None, "backfill")]:
         assert quick not in jvm.driver_java_options(config, job, tmp_path), (config and config.target.kind, job)
+
+
+def test_an_archive_path_spark_would_split_is_left_out(tmp_path):
+    """Spark splits the driver's Java options like a shell: a jars folder whose path has a space or a
+    quote gets no archive option (a split path would be an unknown option: no JVM at all)."""
+    for name in ("with space", "it's", 'say "x"', "tab\there"):
+        folder = tmp_path / name
+        folder.mkdir()
+        archive = jvm.archive_path(folder)
+        archive.write_bytes(b"sealed as it is")
+        jvm.seal(archive)
+        assert jvm.usable_archive(folder) == archive
+        assert not any("SharedArchiveFile" in o for o in jvm.driver_java_options(None, None, folder)), name
