@@ -55,4 +55,4 @@ db-stop:
 	$(PY) -m widen.embedded stop
 
 clean: db-stop
-	rm -rf .local build/widen.zip
+	rm -rf .local build/widen.zip build/widen-*.zip

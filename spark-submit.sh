@@ -89,19 +89,19 @@ else
   jar_opts=(--jars "$jars")
 fi
 mkdir -p "$here/build"
-# Ship the library (never pyspark) as a zip; rebuilt every run so it matches the checkout. The same
-# Python prints the options for the driver's JVM when spark-submit starts it here (widen.jvm: Spark's
-# class archive from make setup; the quick compiler only where the JVM only schedules; a plain-Python
-# job's session gets them from widen.session). A config it cannot read gets none: the job itself says
-# what is wrong with it.
-jvm_options=$("$venv/bin/python" - "$here" "$job" "$config" "$deploy_mode$light" <<'PY'
-import pathlib, sys, zipfile
+# Ship the library (never pyspark) as a zip that matches the checkout: widen.pyfiles names it by its
+# content and never rewrites one in place, so any number of jobs may start at once (the zip's path is
+# the first line below). The same Python prints the options for the driver's JVM when spark-submit
+# starts it here (widen.jvm: Spark's class archive from make setup; the quick compiler only where the
+# JVM only schedules; a plain-Python job's session gets them from widen.session). A config it cannot
+# read gets none: the job itself says what is wrong with it.
+prepared=$("$venv/bin/python" - "$here" "$job" "$config" "$deploy_mode$light" <<'PY'
+import pathlib, sys
 root = pathlib.Path(sys.argv[1])
-with zipfile.ZipFile(root / "build" / "widen.zip", "w", zipfile.ZIP_DEFLATED) as zf:
-    for path in sorted((root / "lib" / "widen").rglob("*.py")):
-        zf.write(path, path.relative_to(root / "lib"))
+sys.path.insert(0, str(root / "lib"))
+from widen import pyfiles
+print(pyfiles.library_zip(root / "build", root / "lib" / "widen"))
 if sys.argv[4] == "client":
-    sys.path.insert(0, str(root / "lib"))
     try:                                  # a speed-up only: nothing here may stop the job
         from widen import config, jvm
         try:
@@ -113,7 +113,10 @@ if sys.argv[4] == "client":
         print(f"spark-submit.sh: no JVM options ({type(err).__name__}: {err})", file=sys.stderr)
 PY
 )
-[ $? -eq 0 ] || { echo "spark-submit.sh: could not build $here/build/widen.zip" >&2; exit 1; }
+[ $? -eq 0 ] || { echo "spark-submit.sh: could not build the library's zip in $here/build" >&2; exit 1; }
+py_zip=${prepared%%$'\n'*}
+jvm_options=""
+[ "$py_zip" = "$prepared" ] || jvm_options=${prepared#*$'\n'}
 export TZ=UTC
 export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$venv/bin/python}
 export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$venv/bin/python}
@@ -134,12 +137,12 @@ export WIDEN_SUMMARY_FILE=$summary
 cd "$here"
 if [ -n "$light" ]; then
   unset WIDEN_SUBMITTED
-  WIDEN_SPARK_MASTER=$master WIDEN_PY_FILES="$here/build/widen.zip" PYTHONPATH="$here/lib" \
+  WIDEN_SPARK_MASTER=$master WIDEN_PY_FILES="$py_zip" PYTHONPATH="$here/lib" \
     "$venv/bin/python" "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
 else
   # shellcheck disable=SC2086
   "$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" --files "$config" \
-    --py-files "$here/build/widen.zip" ${SPARK_SUBMIT_OPTS_EXTRA:-} \
+    --py-files "$py_zip" ${SPARK_SUBMIT_OPTS_EXTRA:-} \
     --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$log4j $jvm_options" \
     --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
     --conf spark.sql.session.timeZone=UTC \
