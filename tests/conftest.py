@@ -38,7 +38,7 @@ def pg_server(tmp_path_factory):
     try:
         yield {"host": server.host, "port": server.port, "user": server.user, "database": server.database}
     finally:
-        embedded.stop(home)
+        embedded.stop(home, remove_data=True)
 
 
 def raw_config(pg: dict, name: str, **overrides) -> dict:
@@ -186,4 +186,4 @@ def old_server(tmp_path_factory):
 
     yield start
     for home in homes:
-        embedded.stop(home)
+        embedded.stop(home, remove_data=True)

@@ -139,7 +139,7 @@ def own_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("ownpg")
     server = embedded.ensure_running(home)
     yield home, server
-    embedded.stop(home)
+    embedded.stop(home, remove_data=True)
 
 
 def postmaster_pid(server) -> int:

