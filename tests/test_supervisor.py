@@ -123,3 +123,28 @@ def test_a_signal_to_the_wrapper_alone_stops_the_stream(signum, fresh_fleet, wri
     name = f"sup{signum.name[3:].lower()}"
     config_path = stream_config(name, fresh_fleet, write_config, tmp_path)
     stop_a_running_stream(name, config_path, pg, lambda proc: proc.send_signal(signum))
+
+
+def test_group_sigterm_interrupts_a_backfill_and_a_rerun_goes_on(fresh_fleet, write_config, make_config, spark, pg):
+    """A backfill stopped by its supervisor: exit 130, status interrupted, its done chunks kept (the
+    rerun skips them) and its lock freed; the rerun completes the ships (oracle)."""
+    from widen.jobs import backfill
+
+    name = "supbf"
+    overrides = {"backfill__chunk_hours": 0.25, "backfill__parallel_chunks": 1}
+    config_path = write_config(name, **overrides)
+    fresh_fleet(name, ships=2, channels=8, hours=4, seed=5).close()
+    chunks = sql.Identifier(f"cat_{name}", "backfill_chunks")
+    proc = wrapper("backfill", config_path)
+    with pg.cursor() as cur:
+        wait_for(lambda: count(cur, chunks, "status = 'done'") > 0, proc, "a done chunk")
+        os.killpg(proc.pid, signal.SIGTERM)
+        code, summary = finish(proc, 120)
+        assert (code, summary["status"]) == (130, "interrupted"), (code, summary, stderr_of("backfill", config_path))
+        assert not advisory_locks_of(cur, "backfill"), "the backfill's lock outlived the wrapper"
+        kept = count(cur, chunks, "status = 'done'")
+    assert 0 < kept < 32
+    result = backfill.run(make_config(name, **overrides), spark)
+    assert result.exit_code == 0 and result.summary["chunks_skipped"] == kept, result.summary
+    with pg.cursor() as cur:
+        oracle.assert_equal_to_oracle(cur, f"src_{name}", f"wide_{name}", f"cat_{name}")
