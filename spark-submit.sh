@@ -9,7 +9,8 @@
 #
 # Output: progress, messages and Spark's own lines on stderr; the one-line JSON summary alone on
 # stdout, last. (spark-submit merges the Python driver's stderr into its stdout, so the driver
-# writes the summary to a file this script prints at the end.) Exit code: the job's (0, 1, 2).
+# writes the summary to a file this script prints at the end.) Exit code: the job's (0, 1, 2; 130 interrupted).
+# SIGTERM/SIGINT (to this script or its process group): see the bottom.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 jobs="plan, backfill, rollback, resume, stream, reconcile, status, report, cutover, demo, generate"
