@@ -9,7 +9,8 @@
 #
 # Output: progress, messages and Spark's own lines on stderr; the one-line JSON summary alone on
 # stdout, last. (spark-submit merges the Python driver's stderr into its stdout, so the driver
-# writes the summary to a file this script prints at the end.) Exit code: the job's (0, 1, 2).
+# writes the summary to a file this script prints at the end.) Exit code: the job's (0, 1, 2; 130 interrupted).
+# SIGTERM/SIGINT (to this script or its process group): see the bottom.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 jobs="plan, backfill, rollback, resume, stream, reconcile, status, report, cutover, demo, generate"
@@ -132,27 +133,57 @@ for arg in "${args[@]}"; do [ "$arg" = --verbose ] && log4j="$here/conf/log4j2.p
 job_config=$config
 [ "$deploy_mode" = cluster ] && job_config=$(basename "$config")
 summary=$(mktemp "${TMPDIR:-/tmp}/widen-summary.XXXXXX")
-trap 'rm -f "$summary"' EXIT
-export WIDEN_SUMMARY_FILE=$summary
+# The Python driver writes its pid here (widen.cli): where a supervisor's stop is handed on.
+driver_pid=$(mktemp "${TMPDIR:-/tmp}/widen-driver.XXXXXX")
+trap 'rm -f "$summary" "$driver_pid"' EXIT
+export WIDEN_SUMMARY_FILE=$summary WIDEN_DRIVER_PID_FILE=$driver_pid
 cd "$here"
 if [ -n "$light" ]; then
   unset WIDEN_SUBMITTED
   WIDEN_SPARK_MASTER=$master WIDEN_PY_FILES="$py_zip" PYTHONPATH="$here/lib" \
     "$venv/bin/python" "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
 else
-  # shellcheck disable=SC2086
-  "$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" --files "$config" \
-    --py-files "$py_zip" ${SPARK_SUBMIT_OPTS_EXTRA:-} \
-    --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$log4j $jvm_options" \
-    --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
-    --conf spark.sql.session.timeZone=UTC \
-    --conf spark.ui.showConsoleProgress=false \
-    "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
+  (
+    # systemd and Kubernetes send SIGTERM to every process of the job, a terminal's Ctrl-C SIGINT.
+    # spark-submit's JVM must not act on it: its shutdown hooks would stop the SparkContext under
+    # the Python driver, which could then neither finish its batch nor write its summary. A JVM
+    # started with a signal ignored leaves it ignored, and so does the driver it starts, which sets
+    # its own handlers (widen.cli); the stop reaches the driver directly (a group's signal) or from
+    # the trap below. When the driver ends, the JVM does. (Cluster deploy mode: the driver runs
+    # elsewhere; spark-submit takes the signal as it always did.)
+    [ "$deploy_mode" = client ] && trap '' TERM INT
+    # shellcheck disable=SC2086
+    exec "$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" --files "$config" \
+      --py-files "$py_zip" ${SPARK_SUBMIT_OPTS_EXTRA:-} \
+      --driver-java-options "-Duser.timezone=UTC -Dlog4j2.configurationFile=file:$log4j $jvm_options" \
+      --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
+      --conf spark.sql.session.timeZone=UTC \
+      --conf spark.ui.showConsoleProgress=false \
+      "$here/jobs/$job.py" --config "$job_config" "${args[@]}"
+  ) 1>&2 &
 fi
 child=$!
-# SIGTERM/SIGINT go on to spark-submit (the stream stops after its current batch).
-trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+# SIGTERM/SIGINT to this script: handed on to the job's driver, then this script waits for it. The
+# stream stops after its current batch (exit 0), another job is interrupted (exit 130, finished work
+# kept); either writes its summary and frees its locks. The driver takes a repeated stop as one.
+stop=""; stop_sent=""
+hand_on_stop() {
+  local pid=""
+  if [ -n "$light" ] || [ "$deploy_mode" = cluster ]; then
+    pid=$child
+  else
+    read -r pid <"$driver_pid" 2>/dev/null
+  fi
+  [ -n "$pid" ] || return 0            # the driver has not started yet: handed on when it has
+  kill "-$stop" "$pid" 2>/dev/null
+  stop_sent=1
+}
+trap 'stop=TERM; hand_on_stop' TERM
+trap 'stop=INT; hand_on_stop' INT
 while :; do
+  if [ -n "$stop" ] && [ -z "$stop_sent" ] && kill -0 "$child" 2>/dev/null; then
+    sleep 0.2; hand_on_stop; continue
+  fi
   wait "$child"; code=$?
   kill -0 "$child" 2>/dev/null || break
 done

@@ -14,7 +14,9 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import TYPE_CHECKING
 
@@ -173,7 +175,57 @@ def _fail(job: str, status: str, message: str, code: int, hint: str = "") -> int
     return code
 
 
+def _announce_driver() -> None:
+    """Under ``spark-submit.sh``: this driver's pid into ``WIDEN_DRIVER_PID_FILE``, where the wrapper
+    sends a supervisor's stop (written whole, then renamed: never read half-written)."""
+    path = os.environ.get("WIDEN_DRIVER_PID_FILE")
+    if not path:
+        return
+    try:
+        with open(path + ".new", "w", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()}\n")
+        os.replace(path + ".new", path)
+    except OSError as err:
+        logger.warning("cannot write the driver's pid to %s (%s): a stop must be sent to this process, pid %d",
+                       path, err.strerror, os.getpid())
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM/SIGINT: interrupt the job once (exit 130, finished work kept), its Spark jobs
+    cancelled. Once: a supervisor's signal can come twice (the process group's, and the one
+    ``spark-submit.sh`` hands on). The stream sets its own handlers: stop after the batch."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    context = getattr(sys.modules.get("pyspark"), "SparkContext", None)
+    active = getattr(context, "_active_spark_context", None)
+    if active is not None:
+        try:
+            active.cancelAllJobs()
+        except Exception:  # noqa: BLE001, S110 - the JVM may be gone already; the interrupt goes on
+            pass
+    raise KeyboardInterrupt
+
+
+def _take_signals() -> dict:
+    """Set the handlers of SIGTERM and SIGINT (main thread only); the previous ones, to put back.
+    Set, not inherited: under ``spark-submit.sh`` the driver starts with both ignored (its JVM must
+    outlive a process group's SIGTERM, see the script), and Python keeps a SIGINT ignored at start."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = _take_signals()
+    _announce_driver()
+    try:
+        return _main(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     job = argv[0] if argv and argv[0] in JOBS else "?"
     verbose = "--verbose" in argv
@@ -191,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as err:
         return _fail(job, "bad_input", str(err), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        return _fail(job, "interrupted", "interrupted (SIGINT); finished work is kept, a rerun goes on from it",
+        for sig in (signal.SIGTERM, signal.SIGINT):     # a repeated stop cannot cut the summary short
+            signal.signal(sig, signal.SIG_IGN)
+        return _fail(job, "interrupted", "interrupted (SIGTERM/SIGINT); finished work is kept, a rerun goes on from it",
                      EXIT_INTERRUPTED)
     except Exception as err:  # noqa: BLE001 - every failure ends with the summary line
         if verbose:

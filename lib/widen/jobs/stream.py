@@ -317,7 +317,9 @@ def _add(totals: dict, summary: dict) -> None:
 
 
 def _stop_on_signals() -> threading.Event:
-    """An event SIGTERM/SIGINT set (in the main thread; elsewhere nothing installs handlers)."""
+    """An event SIGTERM/SIGINT set (in the main thread; elsewhere nothing installs handlers). Setting
+    it twice is one stop: a supervisor's SIGTERM can reach the driver from its process group and
+    again from ``spark-submit.sh``, which hands its own on."""
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -327,7 +329,11 @@ def _stop_on_signals() -> threading.Event:
 
 def _run_until_stopped(query: StreamingQuery, stop: threading.Event) -> None:
     """Until the query ends (``--once``, a failure) or ``stop`` is set, which stops it between batches."""
+    told = False
     while query.isActive:
+        if stop.is_set() and not told:
+            log.info("stopping after the current batch (SIGTERM/SIGINT)")
+            told = True
         if stop.is_set() and not query.status.get("isTriggerActive"):
             query.stop()                    # between batches: the current one has committed
             break
