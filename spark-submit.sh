@@ -30,6 +30,14 @@ bad_input() {
 if [ $# -lt 1 ]; then
   bad_input "?" "usage: $0 <$jobs> [--master URL] [--deploy-mode client|cluster] [--config FILE] [job args]"
 fi
+# Help (the jobs, or one job's options): printed by the command line itself, no JVM, exit 0.
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help)
+      case "$1" in -h|--help) set -- ;; esac
+      PYTHONPATH="$here/lib" exec "${WIDEN_VENV:-$here/.venv}/bin/python" -m widen.cli "$@" --help ;;
+  esac
+done
 job=$1; shift
 case "$job" in
   plan|backfill|rollback|resume|stream|reconcile|status|report|cutover|demo|generate) ;;
@@ -125,6 +133,20 @@ fi
 # Spark's own console lines: errors only, unless the job runs with --verbose (then warnings too).
 log4j="$here/lib/widen/log4j2-quiet.properties"
 for arg in "${args[@]}"; do [ "$arg" = --verbose ] && log4j="$here/conf/log4j2.properties"; done
+# --log-format json: every stderr line one JSON object (log4j's JSON layout for Spark's lines; the
+# JVM's own warnings and the Python workers' lines wrapped by widen.log on the way out).
+json_log=""; previous=""
+for arg in "${args[@]}"; do
+  { [ "$arg" = --log-format=json ] || { [ "$previous" = --log-format ] && [ "$arg" = json ]; }; } && json_log=1
+  previous=$arg
+done
+if [ -n "$json_log" ]; then
+  case "$log4j" in */conf/*) log4j="$here/lib/widen/log4j2-json.properties -Dwiden.log.level=warn -Dwiden.log.tasks=warn" ;;
+                   *) log4j="$here/lib/widen/log4j2-json.properties" ;; esac
+  exec 3> >(PYTHONPATH="$here/lib" exec "$venv/bin/python" -m widen.log "$job" >&2)
+else
+  exec 3>&2
+fi
 # In cluster deploy mode the driver runs elsewhere and finds the config --files shipped by its name.
 job_config=$config
 [ "$deploy_mode" = cluster ] && job_config=$(basename "$config")
@@ -135,7 +157,7 @@ cd "$here"
 if [ -n "$light" ]; then
   unset WIDEN_SUBMITTED
   WIDEN_SPARK_MASTER=$master WIDEN_PY_FILES="$here/build/widen.zip" PYTHONPATH="$here/lib" \
-    "$venv/bin/python" "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
+    "$venv/bin/python" "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&3 2>&3 &
 else
   # shellcheck disable=SC2086
   "$submit" --master "$master" --deploy-mode "$deploy_mode" "${jar_opts[@]}" --files "$config" \
@@ -144,7 +166,7 @@ else
     --conf spark.executor.extraJavaOptions=-Duser.timezone=UTC \
     --conf spark.sql.session.timeZone=UTC \
     --conf spark.ui.showConsoleProgress=false \
-    "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
+    "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&3 2>&3 &
 fi
 child=$!
 # SIGTERM/SIGINT go on to spark-submit (the stream stops after its current batch).
@@ -153,6 +175,7 @@ while :; do
   wait "$child"; code=$?
   kill -0 "$child" 2>/dev/null || break
 done
+exec 3>&-      # the JSON filter (if any) ends when the job's lines do
 if [ -s "$summary" ]; then
   cat "$summary"
 else

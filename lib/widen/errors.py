@@ -11,6 +11,8 @@ import re
 
 import psycopg2
 
+from widen import secrets
+
 _TRACEBACK = "Traceback (most recent call last):"
 _PG_PREFIX = re.compile(r"^(ERROR|FATAL|PANIC):\s+")
 MAX_LENGTH = 500
@@ -49,7 +51,12 @@ def _java_chain(err: BaseException) -> list[tuple[str, str]]:
 
 
 def describe(err: BaseException) -> str:
-    """``Class: message`` of the exception that really failed (one line, at most 500 characters)."""
+    """``Class: message`` of the exception that really failed (one line, at most 500 characters;
+    a known password in the foreign text masked: ``widen.secrets.scrub``)."""
+    return secrets.scrub(_describe(err))
+
+
+def _describe(err: BaseException) -> str:
     text = str(err)
     chain = _java_chain(err)
     for candidate in [text, *(message for _, message in chain)]:
@@ -108,3 +115,4 @@ def is_connection_failure(err: BaseException) -> bool:
     if isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         return True
     return bool(_CONNECTION_TEXT.search(describe(err)))
+
