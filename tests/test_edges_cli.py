@@ -9,8 +9,10 @@ import io
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
+import jobproc
 import psycopg2
 import pytest
 import yaml
@@ -292,6 +294,67 @@ def test_connection_errors_fit_one_line_and_name_the_server(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "None" not in captured.err and "Unix socket" in captured.err, captured.err
     assert len(captured.err.strip().splitlines()) == 1, captured.err
+
+
+# --- 9. a full disk stops the backfill at once -----------------------------------------------------
+
+@pytest.fixture()
+def small_disk(own_pg):
+    """A 256 KiB tmpfs as the tablespace of the database ``diskfull``'s new tables (staging among
+    them): a real ``No space left on device`` (needs the right to mount, as root in CI)."""
+    home, server = own_pg
+    mount = home / "small"                  # where the server's user can reach it
+    mount.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}): the full-disk test needs root")
+    try:
+        embedded._chown_for_service(mount)
+        admin = psycopg2.connect(**server.dsn_params())
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS diskfull")
+            cur.execute("CREATE DATABASE diskfull")
+            cur.execute("DROP TABLESPACE IF EXISTS small")
+            cur.execute(sql.SQL("CREATE TABLESPACE small LOCATION {}").format(sql.Literal(str(mount))))
+        yield server, admin
+        with admin.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS diskfull")
+            cur.execute("DROP TABLESPACE IF EXISTS small")
+        admin.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_backfill_at_once_in_one_line(small_disk, tmp_path):
+    server, admin = small_disk
+    conn_cfg = Connection(server.host, server.port, "diskfull", server.user, password_env=None)
+    generate.generate_fleet(conn_cfg, "src_disk", ships=2, channels=40, hours=6, seed=5)
+    raw = raw_config({"host": server.host, "port": server.port, "user": server.user, "database": "diskfull"},
+                     "disk", backfill__chunk_hours=6, backfill__parallel_chunks=1, backfill__max_attempts=3,
+                     backfill__retry_backoff_seconds=2)
+    path = tmp_path / "disk.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert cli.main(["plan", "--config", str(path)]) == 0        # catalog and wide tables on the big disk
+    with admin.cursor() as cur:
+        cur.execute("ALTER DATABASE diskfull SET default_tablespace = small")
+    began = time.monotonic()
+    proc = jobproc.start("backfill", path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=300)
+    took = time.monotonic() - began
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert proc.returncode == 1, (summary, err[-3000:])
+    assert summary["stopped"] and summary["stopped"].startswith("out of disk space"), summary
+    assert "Traceback" not in err and "\tat " not in err, err[-3000:]
+    widen_lines = [line for line in err.splitlines() if line.strip()]
+    assert len(widen_lines) <= 12, err
+    # no chunk was tried again: each attempt costs at least the 2 s backoff before a retry
+    with psycopg2.connect(host=server.host, port=server.port, user=server.user, dbname="diskfull") as check:
+        with check.cursor() as cur:
+            cur.execute("SELECT coalesce(max(attempts), 0) FROM cat_disk.backfill_chunks WHERE status = 'failed'")
+            assert cur.fetchone()[0] <= 1
+    assert took < 90, took
 
 
 # --- 9. --log-format json: every stderr line is JSON -----------------------------------------------

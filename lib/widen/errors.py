@@ -116,3 +116,16 @@ def is_connection_failure(err: BaseException) -> bool:
         return True
     return bool(_CONNECTION_TEXT.search(describe(err)))
 
+
+_OUT_OF_SPACE_TEXT = re.compile(r"no space left on device|could not extend file|disk full|temp_file_limit|"
+                                r"diskfull|disk quota exceeded", re.I)
+
+
+def is_out_of_space(err: BaseException) -> bool:
+    """Whether ``err`` says a disk is full (SQLSTATE 53100 ``disk_full``, ``could not extend
+    file … No space left on device``, a temporary file over ``temp_file_limit``, a full local disk
+    under Spark): not transient, so retrying only makes more of the same failure."""
+    code = getattr(err, "pgcode", None)
+    if code in ("53100", "53400") and (code == "53100" or "temp_file_limit" in str(err)):
+        return True
+    return bool(_OUT_OF_SPACE_TEXT.search(describe(err)) or _OUT_OF_SPACE_TEXT.search(str(err)[:20000]))
