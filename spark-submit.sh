@@ -22,11 +22,17 @@ json_escape() {
 
 # Bad input: one line on stderr, the JSON summary on stdout, exit 2.
 bad_input() {
-  echo "spark-submit.sh: $2" >&2
+  case " $given " in
+    *" --log-format json "*|*" --log-format=json "*)
+      printf '{"level": "error", "job": "%s", "logger": "spark-submit.sh", "message": "%s"}\n' \
+        "$(json_escape "$1")" "$(json_escape "spark-submit.sh: $2")" >&2 ;;
+    *) echo "spark-submit.sh: $2" >&2 ;;
+  esac
   printf '{"job": "%s", "status": "bad_input", "error": "%s"}\n' "$(json_escape "$1")" "$(json_escape "$2")"
   exit 2
 }
 
+given="$*"
 if [ $# -lt 1 ]; then
   bad_input "?" "usage: $0 <$jobs> [--master URL] [--deploy-mode client|cluster] [--config FILE] [job args]"
 fi

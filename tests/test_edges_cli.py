@@ -374,6 +374,8 @@ def assert_all_json(stderr: str) -> list[dict]:
 def test_log_format_json_makes_every_stderr_line_json(fresh_fleet, write_config):
     fresh_fleet("jsonlog", ships=2, channels=3, hours=2).close()
     path = write_config("jsonlog")
+    refused = wrapper("plan", "--config", "nowhere.yaml", "--log-format", "json")     # the wrapper's own line
+    assert refused.returncode == 2 and assert_all_json(refused.stderr), refused.stderr
     planned = wrapper("plan", "--config", str(path), "--log-format", "json")
     assert planned.returncode == 0, planned.stderr
     assert_all_json(planned.stderr)
