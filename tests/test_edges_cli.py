@@ -357,6 +357,20 @@ def test_a_full_disk_stops_the_backfill_at_once_in_one_line(small_disk, tmp_path
     assert took < 90, took
 
 
+def test_a_temp_file_over_its_limit_counts_as_a_full_disk_and_an_outage_does_not(pg):
+    from widen import errors
+
+    with pg.cursor() as cur:
+        cur.execute("SET temp_file_limit = '64kB'")
+        with pytest.raises(psycopg2.Error) as over:
+            cur.execute("SELECT g FROM generate_series(1, 200000) g ORDER BY md5(g::text)")
+        cur.execute("RESET temp_file_limit")
+    assert over.value.pgcode == "53400" and errors.is_out_of_space(over.value)
+    with pytest.raises(psycopg2.OperationalError) as refused:
+        psycopg2.connect(host="127.0.0.1", port=9, dbname="x", connect_timeout=3)
+    assert not errors.is_out_of_space(refused.value) and errors.is_connection_failure(refused.value)
+
+
 # --- 9. --log-format json: every stderr line is JSON -----------------------------------------------
 
 def assert_all_json(stderr: str) -> list[dict]:
