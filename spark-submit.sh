@@ -23,14 +23,28 @@ json_escape() {
 
 # Bad input: one line on stderr, the JSON summary on stdout, exit 2.
 bad_input() {
-  echo "spark-submit.sh: $2" >&2
+  case " $given " in
+    *" --log-format json "*|*" --log-format=json "*)
+      printf '{"level": "error", "job": "%s", "logger": "spark-submit.sh", "message": "%s"}\n' \
+        "$(json_escape "$1")" "$(json_escape "spark-submit.sh: $2")" >&2 ;;
+    *) echo "spark-submit.sh: $2" >&2 ;;
+  esac
   printf '{"job": "%s", "status": "bad_input", "error": "%s"}\n' "$(json_escape "$1")" "$(json_escape "$2")"
   exit 2
 }
 
+given="$*"
 if [ $# -lt 1 ]; then
   bad_input "?" "usage: $0 <$jobs> [--master URL] [--deploy-mode client|cluster] [--config FILE] [job args]"
 fi
+# Help (the jobs, or one job's options): printed by the command line itself, no JVM, exit 0.
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help)
+      case "$1" in -h|--help) set -- ;; esac
+      PYTHONPATH="$here/lib" exec "${WIDEN_VENV:-$here/.venv}/bin/python" -m widen.cli "$@" --help ;;
+  esac
+done
 job=$1; shift
 case "$job" in
   plan|backfill|rollback|resume|stream|reconcile|status|report|cutover|demo|generate) ;;
@@ -129,6 +143,21 @@ fi
 # Spark's own console lines: errors only, unless the job runs with --verbose (then warnings too).
 log4j="$here/lib/widen/log4j2-quiet.properties"
 for arg in "${args[@]}"; do [ "$arg" = --verbose ] && log4j="$here/conf/log4j2.properties"; done
+# --log-format json: every stderr line one JSON object (log4j's JSON layout for Spark's lines; the
+# JVM's own warnings and the Python workers' lines wrapped by widen.log on the way out).
+json_log=""; previous=""
+for arg in "${args[@]}"; do
+  { [ "$arg" = --log-format=json ] || { [ "$previous" = --log-format ] && [ "$arg" = json ]; }; } && json_log=1
+  previous=$arg
+done
+if [ -n "$json_log" ]; then
+  case "$log4j" in */conf/*) log4j="$here/lib/widen/log4j2-json.properties -Dwiden.log.level=warn -Dwiden.log.tasks=warn" ;;
+                   *) log4j="$here/lib/widen/log4j2-json.properties" ;; esac
+  # The filter ignores a supervisor's SIGTERM/SIGINT: it ends when the job's lines do (at EOF).
+  exec 3> >(trap '' TERM INT; PYTHONPATH="$here/lib" exec "$venv/bin/python" -m widen.log "$job" >&2)
+else
+  exec 3>&2
+fi
 # In cluster deploy mode the driver runs elsewhere and finds the config --files shipped by its name.
 job_config=$config
 [ "$deploy_mode" = cluster ] && job_config=$(basename "$config")
@@ -141,7 +170,7 @@ cd "$here"
 if [ -n "$light" ]; then
   unset WIDEN_SUBMITTED
   WIDEN_SPARK_MASTER=$master WIDEN_PY_FILES="$py_zip" PYTHONPATH="$here/lib" \
-    "$venv/bin/python" "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&2 &
+    "$venv/bin/python" "$here/jobs/$job.py" --config "$job_config" "${args[@]}" 1>&3 2>&3 &
 else
   (
     # systemd and Kubernetes send SIGTERM to every process of the job, a terminal's Ctrl-C SIGINT.
@@ -160,7 +189,7 @@ else
       --conf spark.sql.session.timeZone=UTC \
       --conf spark.ui.showConsoleProgress=false \
       "$here/jobs/$job.py" --config "$job_config" "${args[@]}"
-  ) 1>&2 &
+  ) 1>&3 2>&3 &
 fi
 child=$!
 # SIGTERM/SIGINT to this script: handed on to the job's driver, then this script waits for it. The
@@ -187,6 +216,7 @@ while :; do
   wait "$child"; code=$?
   kill -0 "$child" 2>/dev/null || break
 done
+exec 3>&-      # the JSON filter (if any) ends when the job's lines do
 if [ -s "$summary" ]; then
   cat "$summary"
 else

@@ -241,7 +241,10 @@ def test_disk_full_ends_with_its_real_cause(full_disk, pg_server, spark, tmp_pat
     fill()
     # The backfill's staging COPY runs in a Spark Python worker: the cause is the worker's error.
     code, summary, err = run_cli(capsys, ["backfill", "--config", config])
-    assert code == 1 and summary["chunks_failed"] == summary["chunks_total"] > 0, summary
+    # A full disk is not transient: the backfill stops at once (no retry, no further chunk).
+    assert code == 1 and summary["stopped"].startswith("out of disk space: DiskFull: "), summary
+    assert summary["chunks_failed"] >= 1 and summary["chunks_not_started"] >= 1, summary
+    assert summary["chunks_failed"] + summary["chunks_not_started"] == summary["chunks_total"], summary
     for failure in summary["failed"]:
         assert failure["error"].startswith(("DiskFull: ", "DiskFull:")), failure
         assert "No space left on device" in failure["error"]

@@ -10,6 +10,7 @@ reports go to stderr; the one-line JSON summary goes alone to stdout, last (or, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
     from widen.config import Config
 
-JOBS = ("plan", "backfill", "rollback", "resume", "stream", "reconcile", "status", "report", "cutover", "demo",
-        "generate")
 logger = logging.getLogger(__name__)
 
 
@@ -84,59 +83,109 @@ def _seconds(text: str) -> float:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # exit 2 with the JSON line, like every other bad input
-        raise BadInput(message)
+        raise BadInput(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="widen", description="Migrate narrow ship telemetry into wide tables.")
-    parser.add_argument("job", choices=JOBS)
+#: what each job does (``widen --help``)
+JOB_HELP = {
+    "plan": "layouts, reader views and per-ship estimates",
+    "backfill": "the history, chunk by chunk",
+    "rollback": "a ship (or a time range of it) out of the wide tables",
+    "resume": "a rolled-back ship back into the migration",
+    "stream": "the live tail (poll or cdc)",
+    "reconcile": "checksums of both sides per ship and bucket; --repair re-merges differences",
+    "status": "state per ship and fleet, from the catalog (read-only)",
+    "report": "one self-contained HTML page",
+    "cutover": "gates, then the ships' reader views to the wide tables",
+    "demo": "embedded server, fleet, plan -> backfill -> stream -> reconcile -> report",
+    "generate": "a synthetic fleet into the narrow table",
+}
+JOBS = tuple(JOB_HELP)
+
+#: the command-line form of every field of the jobs' options dataclasses (``run.Options``): a job
+#: takes exactly the options its dataclass has, so another job's option is an error (exit 2)
+OPTION_ARGUMENTS: dict[str, tuple[tuple[str, ...], dict]] = {
+    "ships": (("--ships",), {"type": parse_ships, "help": "comma-separated ship ids (default: all)"}),
+    "start": (("--start",), {"type": parse_time, "help": "first created_time to include"}),
+    "end": (("--end", "--cutoff"), {"type": parse_time,
+                                    "help": "created_time to stop before (the backfill/stream hand-off)"}),
+    "dry_run": (("--dry-run",), {"action": "store_true", "help": "print what would be done, change nothing"}),
+    "undo": (("--undo",), {"action": "store_true", "help": "switch the ships' readers back to the narrow table"}),
+    "once": (("--once",), {"action": "store_true", "help": "process what is there, then stop"}),
+    "drop_slot": (("--drop-slot",), {"action": "store_true",
+                                     "help": "(source.mode cdc) drop widen's replication slot and publication, "
+                                             "then stop"}),
+    "repair": (("--repair",), {"action": "store_true",
+                               "help": "re-merge what differs from the source, then check again"}),
+    "exact": (("--exact",), {"action": "store_true",
+                             "help": "exact channel statistics, rejected rows and duplicate keys (scans the "
+                                     "narrow table; by default channels come from an index skip scan or a sample)"}),
+    "duplicates": (("--no-duplicates",), {"action": "store_false", "dest": "duplicates",
+                                          "help": "with --exact: skip the duplicate-key count (a full GROUP BY)"}),
+    "out": (("--out",), {"help": "the HTML file to write (default: <home>/report/widen-report.html)"}),
+    "refresh": (("--refresh",), {"type": _seconds, "help": "the page asks a browser to reload it every N seconds"}),
+    "fleet_ships": (("--fleet-ships",), {"type": _count(0), "help": "ships in the fleet"}),
+    "channels": (("--channels",), {"type": _count(1), "help": "channels per ship"}),
+    "hours": (("--hours",), {"type": _hours, "help": "hours of readings"}),
+    "seed": (("--seed",), {"type": int, "help": "random seed"}),
+    "replace": (("--replace",), {"action": "store_true",
+                                 "help": "empty the narrow table first (only a table generate made)"}),
+    "replace_any_table": (("--replace-any-table",), {"action": "store_true",
+                                                     "help": "empty the narrow table even if generate did not "
+                                                             "make it (dangerous)"}),
+}
+
+
+def job_options(job: str) -> type:
+    """The options dataclass of ``job`` (its ``run.Options``)."""
+    from importlib import import_module
+
+    return import_module(f"widen.jobs.{job}").run.Options
+
+
+def _add_job_parser(subparsers: argparse._SubParsersAction, job: str) -> None:
+    options = job_options(job)
+    parser = subparsers.add_parser(job, help=JOB_HELP[job], description=f"widen {job}: {JOB_HELP[job]}.")
     parser.add_argument("--config", default="conf/local.yaml", help="YAML config (default: %(default)s)")
-    parser.add_argument("--ships", type=parse_ships, help="comma-separated ship ids (default: all)")
-    parser.add_argument("--ships-file", help="file with one ship id a line (ids may contain commas)")
-    parser.add_argument("--start", type=parse_time, help="first created_time to include")
-    parser.add_argument("--end", "--cutoff", dest="end", type=parse_time,
-                        help="created_time to stop before (the backfill/stream hand-off)")
-    parser.add_argument("--dry-run", action="store_true", help="rollback, cutover: print what would be done")
-    parser.add_argument("--undo", action="store_true", help="cutover: switch the ships' readers back to the narrow table")
-    parser.add_argument("--once", action="store_true", help="stream: process what is there, then stop")
-    parser.add_argument("--drop-slot", action="store_true",
-                        help="stream (source.mode cdc): drop widen's replication slot and publication, then stop")
-    parser.add_argument("--repair", action="store_true",
-                        help="reconcile: re-merge what differs from the source, then check again")
-    parser.add_argument("--exact", action="store_true",
-                        help="plan: exact channel statistics, rejected rows and duplicate keys (scans the narrow "
-                             "table; by default channels come from an index skip scan or a sample)")
-    parser.add_argument("--no-duplicates", action="store_true",
-                        help="plan --exact: skip the duplicate-key count (a full GROUP BY)")
-    parser.add_argument("--out", help="report: the HTML file to write (default: <home>/report/widen-report.html)")
-    parser.add_argument("--refresh", type=_seconds, help="report: the page asks a browser to reload it every N seconds")
+    for f in dataclasses.fields(options):
+        names, spec = OPTION_ARGUMENTS[f.name]
+        spec = dict(spec)
+        if f.default is not dataclasses.MISSING and spec.get("action") not in ("store_true", "store_false"):
+            spec["default"] = f.default
+            if f.default is not None:
+                spec["help"] = spec.get("help", "") + " (default: %(default)s)"
+        parser.add_argument(*names, **({"dest": f.name} | spec))
+        if f.name == "ships":
+            parser.add_argument("--ships-file", help="file with one ship id a line (ids may contain commas)")
     parser.add_argument("--verbose", action="store_true", help="debug lines, tracebacks and Spark's own logs")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="stderr lines as text (default) or one JSON object a line")
-    # generate / demo
-    parser.add_argument("--fleet-ships", type=_count(0), default=4)
-    parser.add_argument("--channels", type=_count(1), default=50)
-    parser.add_argument("--hours", type=_hours, default=6.0)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--replace", action="store_true",
-                        help="generate: empty the narrow table first (only a table generate made)")
-    parser.add_argument("--replace-any-table", action="store_true",
-                        help="generate: empty the narrow table even if generate did not make it (dangerous)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``widen <job> [options]``: one subcommand per job, each with the options its dataclass has."""
+    parser = _Parser(prog="widen", description="Migrate narrow ship telemetry into wide tables, one job at a "
+                                               "time: widen <job> --help shows a job's options.")
+    subparsers = parser.add_subparsers(dest="job", required=True, metavar="<job>", parser_class=_Parser,
+                                       title="jobs")
+    for job in JOBS:
+        _add_job_parser(subparsers, job)
     return parser
 
 
 def read_ships(args: argparse.Namespace) -> list[str] | None:
-    ships = list(args.ships or [])
-    if args.ships_file:
+    ships = list(getattr(args, "ships", None) or [])
+    ships_file = getattr(args, "ships_file", None)
+    if ships_file:
         try:
-            with open(args.ships_file, encoding="utf-8") as fh:
+            with open(ships_file, encoding="utf-8") as fh:
                 ships += [line.rstrip("\r\n") for line in fh if line.rstrip("\r\n")]
         except OSError as err:
-            raise BadInput(f"--ships-file: cannot read {args.ships_file!r} ({err.strerror})") from None
+            raise BadInput(f"--ships-file: cannot read {ships_file!r} ({err.strerror})") from None
         except UnicodeDecodeError:
-            raise BadInput(f"--ships-file: {args.ships_file!r} is not UTF-8 text") from None
+            raise BadInput(f"--ships-file: {ships_file!r} is not UTF-8 text") from None
         if not ships:
-            raise BadInput(f"--ships-file: {args.ships_file!r} names no ship")
+            raise BadInput(f"--ships-file: {ships_file!r} names no ship")
     return ships or None
 
 
@@ -146,20 +195,20 @@ def check_range(start: dt.datetime | None, end: dt.datetime | None) -> None:
 
 
 def run_job(args: argparse.Namespace, config: Config) -> Result:
-    """The job's ``run`` with its own options dataclass, built from the arguments it knows."""
+    """The job's ``run`` with its own options dataclass, built from the arguments it took."""
     from importlib import import_module
 
     from widen.jobs import options_from
 
     module = import_module(f"widen.jobs.{args.job}")
-    check_range(args.start, args.end)
-    values = {**vars(args), "ships": read_ships(args), "duplicates": not args.no_duplicates}
+    check_range(getattr(args, "start", None), getattr(args, "end", None))
+    values = {**vars(args), "ships": read_ships(args)}
     return module.run(config, options=options_from(module.run.Options, values))
 
 
 def _emit(line: str) -> None:
-    """The JSON summary: alone on stdout, or into the wrapper's summary file."""
-    line = secrets.scrub(line)
+    """The JSON summary: alone on stdout, or into the wrapper's summary file. Never rewritten: no
+    secret reaches a summary in the first place (``widen.secrets``)."""
     target = os.environ.get("WIDEN_SUMMARY_FILE")
     if target:
         with open(target, "w", encoding="utf-8") as fh:
@@ -169,8 +218,7 @@ def _emit(line: str) -> None:
 
 
 def _fail(job: str, status: str, message: str, code: int, hint: str = "") -> int:
-    message = secrets.scrub(message)
-    print(f"widen: {message}{hint}", file=sys.stderr, flush=True)
+    log.console(f"widen: {message}{hint}", logging.ERROR)
     _emit(json.dumps({"job": job, "status": status, "error": message}))
     return code
 
@@ -215,6 +263,10 @@ def _take_signals() -> dict:
     return {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
+def _wants_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     previous = _take_signals()
     _announce_driver()
@@ -232,7 +284,12 @@ def _main(argv: list[str] | None) -> int:
     log.setup(verbose, "json" if "--log-format=json" in argv or
               any(a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:])) else "text")
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args, extra = build_parser().parse_known_args(argv)
+        except SystemExit as done:      # --help: argparse printed it; no job runs, no summary
+            return int(done.code or 0)
+        if extra:
+            raise BadInput(f"{args.job} does not take {' '.join(extra)} (widen {args.job} --help lists its options)")
         config = load(os.path.abspath(args.config))
         result = run_job(args, config)
     except JobBusy as err:
@@ -248,16 +305,17 @@ def _main(argv: list[str] | None) -> int:
         return _fail(job, "interrupted", "interrupted (SIGTERM/SIGINT); finished work is kept, a rerun goes on from it",
                      EXIT_INTERRUPTED)
     except Exception as err:  # noqa: BLE001 - every failure ends with the summary line
+        # Text from outside (a driver's or Spark's exception) is the one place a secret could
+        # still appear: it alone is scrubbed (widen.secrets.scrub; errors.describe does so too).
         if verbose:
-            print(secrets.scrub(traceback.format_exc()), file=sys.stderr)
+            log.console(secrets.scrub(traceback.format_exc().rstrip("\n")), logging.ERROR)
         return _fail(job, "error", errors.describe(err), EXIT_PROBLEM,
                      "" if verbose else " (--verbose shows the traceback)")
     if result.report:
-        print(secrets.scrub(result.report), file=sys.stderr, flush=True)
+        log.console(result.report)
     _emit(result.json_line())
     return result.exit_code
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -166,8 +166,8 @@ class Connection:
         return props
 
     def describe(self) -> str:
-        """Safe for logs: never includes the password."""
-        return f"{self.user}@{self.host}:{self.port}/{self.database}"
+        """Safe for logs: never includes the password. No host is libpq's default, a Unix socket."""
+        return f"{self.user}@{self.host or '<default Unix socket>'}:{self.port}/{self.database}"
 
 
 # --- the JDBC side of a connection -----------------------------------------------------------------
@@ -454,7 +454,7 @@ def _value(key: str, value: Any, kind: Any, meta: dict) -> Any:
             number = float(value) if kind is float else _integer(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected {'a whole number' if kind is int else 'a number'}, "
-                              f"got {secrets.scrub(repr(value))}") from None
+                              f"got {value!r}") from None
         if kind is float and not math.isfinite(number):
             raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         if "above" in meta and not number > meta["above"]:
@@ -645,5 +645,20 @@ def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse(raw or {}, env)
+        raise ConfigError(yaml_error(path, err)) from None
+    if raw is None or raw == {}:
+        # Not "all defaults": an empty file is a mistake (a failed template, a wrong path), and
+        # running it would silently work on the embedded server instead of the intended one.
+        raise ConfigError(f"config file {path} is empty: it needs at least the source and target "
+                          "connections (see conf/local.yaml)")
+    return parse(raw, env)
+
+
+def yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """``file:line:column: not valid YAML (what is wrong)`` on one line, without the text of the
+    line (which may hold a password): PyYAML's message quotes it, so only its words are kept."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or "syntax error"
+    problem = " ".join(re.sub(r"'[^']*'|\"[^\"]*\"", "…", problem).split())
+    return f"{where}: not valid YAML ({problem})"

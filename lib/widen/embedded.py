@@ -276,6 +276,33 @@ def _create_database(server: EmbeddedServer) -> None:
         conn.close()
 
 
+def provide(server: EmbeddedServer, database: str, user: str) -> EmbeddedServer:
+    """``server`` as ``user`` on ``database``: the names a config gives are used on the embedded
+    server, never replaced by its own. A missing role is made (LOGIN, REPLICATION for change
+    capture) and a missing database is made owned by it; an existing database gets the role's
+    CONNECT, CREATE and TEMPORARY rights."""
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(host=server.host, port=server.port, user=server.user, dbname="postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(user)))
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database),
+                                                                          sql.Identifier(user)))
+            elif user != server.user:
+                cur.execute(sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}").format(
+                    sql.Identifier(database), sql.Identifier(user)))
+    finally:
+        conn.close()
+    return EmbeddedServer(server.host, server.port, user, database, server.data_dir)
+
+
 def stop(home: Path | None = None, remove_data: bool = False) -> bool:
     """Stop the server under ``home``; ``remove_data`` also deletes its data directory (a test's)."""
     pg_home = Path(home or default_home()).resolve() / "pg"

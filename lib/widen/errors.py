@@ -11,6 +11,8 @@ import re
 
 import psycopg2
 
+from widen import secrets
+
 _TRACEBACK = "Traceback (most recent call last):"
 _PG_PREFIX = re.compile(r"^(ERROR|FATAL|PANIC):\s+")
 MAX_LENGTH = 500
@@ -49,7 +51,12 @@ def _java_chain(err: BaseException) -> list[tuple[str, str]]:
 
 
 def describe(err: BaseException) -> str:
-    """``Class: message`` of the exception that really failed (one line, at most 500 characters)."""
+    """``Class: message`` of the exception that really failed (one line, at most 500 characters;
+    a known password in the foreign text masked: ``widen.secrets.scrub``)."""
+    return secrets.scrub(_describe(err))
+
+
+def _describe(err: BaseException) -> str:
     text = str(err)
     chain = _java_chain(err)
     for candidate in [text, *(message for _, message in chain)]:
@@ -108,3 +115,17 @@ def is_connection_failure(err: BaseException) -> bool:
     if isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         return True
     return bool(_CONNECTION_TEXT.search(describe(err)))
+
+
+_OUT_OF_SPACE_TEXT = re.compile(r"no space left on device|could not extend file|disk full|temp_file_limit|"
+                                r"diskfull|disk quota exceeded", re.I)
+
+
+def is_out_of_space(err: BaseException) -> bool:
+    """Whether ``err`` says a disk is full (SQLSTATE 53100 ``disk_full``, ``could not extend
+    file … No space left on device``, a temporary file over ``temp_file_limit``, a full local disk
+    under Spark): not transient, so retrying only makes more of the same failure."""
+    code = getattr(err, "pgcode", None)
+    if code in ("53100", "53400") and (code == "53100" or "temp_file_limit" in str(err)):
+        return True
+    return bool(_OUT_OF_SPACE_TEXT.search(describe(err)) or _OUT_OF_SPACE_TEXT.search(str(err)[:20000]))

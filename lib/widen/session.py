@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from widen import jvm, pyfiles
+from widen import jvm, log, pyfiles
 from widen.config import BadInput, Config, Connection
 
 if TYPE_CHECKING:
@@ -50,8 +50,11 @@ def resolve_connections(config: Config) -> Config:
     def fill(conn: Connection) -> Connection:
         if conn.host and config.embedded != "always":
             return conn
-        return replace(conn, host=server.host, port=server.port, user=server.user,
-                       database=server.database, password_env=None, password_file=None)
+        # The configured database and user, made on the embedded server if missing (never
+        # silently swapped for the server's own: a job would then work elsewhere than asked).
+        there = embedded.provide(server, conn.database, conn.user)
+        return replace(conn, host=there.host, port=there.port, user=there.user, database=there.database,
+                       password_env=None, password_file=None)
 
     return config.with_connections(fill(config.source.connection), fill(config.target.connection))
 
@@ -98,8 +101,7 @@ def get_spark(config: Config, spark: SparkSession | None = None, job: str | None
         builder = builder.config("spark.jars", ",".join(jar_paths(config)))
     conf = {**DEFAULT_CONF, **config.spark.conf, **REQUIRED_CONF}
     if not os.environ.get("WIDEN_SUBMITTED"):
-        if not _verbose():
-            conf["spark.driver.extraJavaOptions"] += f" -Dlog4j2.configurationFile=file:{QUIET_LOG4J}"
+        conf["spark.driver.extraJavaOptions"] += f" {log.log4j_options()}"
         conf["spark.driver.extraJavaOptions"] = " ".join(
             [conf["spark.driver.extraJavaOptions"], *jvm.driver_java_options(config, job, config.jars_dir)])
     for key, value in conf.items():

@@ -139,3 +139,26 @@ def migrate(conn: connection, catalog_schema: str) -> int:
             log.info("catalog %s: migration %d applied (%s)", catalog_schema, version, description)
     conn.commit()
     return found
+
+
+#: what a read-only job says on a server where no job has made the catalog yet
+NO_CATALOG = "no catalog yet: run plan or backfill first"
+
+
+def open_existing(conn: connection, catalog_schema: str) -> bool:
+    """For read-only jobs (status, report, ``--dry-run``): True when the catalog exists (one an
+    older widen made is migrated, as any job would, before it is read), False when there is none,
+    creating nothing (no schema on an empty server, no statement a read-only role may not run)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'schema_migrations'",
+                    (catalog_schema,))
+        if cur.fetchone() is None:
+            conn.rollback()
+            return False
+        cur.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(
+            sql.Identifier(catalog_schema)))
+        found = cur.fetchone()[0]
+    conn.rollback()
+    if found != LATEST:
+        migrate(conn, catalog_schema)      # refuses a newer one (CatalogTooNew)
+    return True

@@ -285,8 +285,14 @@ class Breaker:
             self.in_a_row = 0
 
     def failure(self, err: BaseException) -> bool:
-        """Count ``err``; True when the breaker is (now) open."""
+        """Count ``err``; True when the breaker is (now) open: after ``limit`` connection failures
+        in a row, or at once for a full disk (no retry makes room; every chunk would fail alike)."""
         with self._lock:
+            if self.reason is None and errors.is_out_of_space(err):
+                self.reason = f"out of disk space: {errors.describe(err)}"
+                log.error("stopping: %s; no further chunk is started. Make room (or a bigger temp_file_limit), "
+                          "then run the backfill again: finished chunks are kept and skipped.", self.reason)
+                return True
             if not errors.is_connection_failure(err):
                 self.in_a_row = 0
                 return self.tripped

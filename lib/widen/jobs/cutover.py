@@ -165,7 +165,10 @@ def run(config: Config, spark: SparkSession | None, options: CutoverOptions) -> 
     ships = list(dict.fromkeys(options.ships))
     cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
-        schema.migrate(conn, cat)
+        if options.dry_run and not schema.open_existing(conn, cat):
+            raise BadInput(f"--ships: {schema.NO_CATALOG} ({cat!r} in {config.target.connection.describe()})")
+        if not options.dry_run:
+            schema.migrate(conn, cat)
         with conn.cursor() as cur:
             facts = _facts(cur, cat, ships)
             fleet = _fleet(cur, config)

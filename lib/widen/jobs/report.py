@@ -127,7 +127,8 @@ def run(config: Config, spark: SparkSession | None, options: ReportOptions) -> R
     began = time.monotonic()
     cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
-        schema.migrate(conn, cat)
+        if not schema.open_existing(conn, cat):
+            return status_job.no_catalog(JOB, config, began)
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
             now, ships, queries = status_job.snapshot(cur, cat, options.ships)

@@ -48,7 +48,10 @@ def run(config: Config, spark: SparkSession, options: RollbackOptions) -> Result
         raise BadInput("rollback needs --ships (it never rolls back every ship by default)")
     lines, counts, failed = [], {}, {}
     with db.connection(config.target.connection) as conn:
-        schema.migrate(conn, config.target.catalog_schema)
+        if not options.dry_run:
+            schema.migrate(conn, config.target.catalog_schema)
+        elif not schema.open_existing(conn, config.target.catalog_schema):
+            raise BadInput(f"--ships: {schema.NO_CATALOG}")
     for ship in options.ships:
         try:
             counts[ship] = _rollback_ship(config, spark, ship, options, lines)

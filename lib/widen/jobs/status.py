@@ -151,12 +151,22 @@ def snapshot(cur: cursor, cat: str, ships: list[str] | None) -> tuple[dt.datetim
     return now, rows, streams(cur, cat)
 
 
+def no_catalog(name: str, config: Config, began: float) -> Result:
+    """A read-only job on a server without widen's catalog (nothing made, nothing to show): exit 1,
+    as for any state that needs attention; most often a wrong target.catalog_schema or database."""
+    cat = config.target.catalog_schema
+    message = f"{schema.NO_CATALOG} (no schema {cat!r} with widen's catalog in {config.target.connection.describe()})"
+    return Result(name, EXIT_PROBLEM, {"ships": 0, "catalog": None, "attention": [message],
+                                       "seconds": round(time.monotonic() - began, 3)}, f"{name}: {message}")
+
+
 @job("status", StatusOptions, reads_narrow_table=False, ships_from=None, lock=False)
 def run(config: Config, spark: SparkSession | None, options: StatusOptions) -> Result:
     began = time.monotonic()
     cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
-        schema.migrate(conn, cat)
+        if not schema.open_existing(conn, cat):
+            return no_catalog("status", config, began)
         with conn.cursor() as cur:
             now, rows, queries = snapshot(cur, cat, options.ships)
         conn.rollback()

@@ -96,8 +96,9 @@ def connect(conn_cfg: Connection, autocommit: bool = False) -> connection:
         return open_session(conn_cfg.psycopg_params(), autocommit)
     except psycopg2.OperationalError as err:
         # libpq's message never contains the password; still name the server safely.
-        raise ConnectionError(f"cannot connect to PostgreSQL {conn_cfg.describe()}: "
-                              f"{str(err).strip()}") from None
+        # One line: libpq adds its hint ("Is the server running …") on lines of their own.
+        reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise ConnectionError(f"cannot connect to PostgreSQL {conn_cfg.describe()}: {reason}") from None
 
 
 @contextlib.contextmanager
