@@ -5,7 +5,8 @@ narrow rows it moved, rejects, when the stream last wrote it, the last reconcile
 when), when it was switched. For the fleet: ships per state and the stream's freshness lag (now -
 the newest created_time its recent batches wrote). Exit 1 when something needs attention: failed
 chunks, a reconcile that left differences or could not check, rows the stream could not write since
-the ship's last reconcile, a lag above ``cutover.max_lag_seconds``.
+the ship's last reconcile, a lag above ``cutover.max_lag_seconds``. A rolled-back ship needs none
+(``rollback`` took it out on purpose; ``resume`` brings it back): its last reconcile is not shown.
 """
 from __future__ import annotations
 
@@ -95,8 +96,11 @@ def gather(cur: cursor, cat: str, ships: list[str] | None) -> list[dict[str, Any
 
 
 def attention(row: dict[str, Any]) -> list[str]:
-    """Why a ship needs an operator, if it does."""
-    why = []
+    """Why a ship needs an operator, if it does (a rolled-back ship does not: it was taken out on
+    purpose, and its last reconcile and stream failures are about tables that are gone)."""
+    why: list[str] = []
+    if row["state"] == lifecycle.ROLLED_BACK:
+        return why
     if row["chunks_failed"]:
         why.append(f"{row['chunks_failed']} backfill chunks failed (run backfill again)")
     if row.get("last_reconcile_result") in ("mismatch", "error"):
@@ -126,7 +130,8 @@ def format_report(rows: list[dict[str, Any]], now: dt.datetime, fleet: list[str]
         total = r.get("backfill_chunks_total") or 0
         chunks = f"{r['chunks_done']}/{total}" + (f" {100 * r['chunks_done'] // total}%" if total else "") + \
             (f" !{r['chunks_failed']}" if r["chunks_failed"] else "")
-        rec = "-" if not r.get("last_reconcile_at") else (
+        rec = "rolled back: not checked" if r["state"] == lifecycle.ROLLED_BACK else \
+            "-" if not r.get("last_reconcile_at") else (
             f"{r['last_reconcile_result']} through {r['last_reconcile_through']:%Y-%m-%d %H:%M}Z, "
             f"{_ago(now, r['last_reconcile_at'])} ago")
         switched = f"; switched {_ago(now, r['switched_at'])} ago" if r.get("switched_at") else ""
