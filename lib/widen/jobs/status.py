@@ -73,10 +73,12 @@ def gather(cur: cursor, cat: str, ships: list[str] | None) -> list[dict[str, Any
     rows = {r["ship_id"]: r for r in _rows(cur, sql.SQL("SELECT * FROM {} {} ORDER BY ship_id").format(
         table("ship_lifecycle"), where), params)}
     chunks = {r["ship_id"]: r for r in _rows(cur, sql.SQL(
-        "SELECT ship_id, count(*) FILTER (WHERE status = 'done') AS chunks_done, "
-        "count(*) FILTER (WHERE status <> 'done') AS chunks_failed, "
-        "coalesce(sum(narrow_rows) FILTER (WHERE status = 'done'), 0) AS narrow_rows, "
-        "coalesce(sum(rejected_rows) FILTER (WHERE status = 'done'), 0) AS backfill_rejects "
+        # a partial cell (cut by the hand-off's --end) is done as far as the backfill went
+        "SELECT ship_id, count(*) FILTER (WHERE status IN ('done', 'partial')) AS chunks_done, "
+        "count(*) FILTER (WHERE status = 'partial') AS chunks_partial, "
+        "count(*) FILTER (WHERE status NOT IN ('done', 'partial')) AS chunks_failed, "
+        "coalesce(sum(narrow_rows) FILTER (WHERE status IN ('done', 'partial')), 0) AS narrow_rows, "
+        "coalesce(sum(rejected_rows) FILTER (WHERE status IN ('done', 'partial')), 0) AS backfill_rejects "
         "FROM {} {} GROUP BY ship_id").format(table("backfill_chunks"), where), params)}
     cur.execute(sql.SQL("SELECT ship_id, count(*) FROM {} {} GROUP BY ship_id").format(table("rejects"), where),
                 params)
@@ -88,7 +90,8 @@ def gather(cur: cursor, cat: str, ships: list[str] | None) -> list[dict[str, Any
     for ship in sorted(set(rows) | set(chunks)):
         row = {"ship_id": ship, "state": lifecycle.PLANNED, **rows.get(ship, {})}
         c = chunks.get(ship, {})
-        row.update(chunks_done=c.get("chunks_done", 0), chunks_failed=c.get("chunks_failed", 0),
+        row.update(chunks_done=c.get("chunks_done", 0), chunks_partial=c.get("chunks_partial", 0),
+                   chunks_failed=c.get("chunks_failed", 0),
                    narrow_rows=c.get("narrow_rows", 0), rejects=rejects.get(ship, 0),
                    **failures.get(ship, {"stream_failures": 0, "last_stream_failure": None}))
         out.append(row)
