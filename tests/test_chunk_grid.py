@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import nasty
 import oracle
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -18,6 +19,7 @@ NAME = "chunkgrid"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 UTC = dt.UTC
 HOUR = dt.timedelta(hours=1)
+MINUTE = dt.timedelta(minutes=1)
 #: the hand-off point: inside the second 1-hour cell of the generated history (from 2026-01-01)
 HANDOFF = dt.datetime(2026, 1, 1, 1, 30, tzinfo=UTC)
 
@@ -48,6 +50,12 @@ def grid(cur, ship: str) -> list[dt.datetime]:
     return [r[0] for r in cur.fetchall()]
 
 
+def backfill_rejects(cur, ship: str) -> list[tuple]:
+    cur.execute(sql.SQL("SELECT created_time, count(*) FROM {} WHERE ship_id = %s AND job = 'backfill' "
+                        "GROUP BY 1 ORDER BY 1").format(sql.Identifier(CAT, "rejects")), (ship,))
+    return cur.fetchall()
+
+
 def status_row(config, ship: str) -> tuple[dict, str]:
     result = status.run(config, ships=[ship])
     [row] = result.summary["ship_status"]
@@ -61,6 +69,9 @@ def test_a_cell_cut_by_end_is_partial_and_a_later_backfill_reads_only_its_rest(f
     with pg.cursor() as cur:
         cells = grid(cur, ship)
         assert len(cells) == 3 and HANDOFF - cells[1] == HOUR / 2
+        # a bad row on each side of the hand-off, in the cut cell: each a reject once, always
+        bad = [cells[1] + 10 * MINUTE, cells[1] + 50 * MINUTE]
+        nasty.insert(pg, SRC, [(ship, "bad", at, "Float", 1.0, None, None, None) for at in bad])
         first = backfill.run(config, spark, ships=[ship], end=HANDOFF)
         assert first.exit_code == 0, first.report
         assert first.summary["narrow_rows"] == narrow_count(cur, ship) - narrow_count(cur, ship, HANDOFF)
@@ -86,6 +97,16 @@ def test_a_cell_cut_by_end_is_partial_and_a_later_backfill_reads_only_its_rest(f
         again = backfill.run(config, spark, end=HANDOFF, ships=[ship])     # a re-run names the same chunks
         assert (again.summary["chunks_done"], again.summary["narrow_rows"]) == (0, 0)
         assert ledger(cur, ship) == rows
+        assert backfill_rejects(cur, ship) == [(at, 1) for at in bad]
+
+        # a range rollback inside the cut cell: the cells it touches are redone whole, rejects once
+        gone = (cells[1] + 45 * MINUTE, cells[2] + 30 * MINUTE)
+        assert rollback.run(config, ships=[ship], start=gone[0], end=gone[1]).exit_code == 0
+        redo = backfill.run(config, spark, ships=[ship])
+        assert (redo.exit_code, redo.summary["chunks_done"]) == (0, 2), redo.report
+        assert ledger(cur, ship) == rows
+        assert backfill_rejects(cur, ship) == [(at, 1) for at in bad]
+        assert oracle.differences(cur, SRC, TGT, CAT, ship) == {f"tbl_data_timeseries_{ship}": (0, 0)}
 
 
 def test_rollback_resume_backfill_then_the_handoff_backfill_reads_nothing_again(fleet, spark, pg):
@@ -112,7 +133,6 @@ def test_rollback_resume_backfill_then_the_handoff_backfill_reads_nothing_again(
         oracle.assert_equal_to_oracle(cur, SRC, TGT, CAT)
 
 
-MINUTE = dt.timedelta(minutes=1)
 CELL = dt.datetime(2026, 1, 1, 1, tzinfo=UTC)
 #: a run: (--start, --end) in minutes from the cell's start (None: not given), or a range rollback
 runs = st.one_of(st.tuples(st.none() | st.integers(-30, 90), st.none() | st.integers(-30, 90)),
