@@ -4,8 +4,10 @@ back again is a no-op that says so."""
 from __future__ import annotations
 
 import html
+import json
 import subprocess
 
+import jobproc
 import oracle
 import pytest
 import tools
@@ -93,6 +95,22 @@ def test_a_second_rollback_says_it_is_already_rolled_back(fleet):
         assert result.summary["already_rolled_back"] == [gone]
         assert result.summary["ships"] == 0
         assert f"{gone!r} is already rolled back" in result.report
+
+
+def test_rollback_and_status_as_processes_exit_0_for_the_rolled_back_ship(fleet, write_config):
+    """As a scheduler runs them: the exit code and the one-line JSON summary on stdout."""
+    gone = fleet["gone"]
+    path = write_config(NAME)
+    for job, args in (("rollback", ["--ships", gone]), ("status", [])):
+        proc = jobproc.start(job, path, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["status"] == "ok", summary
+        if job == "rollback":
+            assert summary["already_rolled_back"] == [gone] and f"{gone!r} is already rolled back" in err
+        else:
+            assert summary["attention"] == [] and summary["states"]["rolled_back"] == 1
 
 
 def test_the_report_page_shows_the_ship_rolled_back(fleet, tmp_path):
