@@ -21,13 +21,13 @@ def test_ships_and_time_range_select_chunks(fresh_fleet, make_config, spark, pg)
     result = backfill.run(config, spark, ships=[first, third], start=start, end=cutoff)
     assert result.exit_code == 0
     with pg.cursor() as cur:
-        cur.execute(sql.SQL("SELECT ship_id, range_start, range_end FROM {} ORDER BY 1, 2").format(
-            sql.Identifier(CAT, "backfill_chunks")))
+        # chunks are named by their grid cells; the cell --start cuts is partial, with what it covers
+        cur.execute(sql.SQL("SELECT ship_id, range_start, range_end, status, covered_start, covered_end FROM {} "
+                            "ORDER BY 1, 2").format(sql.Identifier(CAT, "backfill_chunks")))
+        one, two = dt.datetime(2026, 1, 1, 0, 0, tzinfo=UTC), dt.datetime(2026, 1, 1, 1, 0, tzinfo=UTC)
         assert cur.fetchall() == [
-            (first, start, dt.datetime(2026, 1, 1, 1, 0, tzinfo=UTC)),
-            (first, dt.datetime(2026, 1, 1, 1, 0, tzinfo=UTC), cutoff),
-            (third, start, dt.datetime(2026, 1, 1, 1, 0, tzinfo=UTC)),
-            (third, dt.datetime(2026, 1, 1, 1, 0, tzinfo=UTC), cutoff)]
+            (first, one, two, "partial", start, two), (first, two, cutoff, "done", two, cutoff),
+            (third, one, two, "partial", start, two), (third, two, cutoff, "done", two, cutoff)]
         cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(sql.Identifier(CAT, "wide_tables")))
         assert {r[0] for r in cur.fetchall()} == {first, third}
         for ship in (first, third):

@@ -114,7 +114,8 @@ def _ships(page: Page) -> str:
         done = r["chunks_done"]
         pct = 100.0 * done / total if total else 0.0
         failed = f' <span class="bad">{r["chunks_failed"]} failed</span>' if r["chunks_failed"] else ""
-        rec = "-" if not r.get("last_reconcile_at") else (
+        rec = "rolled back: not checked" if r["state"] == "rolled_back" else \
+            "-" if not r.get("last_reconcile_at") else (
             f"{r['last_reconcile_result']} through {_time(r['last_reconcile_through'])}")
         colour = STATE_COLOURS.get(r["state"], "#52606d")
         rows.append(
@@ -205,7 +206,12 @@ def _heatmap(page: Page) -> str:
     ships = sorted({ship for ship, _ in page.heatmap})
     head = "".join(f"<th>{e(day.strftime('%m-%d'))}</th>" for day in days)
     rows = []
+    rolled_back = {r["ship_id"] for r in page.ships if r["state"] == "rolled_back"}
     for ship in ships:
+        if ship in rolled_back:     # its tables are gone on purpose: its old checks say nothing
+            rows.append(f'<tr data-ship="{e(ship)}" class="rolled-back"><th>{e(ship)}</th>'
+                        f'<td colspan="{len(days)}" class="muted">rolled back: not checked</td></tr>')
+            continue
         cells = []
         for day in days:
             counts = page.heatmap.get((ship, day))

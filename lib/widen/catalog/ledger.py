@@ -14,20 +14,62 @@ from typing import TYPE_CHECKING
 
 from psycopg2 import sql
 
+from widen.core.chunks import extend_coverage
 from widen.pg import db, render
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from psycopg2.extensions import connection, cursor
 
-# --- backfill chunks ------------------------------------------------------------------------------
+    from widen.core.chunks import Chunk
 
-def done_chunks(conn: connection, catalog_schema: str, ship_ids: list[str]) -> set[tuple[str, dt.datetime, dt.datetime]]:
+# --- backfill chunks ------------------------------------------------------------------------------
+# A row per ship x grid cell (``core.chunks``): status done (the whole cell read), partial (the part
+# ``covered_start``..``covered_end`` read; a later run reads the rest) or failed (the last attempt
+# failed; what it covered before is kept). Rows made before covered_* existed are whole cells.
+
+_COVERED = ("CASE WHEN status = 'done' THEN coalesce(covered_start, range_start) ELSE covered_start END, "
+            "CASE WHEN status = 'done' THEN coalesce(covered_end, range_end) ELSE covered_end END")
+
+
+def chunk_coverage(conn: connection, catalog_schema: str, ship_ids: list[str]) -> dict[tuple, tuple]:
+    """(ship, cell start, cell end) -> the range of the cell the ledger holds as read, for every
+    cell of ``ship_ids`` it has a row for (None: nothing read)."""
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT ship_id, range_start, range_end FROM {}.backfill_chunks "
-                            "WHERE status = 'done' AND ship_id = ANY(%s)")
-                    .format(sql.Identifier(catalog_schema)), (ship_ids,))
-        return {(r[0], r[1], r[2]) for r in cur.fetchall()}
+        cur.execute(sql.SQL("SELECT ship_id, range_start, range_end, " + _COVERED + " FROM {} "
+                            "WHERE ship_id = ANY(%s)").format(sql.Identifier(catalog_schema, "backfill_chunks")),
+                    (ship_ids,))
+        return {(s, lo, hi): (c0, c1) if c0 is not None else None for s, lo, hi, c0, c1 in cur.fetchall()}
+
+
+def record_chunk_read(cur: cursor, catalog_schema: str, chunk: Chunk, attempts: int, started_at: dt.datetime,
+                      narrow_rows: int, wide_rows: int, rejected: int, duplicates: int) -> str:
+    """Record that ``chunk``'s read range is merged (in the merge's transaction, which holds the
+    ship's write lock): the cell's covered range grows by it and its figures add up, or, when the
+    read holds all the cell had, replace the old ones. Returns the row's status (done, partial)."""
+    table = sql.Identifier(catalog_schema, "backfill_chunks")
+    ship, cell_lo, cell_hi = chunk.key
+    cur.execute(sql.SQL("SELECT " + _COVERED + ", narrow_rows, wide_rows, rejected_rows, duplicate_rows "
+                        "FROM {} WHERE ship_id = %s AND range_start = %s AND range_end = %s FOR UPDATE")
+                .format(table), chunk.key)
+    row = cur.fetchone()
+    covered = (row[0], row[1]) if row and row[0] is not None else None
+    (lo, hi), adds = extend_coverage(covered, (chunk.range_start, chunk.range_end))
+    figures = [narrow_rows, wide_rows, rejected, duplicates]
+    if adds and row:
+        figures = [new + (old or 0) for new, old in zip(figures, row[2:], strict=True)]
+    status = "done" if lo <= cell_lo and hi >= cell_hi else "partial"
+    cur.execute(sql.SQL(
+        "INSERT INTO {} AS b (ship_id, range_start, range_end, status, narrow_rows, wide_rows, rejected_rows, "
+        "duplicate_rows, attempts, started_at, finished_at, error, covered_start, covered_end) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), NULL, %s, %s) "
+        "ON CONFLICT (ship_id, range_start, range_end) DO UPDATE SET status = EXCLUDED.status, "
+        "narrow_rows = EXCLUDED.narrow_rows, wide_rows = EXCLUDED.wide_rows, rejected_rows = EXCLUDED.rejected_rows, "
+        "duplicate_rows = EXCLUDED.duplicate_rows, attempts = b.attempts + EXCLUDED.attempts, "
+        "started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, error = NULL, "
+        "covered_start = EXCLUDED.covered_start, covered_end = EXCLUDED.covered_end").format(table),
+        (ship, cell_lo, cell_hi, status, *figures, attempts, started_at, max(lo, cell_lo), min(hi, cell_hi)))
+    return status
 
 
 def record_chunk(cur: cursor, catalog_schema: str, ship_id: str, start: dt.datetime, end: dt.datetime,
@@ -39,10 +81,11 @@ def record_chunk(cur: cursor, catalog_schema: str, ship_id: str, start: dt.datet
         "wide_rows, attempts, started_at, finished_at, rejected_rows, duplicate_rows, error) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s) "
         "ON CONFLICT (ship_id, range_start, range_end) DO UPDATE SET status = EXCLUDED.status, "
-        "narrow_rows = EXCLUDED.narrow_rows, wide_rows = EXCLUDED.wide_rows, "
+        "narrow_rows = coalesce(EXCLUDED.narrow_rows, b.narrow_rows), "
+        "wide_rows = coalesce(EXCLUDED.wide_rows, b.wide_rows), "
         "attempts = b.attempts + EXCLUDED.attempts, started_at = EXCLUDED.started_at, "
-        "finished_at = EXCLUDED.finished_at, rejected_rows = EXCLUDED.rejected_rows, "
-        "duplicate_rows = EXCLUDED.duplicate_rows, error = EXCLUDED.error")
+        "finished_at = EXCLUDED.finished_at, rejected_rows = coalesce(EXCLUDED.rejected_rows, b.rejected_rows), "
+        "duplicate_rows = coalesce(EXCLUDED.duplicate_rows, b.duplicate_rows), error = EXCLUDED.error")
         .format(sql.Identifier(catalog_schema)),
         (ship_id, start, end, status, narrow_rows, wide_rows, attempts, started_at, rejected,
          duplicates, error))
@@ -119,6 +162,14 @@ def _insert_rejects(catalog_schema: str, rows: sql.Composable, job: str, batch: 
         t=sql.Identifier(catalog_schema, "rejects"), reason=a["reason"], ch=a["data_channel_id"],
         fmt=a["value_format"], d=a["double_v"], l=a["long_v"], s=a["str_v"], b=a["bool_v"],
         job=sql.Literal(job), batch=sql.Literal(batch), rows=rows)
+
+
+def delete_rejects_in_range(cur: cursor, catalog_schema: str, job: str, ship_id: str, lo: dt.datetime,
+                            hi: dt.datetime) -> None:
+    """A job's rejects of one ship's created_time range, whatever unit recorded them (a cell read
+    in parts has its rejects under each part's label)."""
+    cur.execute(sql.SQL("DELETE FROM {} WHERE job = %s AND ship_id = %s AND created_time >= %s AND created_time < %s")
+                .format(sql.Identifier(catalog_schema, "rejects")), (job, ship_id, lo, hi))
 
 
 def delete_rejects(cur: cursor, catalog_schema: str, job: str, batch: str) -> None:

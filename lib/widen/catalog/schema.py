@@ -104,6 +104,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (6, "typed wide columns: each channel's column type (NULL before: text)", [
         "ALTER TABLE {s}.channel_columns ADD COLUMN IF NOT EXISTS column_type text",
     ]),
+    (7, "backfill chunks are grid cells: the range of a cell read so far (status partial while it is "
+        "not the whole cell); a chunk replaces the rejects of its range by ship and time", [
+        "ALTER TABLE {s}.backfill_chunks ADD COLUMN IF NOT EXISTS covered_start timestamptz, "
+        "ADD COLUMN IF NOT EXISTS covered_end timestamptz",
+        "CREATE INDEX IF NOT EXISTS rejects_ship_time ON {s}.rejects (ship_id, created_time)",
+    ]),
 ]
 LATEST = MIGRATIONS[-1][0]
 

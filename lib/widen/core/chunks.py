@@ -1,24 +1,43 @@
 """A backfill's unit of work: one ship x one aligned time range, and how chunks are cut and ordered.
 
+A chunk is always a cell of the epoch-aligned grid (``chunk_hours`` wide): that is its name in the
+ledger, whatever ``--start``/``--end`` a run has. A run reads the part of the cell it was asked for
+that the ledger does not hold yet (``left_to_read``); a cell read only in part (cut by ``--end``, the
+hand-off, or ``--start``) is recorded as ``partial`` with the range it covers, and a later run reads
+only its rest (``extend_coverage``), so every row is counted once and progress counts cells.
+
 Pure: no connection, no Spark session.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from dataclasses import dataclass
 
+#: a time range [start, end)
+Span = tuple[dt.datetime, dt.datetime]
+
 
 @dataclass(frozen=True, order=True)
 class Chunk:
+    """One ship x one grid cell; ``range_start``/``range_end`` are what this run reads of it (the
+    whole cell unless --start/--end or the ledger cut it), ``cell_start``/``cell_end`` the cell."""
     ship_id: str
     range_start: dt.datetime
     range_end: dt.datetime
     narrow_rows: int = 0
+    cell_start: dt.datetime | None = None
+    cell_end: dt.datetime | None = None
+
+    @property
+    def cell(self) -> Span:
+        return (self.cell_start or self.range_start, self.cell_end or self.range_end)
 
     @property
     def key(self) -> tuple[str, dt.datetime, dt.datetime]:
-        return (self.ship_id, self.range_start, self.range_end)
+        """The ledger's name of the chunk: the ship and its grid cell."""
+        return (self.ship_id, *self.cell)
 
     def label(self) -> str:
         return f"{self.ship_id} [{self.range_start.isoformat()}, {self.range_end.isoformat()})"
@@ -33,6 +52,41 @@ def aligned_range(bucket_start: dt.datetime, width_seconds: float, start: dt.dat
     """The chunk of an epoch-aligned bucket, clipped to [start, end)."""
     hi = bucket_start + dt.timedelta(seconds=width_seconds)
     return (max(bucket_start, start) if start else bucket_start, min(hi, end) if end else hi)
+
+
+def cell_chunk(ship_id: str, bucket_start: dt.datetime, width_seconds: float, start: dt.datetime | None,
+               end: dt.datetime | None, narrow_rows: int = 0) -> Chunk:
+    """The chunk of a ship's epoch-aligned cell, to be read within [start, end)."""
+    return Chunk(ship_id, *aligned_range(bucket_start, width_seconds, start, end), narrow_rows,
+                 bucket_start, bucket_start + dt.timedelta(seconds=width_seconds))
+
+
+def left_to_read(chunk: Chunk, covered: Span | None) -> Chunk | None:
+    """What ``chunk`` still has to read when the ledger holds ``covered`` of its cell: None when
+    the run's range is covered; else one range that, with ``covered``, leaves no hole (a gap
+    between them is read too: rows read twice are merged idempotently, never counted twice)."""
+    want = (chunk.range_start, chunk.range_end)
+    if covered is None:
+        return chunk
+    lo, hi = covered
+    if lo <= want[0] and want[1] <= hi:
+        return None
+    if want[0] >= lo:               # the rest after what is covered (the hand-off's cell, completed)
+        read = (hi, want[1])
+    elif want[1] <= hi:             # the part before it (a cell cut by --start, extended back)
+        read = (want[0], lo)
+    else:                           # around it: the whole range again
+        read = want
+    return dataclasses.replace(chunk, range_start=read[0], range_end=read[1])
+
+
+def extend_coverage(covered: Span | None, read: Span) -> tuple[Span, bool]:
+    """The cell's covered range once ``read`` is merged, and whether the read's figures add to the
+    recorded ones (True: ``read`` continues ``covered``) or replace them (it holds it, or the
+    ledger no longer has what the run planned from, e.g. after a range rollback)."""
+    if covered is not None and (read[0] == covered[1] or read[1] == covered[0]):
+        return (min(read[0], covered[0]), max(read[1], covered[1])), True
+    return read, False
 
 
 def sub_ranges(start: dt.datetime, end: dt.datetime, parts: int) -> list[tuple[dt.datetime, dt.datetime]]:

@@ -5,7 +5,9 @@ A chunk is one ship x one aligned time range. Each chunk is a partitioned read o
 target's ``ChunkWrite`` (a PostgreSQL target COPYs into staging on the executors); then, after a
 short DDL transaction for new tables and columns, one catalog transaction holds the ship's write
 lock while the target merges, the chunk's rejects are replaced and the chunk is recorded in
-``backfill_chunks``. Chunks already done are skipped; a failing chunk is retried with backoff and,
+``backfill_chunks``. A chunk is a ship x a cell of the epoch-aligned grid whatever --start/--end
+say (``core.chunks``): a cell they cut is recorded as partial and a later run reads only its rest.
+Chunks already done are skipped; a failing chunk is retried with backoff and,
 if it still fails, reported without stopping the others; connection failures in a row stop the
 run (the breaker). Several chunks (so several ships) run at once.
 """
@@ -27,7 +29,7 @@ from widen import errors, metrics
 from widen.catalog import ledger, lifecycle, schema, ships as ship_states
 from widen.catalog.layouts import LazyFleetNamer, lock_layout
 from widen.config import Config, Connection
-from widen.core.chunks import Chunk, interleave_by_ship, partitions_for
+from widen.core.chunks import Chunk, interleave_by_ship, left_to_read, partitions_for
 from widen.core.layout import ShipLayout
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
 from widen.pg import db
@@ -38,6 +40,8 @@ from widen.targets import WideTarget, ensure_tables_ddl, open_target, text_colum
 from widen.targets.views import configure as reader_views
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from psycopg2.extensions import connection
     from pyspark.sql import SparkSession
 
@@ -165,11 +169,13 @@ class Backfill:
                         merged = write.merge(cur)
                         if merged is not None:
                             totals["wide_rows"] = merged
+                        # the range's rejects, also those an earlier run's part of the cell recorded
+                        ledger.delete_rejects_in_range(cur, tgt_cfg.catalog_schema, JOB, chunk.ship_id,
+                                                       chunk.range_start, chunk.range_end)
                         write.rejects(cur, tgt_cfg.catalog_schema, JOB, chunk.batch_label())
-                        ledger.record_chunk(cur, tgt_cfg.catalog_schema, chunk.ship_id, chunk.range_start,
-                                            chunk.range_end, "done", 1, started_at,
-                                            narrow_rows=totals["narrow_rows"], wide_rows=totals["wide_rows"],
-                                            rejected=totals["rejected_rows"], duplicates=totals["duplicate_rows"])
+                        ledger.record_chunk_read(cur, tgt_cfg.catalog_schema, chunk, 1, started_at,
+                                                 totals["narrow_rows"], totals["wide_rows"],
+                                                 totals["rejected_rows"], totals["duplicate_rows"])
                         # In the same transaction, so a kill after the commit leaves nothing behind.
                         write.close(cur)
                     tgt.commit()
@@ -206,8 +212,8 @@ class Backfill:
         tgt_cfg = self.config.target
         try:
             with db.connection(tgt_cfg.connection) as tgt, tgt.cursor() as cur:
-                ledger.record_chunk(cur, tgt_cfg.catalog_schema, chunk.ship_id, chunk.range_start,
-                                    chunk.range_end, "failed", 1, started_at, error=error)
+                ledger.record_chunk(cur, tgt_cfg.catalog_schema, *chunk.key, "failed", 1, started_at,
+                                    error=error)        # by its cell, the ledger's name
                 tgt.commit()
         except Exception:  # noqa: BLE001 - the ledger may be what is failing; the summary still says it
             pass
@@ -304,8 +310,14 @@ class Breaker:
             return self.tripped
 
 
+def chunks_total(ship: str, chunks: list[Chunk], in_ledger: Iterable[tuple]) -> int:
+    """The ship's cells: those the run planned and those the ledger already has (a run over part
+    of the history, or the hand-off's cut cell, never makes the total smaller than what is done)."""
+    return len({c.key for c in chunks} | {key for key in in_ledger if key[0] == ship})
+
+
 def record_started(conn_cfg: Connection, catalog_schema: str, planned: dict[str, list[Chunk]],
-                   done: set) -> None:
+                   done: set, in_ledger: set) -> None:
     """Ships with chunks left to do have a backfill started (a ship once backfilled stays so: a
     rerun only adds the history that arrived since)."""
     with db.connection(conn_cfg) as tgt, tgt.cursor() as cur:
@@ -313,23 +325,24 @@ def record_started(conn_cfg: Connection, catalog_schema: str, planned: dict[str,
             left = sum(1 for c in chunks if c.key not in done)
             if left:
                 lifecycle.record(cur, catalog_schema, ship, JOB, {"chunks": len(chunks), "chunks_left": left},
-                                 backfill_started_at=lifecycle.NOW, backfill_chunks_total=len(chunks))
+                                 backfill_started_at=lifecycle.NOW,
+                                 backfill_chunks_total=chunks_total(ship, chunks, in_ledger))
         tgt.commit()
 
 
 def record_backfilled(conn_cfg: Connection, catalog_schema: str, planned: dict[str, list[Chunk]],
                       through: dt.datetime) -> None:
-    """A ship all of whose chunks the ledger holds as done (read in the transaction that records
-    it) is backfilled through ``through``: every row committed before the run planned its chunks
-    (or, with --end, before the earlier of that and --end)."""
+    """A ship the ledger holds every planned chunk of as read (as far as the run's range goes; read
+    in the transaction that records it) is backfilled through ``through``: every row committed
+    before the run planned its chunks (or, with --end, before the earlier of that and --end)."""
     with db.connection(conn_cfg) as tgt:
-        done = ledger.done_chunks(tgt, catalog_schema, sorted(planned))
+        coverage = ledger.chunk_coverage(tgt, catalog_schema, sorted(planned))
         with tgt.cursor() as cur:
             for ship, chunks in sorted(planned.items()):
-                if chunks and all(c.key in done for c in chunks):
+                if chunks and all(left_to_read(c, coverage.get(c.key)) is None for c in chunks):
                     lifecycle.record(cur, catalog_schema, ship, JOB, {"chunks": len(chunks), "through": through},
-                                     backfill_chunks_total=len(chunks), backfilled_at=lifecycle.NOW,
-                                     backfilled_through=through)
+                                     backfill_chunks_total=chunks_total(ship, chunks, coverage),
+                                     backfilled_at=lifecycle.NOW, backfilled_through=through)
         tgt.commit()
 
 
@@ -414,20 +427,23 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
         skipped_ships = sorted({c.ship_id for c in chunks} & rolled_back)
         chunks = [c for c in chunks if c.ship_id not in rolled_back]
         ship_ids = sorted({c.ship_id for c in chunks})
-        done = ledger.done_chunks(tgt, tgt_cfg.catalog_schema, ship_ids)
+        coverage = ledger.chunk_coverage(tgt, tgt_cfg.catalog_schema, ship_ids)
         tgt.rollback()
-        if spark is None and any(c.key not in done for c in chunks):
+        # each cell's part of the run's range that the ledger does not hold yet
+        left = {c.key: rest for c in chunks if (rest := left_to_read(c, coverage.get(c.key))) is not None}
+        done = {c.key for c in chunks if c.key not in left}
+        if spark is None and left:
             session = start_session(config)
         work.prepare_layouts(src, tgt, ship_ids)
         swept = work.sweep_unplaceable_rejects(src, tgt, ships)
-    todo = interleave_by_ship([c for c in chunks if c.key not in done and c.ship_id not in work.problems])
+    todo = interleave_by_ship([left[c.key] for c in chunks if c.key in left and c.ship_id not in work.problems])
     for ship, why in work.problems.items():
         log.warning("ship %r skipped: %s", ship, why)
     for ship in skipped_ships:
         log.warning("ship %r skipped: it is rolled back (resume --ships to migrate it again)", ship)
     skipped = sum(1 for c in chunks if c.key in done)
     planned = {ship: [c for c in chunks if c.ship_id == ship] for ship in ship_ids if ship not in work.problems}
-    record_started(tgt_cfg.connection, tgt_cfg.catalog_schema, planned, done)
+    record_started(tgt_cfg.connection, tgt_cfg.catalog_schema, planned, done, set(coverage))
     results = []
     measured = BackfillMetrics(metrics.current(JOB), planned, done)
     before_chunks = None

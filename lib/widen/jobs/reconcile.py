@@ -10,7 +10,9 @@
    checks those buckets again.
 
 Every bucket's figures go to ``reconcile_results`` (status match / mismatch / repaired); rejected
-rows are reported per ship and are not mismatches. Exit 1 while any mismatch is left.
+rows are reported per ship and are not mismatches. Exit 1 while any mismatch is left. A rolled-back
+ship (``rollback``; its wide tables are gone on purpose) is reported as such and neither checked,
+repaired nor recorded, whether it was named by ``--ships`` or not: it never turns a run red.
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ class ShipReport:
     found_buckets: int = 0                               # mismatching before any repair
     fixed: list = field(default_factory=list)            # buckets a repair made match
     error: str | None = None                             # the ship could not be checked (or repaired)
+    rolled_back: bool = False                            # rolled back while the run checked it
 
 
 @dataclass(frozen=True)
@@ -261,17 +264,19 @@ def with_target_side(config: Config, source: NarrowTable, target: WideTarget, ha
     return out
 
 
-def list_ships(config: Config, source: NarrowTable, ships: list[str] | None) -> list[str]:
-    """Ships with narrow rows or wide tables."""
-    if ships:
-        return sorted(ships)
+def list_ships(config: Config, source: NarrowTable, ships: list[str] | None) -> tuple[list[str], list[str]]:
+    """(ships to check, rolled-back ships left out): the given ships, else those with narrow rows
+    or wide tables."""
     from widen.jobs import catalog_ships
 
-    with source.connect() as conn:
-        found = set(source.list_ships(conn))
+    cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
-        found |= catalog_ships(conn, config.target.catalog_schema)
-    return sorted(found)
+        rolled_back = ship_states.ships_in_state(conn, cat, ship_states.ROLLED_BACK)
+        found = set(ships) if ships else catalog_ships(conn, cat)
+    if not ships:
+        with source.connect() as conn:
+            found |= set(source.list_ships(conn))
+    return sorted(found - rolled_back), sorted(found & rolled_back)
 
 
 def repair_pieces(config: Config, source: NarrowTable, ship: str, found: Drill) -> list[tuple[list, list]]:
@@ -303,7 +308,8 @@ def repair_ship(config: Config, source: NarrowTable, target: WideTarget, report:
             layout = prepare_ship(conn, target, ship, batch_channels(rows), rows=rows)
             with conn.cursor() as cur:
                 if layout is None or not ship_states.lock_ship_for_write(cur, cat, ship):
-                    log.warning("%s is rolled back: not repaired", ship)
+                    log.warning("%s was rolled back while it was checked: not repaired", ship)
+                    report.rolled_back = True
                     return
                 target.delete_rows(cur, layout, times, ranges)
                 if rows.num_rows:
@@ -322,7 +328,9 @@ def run(config: Config, spark: SparkSession, options: ReconcileOptions) -> Resul
     source = open_table(config.source, JOB)
     with db.connection(config.target.connection) as conn:
         schema.migrate(conn, config.target.catalog_schema)
-    ship_ids = list_ships(config, source, options.ships)
+    ship_ids, rolled_back = list_ships(config, source, options.ships)
+    for ship in rolled_back:
+        log.info("ship %r is rolled back: not checked (resume --ships to migrate it again)", ship)
     spark = get_spark(config, spark)
     target = open_target(config.target, spark)
     reader_views(target, config, source)
@@ -362,19 +370,25 @@ def run(config: Config, spark: SparkSession, options: ReconcileOptions) -> Resul
             if report.mismatched and not report.error:
                 with _ship_errors(report):
                     repair_ship(config, source, target, report)
+                if report.repaired:
                     log.info("%s: repaired %d timestamps and %d ranges", report.ship_id, len(report.drill.times),
                              len(report.drill.ranges))
+        # a ship rolled back between the check and its repair: its tables are gone on purpose
+        rolled_back = sorted({*rolled_back, *(s for s, r in reports.items() if r.rolled_back)})
+        reports = {s: r for s, r in reports.items() if not r.rolled_back}
+        rows = [r for r in rows if r.ship_id in reports]
         _recheck(config, source, target, hashes, reports, lo, hi, width)
     run_id = dt.datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     _record(config, run_id, rows, reports, width, (lo, min(hi, started_at)))
-    _measure(reports)
+    _measure(reports, rolled_back)
     left = {s: len(r.mismatched) for s, r in reports.items() if r.mismatched}
     failed = {s: r.error for s, r in reports.items() if r.error}
-    text = format_report(reports, rc.max_reported_cells)
+    text = "\n".join([*(f"{s}: rolled back: not checked (resume --ships to migrate it again)" for s in rolled_back),
+                      *filter(None, [format_report(reports, rc.max_reported_cells)])])
     if no_ship:
         text += f"\n(no ship_id): {sum(no_ship.values()):,} rejected rows"
     summary = {
-        "run_id": run_id, "ships": len(ship_ids), "buckets": len(rows),
+        "run_id": run_id, "ships": len(reports), "ships_rolled_back": rolled_back, "buckets": len(rows),
         "found_mismatched_buckets": sum(r.found_buckets for r in reports.values()),
         "mismatched_buckets": sum(left.values()), "ships_mismatched": sorted(left),
         "cells_missing": sum(r.totals["missing"] for r in reports.values()),
@@ -469,8 +483,10 @@ def _record(config: Config, run_id: str, rows: list[BucketRow], reports: dict, w
         conn.commit()
 
 
-def _measure(reports: dict[str, ShipReport]) -> None:
-    """The run's figures per ship as Prometheus metrics (``widen.metrics``)."""
+def _measure(reports: dict[str, ShipReport], rolled_back: Iterable[str] = ()) -> None:
+    """The run's figures per ship as Prometheus metrics (``widen.metrics``); a rolled-back ship
+    has ``ship_rolled_back`` 1, nothing left and nothing unchecked (alerts leave it alone, also
+    when an older selection's group still says otherwise)."""
     m = metrics.current(JOB)
     checked = m.counter("buckets_checked", "ship x time buckets compared", ["ship"])
     found = m.counter("buckets_mismatched", "buckets that differed when compared (before any repair)", ["ship"])
@@ -479,6 +495,11 @@ def _measure(reports: dict[str, ShipReport]) -> None:
     cells = m.counter("cells", "cells found missing (source only), extra (wide only) or different", ["ship", "kind"])
     unchecked = m.gauge("ship_unchecked", "1 when the ship could not be checked (the log says why)", ["ship"])
     rejected = m.gauge("rejected_rows", "the ship's narrow rows that are rejects, by reason", ["ship", "reason"])
+    rolled = m.gauge("ship_rolled_back", "1 when the ship is rolled back, so not checked", ["ship"])
+    for ship in rolled_back:
+        rolled.labels(ship).set(1)
+        left.labels(ship).set(0)
+        unchecked.labels(ship).set(0)
     for ship, r in reports.items():
         checked.labels(ship).inc(r.buckets)
         found.labels(ship).inc(r.found_buckets)
@@ -487,6 +508,7 @@ def _measure(reports: dict[str, ShipReport]) -> None:
         for kind, count in r.totals.items():
             cells.labels(ship, kind).inc(count)
         unchecked.labels(ship).set(1 if r.error else 0)
+        rolled.labels(ship).set(0)
         for reason, count in r.rejects.items():
             rejected.labels(ship, reason).set(count)
 

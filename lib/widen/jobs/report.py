@@ -54,7 +54,7 @@ def throughput(cur: cursor, cat: str, now: dt.datetime, queries: list[str]) -> d
     pass over the chunk ledger) and each stream query's batches by committed_at (its last
     ``STREAM_BATCHES`` by the ledger's primary key)."""
     since = now - WINDOW
-    cur.execute(sql.SQL("SELECT finished_at, narrow_rows FROM {} WHERE status = 'done' AND finished_at > %s").format(
+    cur.execute(sql.SQL("SELECT finished_at, narrow_rows FROM {} WHERE status <> 'failed' AND finished_at > %s").format(
         sql.Identifier(cat, "backfill_chunks")), (since,))
     events = [("backfill", at, rows) for at, rows in cur.fetchall()]
     for name in queries:

@@ -7,10 +7,13 @@ range. The transaction holds the ship's write lock exclusively (it waits, each t
 ``target.lock_timeout_seconds``, for the writers' transactions on the ship). A ship whose reader
 view reads its wide tables (switched by ``cutover``) has the view pointed back at the narrow table
 first, in the same transaction: readers never see a missing table or a hole. ``--dry-run`` prints
-what would be done and changes nothing.
+what would be done and changes nothing. A ship already rolled back is left as it is, said so, and
+is no failure (exit 0): it is in the state asked for, so a retried or repeated rollback (a
+scheduler's, a runbook's) is a no-op, not an alert.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,7 +22,7 @@ from widen import errors, metrics
 from widen.catalog import lifecycle, schema, ships as ship_states, views as catalog_views
 from widen.catalog.layouts import load_layout
 from widen.config import BadInput, Config
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, check_selection, job
 from widen.pg import db
 from widen.session import get_spark
 from widen.sources import open_source
@@ -41,18 +44,28 @@ class RollbackOptions:
     dry_run: bool = False
 
 
-@job("rollback", RollbackOptions, reads_narrow_table=False, ships_from="catalog")
+@job("rollback", RollbackOptions, reads_narrow_table=False, ships_from=None)
 def run(config: Config, spark: SparkSession, options: RollbackOptions) -> Result:
     """Each ship in its own transaction: one that fails is reported (exit 1), the others go on."""
     if not options.ships:
         raise BadInput("rollback needs --ships (it never rolls back every ship by default)")
-    lines, counts, failed = [], {}, {}
+    lines: list[str] = []
+    counts, failed = {}, {}
     with db.connection(config.target.connection) as conn:
         if not options.dry_run:
             schema.migrate(conn, config.target.catalog_schema)
         elif not schema.open_existing(conn, config.target.catalog_schema):
             raise BadInput(f"--ships: {schema.NO_CATALOG}")
-    for ship in options.ships:
+        rolled_back = ship_states.ships_in_state(conn, config.target.catalog_schema, ship_states.ROLLED_BACK)
+        conn.rollback()
+    already = [s for s in options.ships if s in rolled_back]
+    # the others must be in the catalog (bad input otherwise, before anything changes)
+    check_selection(config, dataclasses.replace(options, ships=[s for s in options.ships if s not in rolled_back]),
+                    "catalog")
+    for ship in already:
+        lines.append(f"{ship!r} is already rolled back: nothing to do (resume --ships to migrate it again)")
+        log.info("ship %r is already rolled back: nothing to do", ship)
+    for ship in (s for s in options.ships if s not in rolled_back):
         try:
             counts[ship] = _rollback_ship(config, spark, ship, options, lines)
         except Exception as err:  # noqa: BLE001 - one ship's failure is reported, the rest go on
@@ -64,9 +77,11 @@ def run(config: Config, spark: SparkSession, options: RollbackOptions) -> Result
             events.labels(ship, "rolled_back").inc()
         for ship in failed:
             events.labels(ship, "failed").inc()
+        for ship in already:
+            events.labels(ship, "already_rolled_back").inc()
     summary = {"ships": len(counts), "dry_run": options.dry_run,
                "range": [options.start, options.end] if options.start or options.end else None,
-               "rows_affected": counts, "failed": failed}
+               "rows_affected": counts, "already_rolled_back": already, "failed": failed}
     lines += [f"FAILED {ship!r}: {why}" for ship, why in failed.items()]
     return Result("rollback", EXIT_PROBLEM if failed else EXIT_OK, summary, "\n".join(lines))
 

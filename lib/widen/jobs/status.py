@@ -5,7 +5,8 @@ narrow rows it moved, rejects, when the stream last wrote it, the last reconcile
 when), when it was switched. For the fleet: ships per state and the stream's freshness lag (now -
 the newest created_time its recent batches wrote). Exit 1 when something needs attention: failed
 chunks, a reconcile that left differences or could not check, rows the stream could not write since
-the ship's last reconcile, a lag above ``cutover.max_lag_seconds``.
+the ship's last reconcile, a lag above ``cutover.max_lag_seconds``. A rolled-back ship needs none
+(``rollback`` took it out on purpose; ``resume`` brings it back): its last reconcile is not shown.
 """
 from __future__ import annotations
 
@@ -72,10 +73,12 @@ def gather(cur: cursor, cat: str, ships: list[str] | None) -> list[dict[str, Any
     rows = {r["ship_id"]: r for r in _rows(cur, sql.SQL("SELECT * FROM {} {} ORDER BY ship_id").format(
         table("ship_lifecycle"), where), params)}
     chunks = {r["ship_id"]: r for r in _rows(cur, sql.SQL(
-        "SELECT ship_id, count(*) FILTER (WHERE status = 'done') AS chunks_done, "
-        "count(*) FILTER (WHERE status <> 'done') AS chunks_failed, "
-        "coalesce(sum(narrow_rows) FILTER (WHERE status = 'done'), 0) AS narrow_rows, "
-        "coalesce(sum(rejected_rows) FILTER (WHERE status = 'done'), 0) AS backfill_rejects "
+        # a partial cell (cut by the hand-off's --end) is done as far as the backfill went
+        "SELECT ship_id, count(*) FILTER (WHERE status IN ('done', 'partial')) AS chunks_done, "
+        "count(*) FILTER (WHERE status = 'partial') AS chunks_partial, "
+        "count(*) FILTER (WHERE status NOT IN ('done', 'partial')) AS chunks_failed, "
+        "coalesce(sum(narrow_rows) FILTER (WHERE status IN ('done', 'partial')), 0) AS narrow_rows, "
+        "coalesce(sum(rejected_rows) FILTER (WHERE status IN ('done', 'partial')), 0) AS backfill_rejects "
         "FROM {} {} GROUP BY ship_id").format(table("backfill_chunks"), where), params)}
     cur.execute(sql.SQL("SELECT ship_id, count(*) FROM {} {} GROUP BY ship_id").format(table("rejects"), where),
                 params)
@@ -87,7 +90,8 @@ def gather(cur: cursor, cat: str, ships: list[str] | None) -> list[dict[str, Any
     for ship in sorted(set(rows) | set(chunks)):
         row = {"ship_id": ship, "state": lifecycle.PLANNED, **rows.get(ship, {})}
         c = chunks.get(ship, {})
-        row.update(chunks_done=c.get("chunks_done", 0), chunks_failed=c.get("chunks_failed", 0),
+        row.update(chunks_done=c.get("chunks_done", 0), chunks_partial=c.get("chunks_partial", 0),
+                   chunks_failed=c.get("chunks_failed", 0),
                    narrow_rows=c.get("narrow_rows", 0), rejects=rejects.get(ship, 0),
                    **failures.get(ship, {"stream_failures": 0, "last_stream_failure": None}))
         out.append(row)
@@ -95,8 +99,11 @@ def gather(cur: cursor, cat: str, ships: list[str] | None) -> list[dict[str, Any
 
 
 def attention(row: dict[str, Any]) -> list[str]:
-    """Why a ship needs an operator, if it does."""
-    why = []
+    """Why a ship needs an operator, if it does (a rolled-back ship does not: it was taken out on
+    purpose, and its last reconcile and stream failures are about tables that are gone)."""
+    why: list[str] = []
+    if row["state"] == lifecycle.ROLLED_BACK:
+        return why
     if row["chunks_failed"]:
         why.append(f"{row['chunks_failed']} backfill chunks failed (run backfill again)")
     if row.get("last_reconcile_result") in ("mismatch", "error"):
@@ -126,7 +133,8 @@ def format_report(rows: list[dict[str, Any]], now: dt.datetime, fleet: list[str]
         total = r.get("backfill_chunks_total") or 0
         chunks = f"{r['chunks_done']}/{total}" + (f" {100 * r['chunks_done'] // total}%" if total else "") + \
             (f" !{r['chunks_failed']}" if r["chunks_failed"] else "")
-        rec = "-" if not r.get("last_reconcile_at") else (
+        rec = "rolled back: not checked" if r["state"] == lifecycle.ROLLED_BACK else \
+            "-" if not r.get("last_reconcile_at") else (
             f"{r['last_reconcile_result']} through {r['last_reconcile_through']:%Y-%m-%d %H:%M}Z, "
             f"{_ago(now, r['last_reconcile_at'])} ago")
         switched = f"; switched {_ago(now, r['switched_at'])} ago" if r.get("switched_at") else ""

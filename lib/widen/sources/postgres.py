@@ -22,7 +22,7 @@ from psycopg2 import sql
 from widen.config import ConfigError, SourceConfig
 from widen.core import kernels, values
 from widen.core.checksum import HASH_MD5, HASH_PG, Aggregate
-from widen.core.chunks import Chunk, aligned_range, sub_ranges
+from widen.core.chunks import Chunk, cell_chunk, sub_ranges
 from widen.core.layout import NewChannels
 from widen.pg import checksums, copy_read, db, render
 from widen.pg.server import Server
@@ -351,8 +351,9 @@ class PostgresSource(NarrowTable):
                     end: dt.datetime | None, chunk_hours: float) -> list[Chunk]:
         """Non-empty chunks (ship x aligned time range) with their narrow row counts, in one scan.
 
-        Chunk boundaries are multiples of ``chunk_hours`` since the epoch, clipped to [start, end), so
-        the same arguments always give the same chunks and the ledger can skip finished ones.
+        Chunks are the cells of ``chunk_hours`` since the epoch (the ledger's names), each read
+        within [start, end), so any arguments name the same chunks and the ledger can skip finished
+        ones and complete cut ones.
         """
         width = chunk_hours * 3600.0
         where = [sql.SQL("ship_id IS NOT NULL"), sql.SQL("ship_id <> ''"), sql.SQL("created_time IS NOT NULL")]
@@ -371,8 +372,7 @@ class PostgresSource(NarrowTable):
                         "ORDER BY 1, 2").format(b=bucket, t=self.table, w=sql.SQL(" AND ").join(where))
         with conn.cursor() as cur:
             cur.execute(query, params)
-            return [Chunk(ship_id, *aligned_range(lo, width, start, end), count)
-                    for ship_id, lo, count in cur.fetchall()]
+            return [cell_chunk(ship_id, lo, width, start, end, count) for ship_id, lo, count in cur.fetchall()]
 
     def chunk_select(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime, channels: list[str]) -> str:
         """The SELECT a backfill task reads for one ship and one created_time range: one row per narrow
