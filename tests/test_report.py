@@ -73,10 +73,16 @@ def parse(text: str) -> Dom:
 
 def test_report_page_in_headless_chromium(fresh_fleet, make_config, spark, pg, tmp_path):
     config = make_config(NAME, backfill__chunk_hours=1)
-    conn = fresh_fleet(NAME, ships=2, channels=3, hours=2, seed=21)
-    nasty.insert(conn, SRC)
-    nasty.insert(conn, SRC, [(ship, "chan/1", nasty.at(60 * i), "Decimal", float(i), None, None, None)
+    with pg.cursor() as cur:
+        cur.execute("SELECT date_trunc('hour', now()) - interval '2 hours'")
+        recent = cur.fetchone()[0]
+    conn = fresh_fleet(NAME, ships=2, channels=3, hours=2, seed=21, start=recent)
+    nasty.insert(conn, SRC)                 # hostile rows, dated months before the heatmap's window
+    nasty.insert(conn, SRC, [(ship, "chan/1", recent + dt.timedelta(minutes=i), "Decimal", float(i), None, None, None)
                              for i, ship in enumerate(HTML_SHIPS)])
+    # one reading from the future (a ship whose clock runs ahead) must not hide the fleet's days
+    nasty.insert(conn, SRC, [(HTML_SHIPS[1], "chan/1", dt.datetime(2099, 1, 1, tzinfo=dt.UTC), "Decimal", 9.0,
+                              None, None, None)])
     conn.close()
     assert backfill.run(config, spark).exit_code == 0
     with pg.cursor() as cur:       # one difference left for the heatmap
@@ -118,6 +124,16 @@ def test_report_page_in_headless_chromium(fresh_fleet, make_config, spark, pg, t
     for reason, count in reasons.items():
         assert reason in dom.ids["rejects"] and f"{count:,}" in dom.ids["rejects"]
     assert '<td class="mismatch"' in dumped and '<td class="match"' in dumped     # the heatmap
+    with pg.cursor() as cur:               # its window: the 31 days up to today, the rest counted apart
+        cur.execute(sql.SQL("SELECT (now() AT TIME ZONE 'UTC')::date, count(DISTINCT (ship_id, bucket_start)) FILTER "
+                            "(WHERE bucket_start > now()), count(DISTINCT (ship_id, bucket_start)) FILTER (WHERE "
+                            "bucket_start < (now() AT TIME ZONE 'UTC')::date - 30) FROM {}").format(
+            sql.Identifier(CAT, "reconcile_results")))
+        today, future, older = cur.fetchone()
+    assert future == 1 and older > 0
+    window = dom.ids["heatmap-window"]
+    assert f"Days {today - dt.timedelta(days=30)} to {today}" in window
+    assert f"{future} checked bucket dated after now" in window and f"{older:,} checked buckets before" in window
     assert f"backfill {sum(v[3] for v in ledger.values()):,} narrow rows" in dom.ids["throughput-total"]
 
     shot = tmp_path / "page.png"

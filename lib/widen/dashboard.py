@@ -31,6 +31,18 @@ svg{background:#fff;border:1px solid #d9dee3}
 
 
 @dataclass
+class Heatmap:
+    """The reconcile heatmap: (ship, day) -> buckets per status, for the days ``first``..``last``
+    (UTC; the window ends today, whatever the newest bucket's date), and the checked buckets
+    outside it: ``before`` the window, ``after_now`` (readings dated in the future)."""
+    cells: dict[tuple[str, dt.date], dict[str, int]]
+    first: dt.date | None = None
+    last: dt.date | None = None
+    before: int = 0
+    after_now: int = 0
+
+
+@dataclass
 class Page:
     now: dt.datetime
     ships: list[dict[str, Any]]
@@ -38,7 +50,7 @@ class Page:
     queries: list[dict[str, Any]]
     throughput: dict[str, Any]
     freshness: dict[str, list[tuple[dt.datetime, float]]]
-    heatmap: dict[tuple[str, dt.date], dict[str, int]]
+    heatmap: Heatmap | dict[tuple[str, dt.date], dict[str, int]]
     rejects: list[tuple[str, str, int]]
     attention: dict[str, list[str]] = field(default_factory=dict)
     max_lag_seconds: float = 60.0
@@ -200,10 +212,20 @@ def _sparkline(points: list[tuple[dt.datetime, float]], limit: float) -> str:
 
 
 def _heatmap(page: Page) -> str:
-    if not page.heatmap:
+    heat = page.heatmap if isinstance(page.heatmap, Heatmap) else Heatmap(page.heatmap)
+    if not heat.cells and not heat.before and not heat.after_now:
         return "<h2>Reconcile</h2><p class='muted'>No reconcile has run yet.</p>"
-    days = sorted({day for _, day in page.heatmap})
-    ships = sorted({ship for ship, _ in page.heatmap})
+    window = ""
+    if heat.first and heat.last:
+        outside = [f"{n:,} checked bucket{'s' * (n != 1)} {where} not shown" for n, where in (
+            (heat.before, "before these days"), (heat.after_now, "dated after now (readings from the future)")) if n]
+        window = (f"<p class='muted' id='heatmap-window'>Days {heat.first.isoformat()} to {heat.last.isoformat()} "
+                  f"(UTC, up to today){': ' + '; '.join(outside) if outside else ''}.</p>")
+    if not heat.cells:
+        return f"<h2>Reconcile</h2>{window}<p class='muted'>No bucket of these days has been checked.</p>"
+    cells_of = heat.cells
+    days = sorted({day for _, day in cells_of})
+    ships = sorted({ship for ship, _ in cells_of})
     head = "".join(f"<th>{e(day.strftime('%m-%d'))}</th>" for day in days)
     rows = []
     rolled_back = {r["ship_id"] for r in page.ships if r["state"] == "rolled_back"}
@@ -214,7 +236,7 @@ def _heatmap(page: Page) -> str:
             continue
         cells = []
         for day in days:
-            counts = page.heatmap.get((ship, day))
+            counts = cells_of.get((ship, day))
             if not counts:
                 cells.append("<td></td>")
                 continue
@@ -226,7 +248,7 @@ def _heatmap(page: Page) -> str:
                          f'title="{e(ship)} {day.isoformat()}: {e(text)}"></td>')
         rows.append(f'<tr data-ship="{e(ship)}"><th>{e(ship)}</th>{"".join(cells)}</tr>')
     legend = " ".join(f'<span class="badge" style="background:{c}">{s}</span>' for s, c in HEAT.items())
-    return (f"<h2>Reconcile: ship × day (latest check of every bucket)</h2><div>{legend}</div>"
+    return (f"<h2>Reconcile: ship × day (latest check of every bucket)</h2>{window}<div>{legend}</div>"
             f"<table class='heat' id='heatmap'><tr><th></th>{head}</tr>{''.join(rows)}</table>")
 
 

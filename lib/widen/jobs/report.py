@@ -36,7 +36,8 @@ STREAM_BATCHES = 20_000
 #: bar widths the throughput chart picks from: the narrowest giving at most MAX_BARS bars
 WIDTHS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
 MAX_BARS = 60
-#: reconcile buckets of the heatmap: this many days back from the newest checked bucket
+#: reconcile buckets of the heatmap: this many days up to today (not up to the newest bucket: one
+#: reading dated 2099 would push the whole fleet out of the window)
 HEATMAP_DAYS = 31
 #: stream batches the freshness chart shows per query
 FRESHNESS_BATCHES = 300
@@ -88,26 +89,29 @@ def freshness(cur: cursor, cat: str, queries: list[str]) -> dict[str, list[tuple
     return out
 
 
-def heatmap(cur: cursor, cat: str, ships: list[str] | None) -> dict[tuple[str, dt.date], dict[str, int]]:
+def heatmap(cur: cursor, cat: str, ships: list[str] | None, now: dt.datetime) -> dashboard.Heatmap:
     """(ship, day) -> buckets per status of their latest reconcile (match / repaired / mismatch),
-    the last ``HEATMAP_DAYS`` days of checked buckets."""
+    for the ``HEATMAP_DAYS`` days (UTC) ending today; and how many checked buckets lie before
+    that window and after now (readings dated in the future), which the page names apart."""
     t = sql.Identifier(cat, "reconcile_results")
     where = sql.SQL("AND ship_id = ANY(%s)") if ships else sql.SQL("")
     selected = (ships,) if ships else ()
-    cur.execute(sql.SQL("SELECT max(bucket_start) FROM {} WHERE true {}").format(t, where), selected)
-    newest = cur.fetchone()[0]
-    if newest is None:
-        return {}
+    last = now.astimezone(dt.UTC).date()
+    first = last - dt.timedelta(days=HEATMAP_DAYS - 1)
+    since = dt.datetime.combine(first, dt.time(), dt.UTC)
+    latest = sql.SQL("SELECT DISTINCT ON (ship_id, bucket_start) ship_id, bucket_start, status FROM {} WHERE true {} "
+                     "ORDER BY ship_id, bucket_start, checked_at DESC, run_id DESC").format(t, where)
+    cur.execute(sql.SQL("SELECT count(*) FILTER (WHERE bucket_start < %s), count(*) FILTER (WHERE bucket_start > %s) "
+                        "FROM ({}) latest").format(latest), (since, now, *selected))
+    before, after = cur.fetchone()
     cur.execute(sql.SQL(
-        "SELECT ship_id, (bucket_start AT TIME ZONE 'UTC')::date AS day, status, count(*) FROM ("
-        "  SELECT DISTINCT ON (ship_id, bucket_start) ship_id, bucket_start, status FROM {} "
-        "  WHERE bucket_start >= %s {} ORDER BY ship_id, bucket_start, checked_at DESC, run_id DESC) latest "
-        "GROUP BY 1, 2, 3").format(t, where),
-        (newest - dt.timedelta(days=HEATMAP_DAYS), *selected))
+        "SELECT ship_id, (bucket_start AT TIME ZONE 'UTC')::date AS day, status, count(*) FROM ({}) latest "
+        "WHERE bucket_start >= %s AND bucket_start <= %s GROUP BY 1, 2, 3").format(latest),
+        (*selected, since, now))
     cells: dict[tuple[str, dt.date], dict[str, int]] = {}
     for ship, day, state, count in cur.fetchall():
         cells.setdefault((ship, day), {})[state] = int(count)
-    return cells
+    return dashboard.Heatmap(cells, first, last, int(before), int(after))
 
 
 def rejects(cur: cursor, cat: str, ships: list[str] | None) -> list[tuple[str, str, int]]:
@@ -136,7 +140,7 @@ def run(config: Config, spark: SparkSession | None, options: ReportOptions) -> R
                 now=now, ships=ships, states=lifecycle.STATES, queries=queries,
                 throughput=throughput(cur, cat, now, [q["query_name"] for q in queries]),
                 freshness=freshness(cur, cat, [q["query_name"] for q in queries]),
-                heatmap=heatmap(cur, cat, options.ships), rejects=rejects(cur, cat, options.ships),
+                heatmap=heatmap(cur, cat, options.ships, now), rejects=rejects(cur, cat, options.ships),
                 attention={r["ship_id"]: why for r in ships if (why := status_job.attention(r))},
                 max_lag_seconds=config.cutover.max_lag_seconds, refresh_seconds=options.refresh)
         conn.rollback()

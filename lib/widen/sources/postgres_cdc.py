@@ -24,7 +24,11 @@ What a batch holds (``SCHEMA``: the rows of ``values.ROW_COLUMNS`` plus ``change
   rule included), so a TOASTed value is never written from a placeholder; an UPDATE's new row is also
   rendered (``change`` = ``update``) so a row made invalid lands in the rejects;
 - a TRUNCATE of the narrow table stops the stream with a message (widen never empties wide tables
-  because of it).
+  because of it);
+- the first batch of a new query (its start offset carries the hand-off time ``t``) also re-derives
+  every timestamp present in the table dated from ``t`` on (a ship whose clock runs ahead, a row
+  dated 2099): the backfill's ``--end t`` leaves those rows out and no change of the slot brings
+  them. Later offsets carry no ``t``.
 
 Admission control: ``max_rows_per_batch`` bounds the changes a batch takes (whole transactions).
 """
@@ -348,6 +352,10 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         15 on widen writes a logical decoding message)."""
         from widen.pg import pgoutput
 
+        if "t" in start:
+            # the first batch: it also takes the rows dated after the hand-off (``partitions``), so
+            # it ends at an offset without ``t`` even when the slot has no change yet
+            return _without_future(self.latestOffset(_without_future(start), limit))
         max_rows = limit.max_rows if isinstance(limit, ReadMaxRows) else None
         begin = _lsn(start)
         stream = self._slot_stream(start)
@@ -387,13 +395,14 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         from widen.pg import pgoutput
 
         begin, last = _lsn(start), _lsn(end)
-        if last <= begin:
+        # (ship_id, created_time text): the timestamps the sink re-derives from the table's rows
+        recompute: set[tuple] = set(self._future_times(start["t"])) if "t" in start else set()
+        if last <= begin and not recompute:
             return []
         stream = self._slot_stream(start)
         stream.catch_up(last)
         columns = (*COLUMNS, self.order_column) if self.order_column else COLUMNS
         rows: list[tuple] = []          # (text values of ``columns``..., change)
-        recompute: set[tuple] = set()   # (ship_id, created_time text)
         for txn in stream.transactions:
             if not begin < txn.end_lsn <= last:
                 continue
@@ -420,6 +429,17 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         for ship, created in sorted(recompute):
             rows.append((ship, None, created, *([None] * (len(columns) - 3)), RECOMPUTE))
         return [LsnPartition(start, end, rows)] if rows else []
+
+    def _future_times(self, since: str) -> list[tuple]:
+        """The ships and timestamps in the table dated from the hand-off time on (one scan, at
+        the first batch only)."""
+        from psycopg2 import sql
+
+        with self._sql().cursor() as cur:
+            cur.execute(sql.SQL("SELECT DISTINCT ship_id, created_time::text FROM {} WHERE created_time >= %s "
+                                "AND ship_id IS NOT NULL AND ship_id <> ''").format(
+                sql.Identifier(self.options["schema"], self.options["table"])), (since,))
+            return cur.fetchall()
 
     def commit(self, end: dict) -> None:
         """Spark has committed every batch up to ``end``: the slot may let go of the WAL before it."""
@@ -480,6 +500,11 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if out:
             yield pa.RecordBatch.from_arrays([pa.array(col, type=kind) for col, kind in zip(zip(*out), types)],
                                              names=names)
+
+
+def _without_future(offset: dict) -> dict:
+    """An offset without the hand-off time (only a new query's first offset has it)."""
+    return {key: value for key, value in offset.items() if key != "t"}
 
 
 def _text(image: dict | None, column: str):

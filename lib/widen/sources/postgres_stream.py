@@ -17,11 +17,15 @@ Two offset modes:
   flight at its end offset, so every row is read by exactly one batch (no re-reads, no
   de-duplication, no watermark: a backlog in any order drains whole). (Not covered: the
   microseconds between an INSERT's nextval and its transaction taking an xid; reconcile would find
-  such a row.)
+  such a row.) A new query started at ``latest`` also records the hand-off time ``t``: its first
+  batch takes the rows present at the hand-off (ids up to the start) dated from ``t`` on, which a
+  backfill ``--end t`` leaves out (a ship whose clock runs ahead, a row dated 2099); later offsets
+  carry no ``t``, so each of those rows is read once, by that batch.
 - created_time only: each micro-batch reads up to the newest row older than ``now - settle_seconds``
   and re-reads ``overlap_seconds`` before its start; the idempotent merge makes the overlap
   harmless. A row later than the overlap is left for reconciliation. (Needs an index on
-  created_time to stay cheap.)
+  created_time to stay cheap.) A row dated ahead of ``now - settle_seconds`` is read once its time
+  has come, never earlier: its created_time would move the watermark past every other row.
 
 Each micro-batch is split by ship (a hash of ship_id into ``buckets`` partitions), so all rows of a
 ship and timestamp land in one partition. Values are rendered in SQL, exactly as the backfill does;
@@ -120,8 +124,9 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
         ``earliest``: the first row. ``latest``: the live tail, for the hand-off with the backfill
         (README, "Hand-off"): in the exact mode the greatest id once every transaction in flight at
-        that moment has ended, so their rows are the backfill's, not lost between the two; in the
-        created_time mode ``now - settle_seconds``. Or an explicit id / ISO timestamp.
+        that moment has ended, so their rows are the backfill's, not lost between the two, and the
+        hand-off time ``t`` (the first batch also reads the rows up to that id dated from ``t`` on);
+        in the created_time mode ``now - settle_seconds``. Or an explicit id / ISO timestamp.
         """
         if self.options.get("start_offset"):
             return json.loads(self.options["start_offset"])      # taken by the job (stream.initial_offset)
@@ -172,13 +177,22 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             second = self._look({"id": first["id"], "pending": []})
             still = sorted(set(running) & {xid for xid, _ in second["pending"]})
             if not still:
-                return second
+                return {**second, "t": self._now()}
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"stream.start latest: transactions {', '.join(map(str, still))} are still open "
                     f"after {self.start_wait:g} s; their rows could fall between the backfill and the "
                     "stream. Retry when they end, or start from an explicit id.")
             time.sleep(0.2)
+
+    def _now(self) -> str:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT now()")
+                return cur.fetchone()[0].isoformat()
+        finally:
+            conn.close()
 
     def _look(self, start: dict) -> dict:
         conn = self._connect()
@@ -215,6 +229,10 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         from psycopg2 import sql
 
         max_rows = getattr(limit, "max_rows", None)
+        if self.order_column and "t" in start:
+            # the first batch after the hand-off: it also holds the rows present then dated from
+            # ``t`` on, so it ends at an offset without ``t`` even when no new row came
+            return _without_future(self.latestOffset(_without_future(start), limit))
         conn = self._connect()
         try:
             with conn.cursor() as cur:
@@ -322,6 +340,13 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                             "AND NOT (xmin::text::bigint = ANY(%s)) AND ").format(o=order) + bucket
             params = [lowest, partition.end["id"], partition.start["id"], [x for x, _ in pending],
                       [x for x, _ in partition.end["pending"]], partition.buckets, partition.bucket]
+            if "t" in partition.start:
+                # the first batch after the hand-off: also the rows present then (ids up to the
+                # start, none of a transaction pending at it) dated from the hand-off time on
+                where = sql.SQL("(({w}) OR ({o} <= %s AND created_time >= %s AND NOT (xmin::text::bigint = ANY(%s)) "
+                                "AND ").format(w=where, o=order) + bucket + sql.SQL("))")
+                params += [partition.start["id"], partition.start["t"], [x for x, _ in pending],
+                           partition.buckets, partition.bucket]
             order_key = order
         else:
             lo = dt.datetime.fromisoformat(partition.start["t"]) - dt.timedelta(seconds=self.overlap)
@@ -346,6 +371,11 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         [pa.array(col, type=kind) for col, kind in zip(columns, types)], names=names)
         finally:
             conn.close()
+
+
+def _without_future(offset: dict) -> dict:
+    """An exact-mode offset without the hand-off time (only a new query's first offset has it)."""
+    return {key: value for key, value in offset.items() if key != "t"}
 
 
 def initial_offset(options: dict[str, str]) -> dict:

@@ -1,0 +1,147 @@
+"""Readings from the future across the hand-off (DESIGN.md, "Hand-off"): a ship whose clock runs
+ahead, a test row dated 2099. Rows present at the hand-off dated after it, and rows written after
+it dated in the future, all reach the wide tables exactly once, checked against the oracle.
+
+- exact mode and cdc: the stream's first batch takes the rows present at the hand-off dated from
+  the hand-off time on (the backfill's ``--end`` stops there); later rows come by id / LSN,
+  whatever their created_time;
+- created_time mode: the stream reads a row once its time has come (``now - settle_seconds``), never
+  earlier (its time would move the watermark past every other ship's rows); rows present at the
+  hand-off are the backfill's (run without ``--end``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import replace
+
+import nasty
+import oracle
+from psycopg2 import sql
+
+from widen.jobs import backfill, stream
+
+UTC = dt.UTC
+FAR = dt.datetime(2099, 1, 1, tzinfo=UTC)
+HISTORY = dt.datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def db_now(pg) -> dt.datetime:
+    with pg.cursor() as cur:
+        cur.execute("SELECT now()")
+        return cur.fetchone()[0]
+
+
+def present_future_rows(ship: str, now: dt.datetime) -> list[tuple]:
+    """In the table before the hand-off: an hour ahead, 2099, and a ship seen only in 2099."""
+    return [(ship, "ahead", now + dt.timedelta(hours=1), "Decimal", 1.5, None, None, None),
+            (ship, "far", FAR, "Integer", None, 7, None, None),
+            ("ship from 2099", "x", FAR + dt.timedelta(microseconds=1), "String", None, None, "from the future", None)]
+
+
+def later_future_rows(ship: str, now: dt.datetime, ahead: dt.timedelta) -> list[tuple]:
+    """Written after the hand-off: a reading now, one ``ahead``, one in 2099 (another timestamp)."""
+    return [(ship, "rpm", now, "Integer", None, 1, None, None),
+            (ship, "ahead", now + ahead, "Decimal", 2.5, None, None, None),
+            (ship, "far", FAR + dt.timedelta(days=1), "Integer", None, 8, None, None)]
+
+
+def count(cur, src: str, where: str, params=()) -> int:
+    cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE ").format(
+        sql.Identifier(src, "tbl_data_timeseries")) + sql.SQL(where), params)
+    return cur.fetchone()[0]
+
+
+def test_exact_mode_takes_the_future(fresh_fleet, make_config, spark, pg, tmp_path):
+    name = "fut_x"
+    src, tgt, cat = f"src_{name}", f"wide_{name}", f"cat_{name}"
+    fresh_fleet(name, ships=2, channels=3, hours=1, seed=5, start=HISTORY, ingest_id=True).close()
+    ship = sorted(oracle.valid_ships(pg.cursor(), src))[0]
+    config = make_config(name, source__order_column="ingest_id")
+    config = replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name=name,
+                                            start="latest"))
+    nasty.insert(pg, src, present_future_rows(ship, db_now(pg)))
+    first = stream.run(config, spark, once=True)             # the hand-off
+    tail = first.summary["start_offset"]["id"]
+    handoff = db_now(pg)
+    nasty.insert(pg, src, later_future_rows(ship, db_now(pg), dt.timedelta(hours=2)))
+    assert backfill.run(config, spark, end=handoff).exit_code == 0       # the history up to the hand-off
+    second = stream.run(config, spark, once=True)
+    with pg.cursor() as cur:
+        oracle.assert_equal_to_oracle(cur, src, tgt, cat, order_column="ingest_id")
+        # the stream read each row once: every row after its start, and the rows present at it that
+        # are dated from the hand-off on
+        since = dt.datetime.fromisoformat(first.summary["start_offset"]["t"])
+        assert first.summary["narrow_rows"] + second.summary["narrow_rows"] == (
+            count(cur, src, "ingest_id > %s", (tail,)) + count(cur, src, "ingest_id <= %s AND created_time >= %s",
+                                                                 (tail, since)))
+        assert first.summary["narrow_rows"] == 3 and first.summary["late_rows"] == 0
+
+
+def test_cdc_mode_takes_the_future(fresh_fleet, make_config, spark, pg, tmp_path):
+    name = "fut_c"
+    src, tgt, cat = f"src_{name}", f"wide_{name}", f"cat_{name}"
+    fresh_fleet(name, ships=2, channels=3, hours=1, seed=6, start=HISTORY).close()
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(src, "tbl_data_timeseries")))
+    ship = sorted(oracle.valid_ships(pg.cursor(), src))[0]
+    config = make_config(name, source__mode="cdc", stream__query_name=name, stream__start="latest",
+                         stream__checkpoint=str(tmp_path / "cp"))
+    nasty.insert(pg, src, present_future_rows(ship, db_now(pg)))
+    try:
+        first = stream.run(config, spark, once=True)         # the hand-off: the slot's consistent point
+        handoff = db_now(pg)
+        later = later_future_rows(ship, db_now(pg), dt.timedelta(hours=2))
+        nasty.insert(pg, src, later)
+        assert backfill.run(config, spark, end=handoff).exit_code == 0
+        second = stream.run(config, spark, once=True)
+        with pg.cursor() as cur:
+            oracle.assert_equal_to_oracle(cur, src, tgt, cat)
+        assert second.summary["narrow_rows"] == len(later) and first.exit_code == 0
+    finally:
+        stream.run(config, spark, drop_slot=True)
+
+
+def wide_value(pg, tgt: str, ship: str, channel: str, when: dt.datetime):
+    with pg.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (sql.Identifier(tgt, f"tbl_data_timeseries_{ship}").as_string(cur),))
+        if cur.fetchone()[0] is None:
+            return None
+        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                    "AND column_name = %s", (tgt, f"tbl_data_timeseries_{ship}", channel))
+        if cur.fetchone() is None:
+            return None
+        cur.execute(sql.SQL("SELECT {} FROM {} WHERE created_time = %s").format(
+            sql.Identifier(channel), sql.Identifier(tgt, f"tbl_data_timeseries_{ship}")), (when,))
+        row = cur.fetchone()
+        return row and row[0]
+
+
+def test_time_mode_reads_a_future_row_when_its_time_comes(fresh_fleet, make_config, spark, pg, tmp_path):
+    """created_time mode: a row dated a few seconds ahead, written after the hand-off, is not read
+    early, and lands once its time has come; rows present at the hand-off are the backfill's."""
+    name = "fut_t"
+    src, tgt, cat = f"src_{name}", f"wide_{name}", f"cat_{name}"
+    fresh_fleet(name, ships=2, channels=3, hours=1, seed=7, start=HISTORY).close()
+    ship = sorted(oracle.valid_ships(pg.cursor(), src))[0]
+    config = make_config(name)
+    config = replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name=name,
+                                            start="latest", settle_seconds=0, overlap_seconds=300,
+                                            watermark_seconds=600))
+    nasty.insert(pg, src, present_future_rows(ship, db_now(pg)))
+    stream.run(config, spark, once=True)                     # the hand-off
+    assert backfill.run(config, spark).exit_code == 0        # no --end: every row present, whatever its date
+    soon = db_now(pg) + dt.timedelta(seconds=5)
+    nasty.insert(pg, src, [(ship, "soon", soon, "Integer", None, 3, None, None), (ship, "rpm", db_now(pg), "Integer",
+                                                                                  None, 1, None, None)])
+    early = stream.run(config, spark, once=True)
+    assert early.summary["late_rows"] == 0
+    if db_now(pg) < soon:
+        assert wide_value(pg, tgt, ship, "soon", soon) is None
+    deadline = time.monotonic() + 60
+    while wide_value(pg, tgt, ship, "soon", soon) is None:   # not read before its time, read after it
+        assert time.monotonic() < deadline, "a row dated 4 s ahead never reached the wide table"
+        stream.run(config, spark, once=True)
+    assert db_now(pg) >= soon
+    with pg.cursor() as cur:
+        oracle.assert_equal_to_oracle(cur, src, tgt, cat)
