@@ -164,7 +164,7 @@ job_config=$config
 summary=$(mktemp "${TMPDIR:-/tmp}/widen-summary.XXXXXX")
 # The Python driver writes its pid here (widen.cli): where a supervisor's stop is handed on.
 driver_pid=$(mktemp "${TMPDIR:-/tmp}/widen-driver.XXXXXX")
-trap 'rm -f "$summary" "$driver_pid"' EXIT
+trap 'rm -f "$summary" "$driver_pid" "$driver_pid.new"' EXIT
 export WIDEN_SUMMARY_FILE=$summary WIDEN_DRIVER_PID_FILE=$driver_pid
 cd "$here"
 if [ -n "$light" ]; then
