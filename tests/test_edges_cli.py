@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import jobproc
@@ -305,8 +306,9 @@ def small_disk(own_pg):
     """A 256 KiB tmpfs as the tablespace of the database ``diskfull``'s new tables (staging among
     them): a real ``No space left on device`` (needs the right to mount, as root in CI)."""
     home, server = own_pg
-    mount = home / "small"                  # where the server's user can reach it
-    mount.mkdir(exist_ok=True)
+    # where the server's user can reach it (a test's own tmp_path may be root's alone)
+    mount = Path(f"/tmp/widen-small-{uuid.uuid4().hex[:8]}")
+    mount.mkdir(mode=0o755)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
                           text=True)
     # as tests/test_bad_input.py's full disk: the suite runs as root (make test, .ci/run)
@@ -327,6 +329,7 @@ def small_disk(own_pg):
         admin.close()
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+        mount.rmdir()
 
 
 def test_a_full_disk_stops_the_backfill_at_once_in_one_line(small_disk, tmp_path):

@@ -3,6 +3,7 @@ fleet's reconcile (exit code, metrics, alerts), not ``status``, not the report p
 back again is a no-op that says so."""
 from __future__ import annotations
 
+import datetime as dt
 import html
 import json
 import subprocess
@@ -25,7 +26,9 @@ SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 def fleet(fresh_fleet, make_config, spark, tmp_path_factory):
     textfiles = tmp_path_factory.mktemp("textfile")
     config = make_config(NAME, metrics__textfile_dir=str(textfiles), metrics__instance=NAME)
-    conn = fresh_fleet(NAME, ships=2, channels=3, hours=2, seed=29)
+    # readings of the last hours: the report's heatmap shows the days up to today
+    start = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=3)
+    conn = fresh_fleet(NAME, ships=2, channels=3, hours=2, seed=29, start=start)
     gone, kept = generate.ship_ids(2)
     assert backfill.run(config, spark).exit_code == 0
     first = reconcile.run(config, spark)            # clean: results and lifecycle facts for both ships
