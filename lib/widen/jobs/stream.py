@@ -49,6 +49,8 @@ JOB = "stream"
 log = logging.getLogger(__name__)
 TOTALS = ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows", "failed_rows", "skipped_rows")
 COUNTED = ("batches", "skipped", "late_rows", *TOTALS)
+#: the created_time mode's watermark column: created_time, capped at the batch's time
+EVENT_TIME = "widen_event_time"
 
 
 def checkpoint_path(config: Config) -> str:
@@ -190,8 +192,14 @@ def start(config: Config, spark: SparkSession, once: bool = False) -> StreamRun:
     try:
         rows = source.stream(spark, options)
         if not source.exactly_once:
-            rows = (rows.withWatermark("created_time", f"{st.watermark_seconds:g} seconds")
-                    .dropDuplicatesWithinWatermark(dedup_key(config)))
+            # The watermark's time is created_time, but never later than the batch's: a reading
+            # from the future (the first batch takes those present at the hand-off) must not move
+            # the watermark past every other row.
+            from pyspark.sql import functions as F
+
+            rows = (rows.withColumn(EVENT_TIME, F.least("created_time", F.current_timestamp()))
+                    .withWatermark(EVENT_TIME, f"{st.watermark_seconds:g} seconds")
+                    .dropDuplicatesWithinWatermark(dedup_key(config)).drop(EVENT_TIME))
         writer = (rows.writeStream.foreachBatch(sink).queryName(st.query_name)
                   .option("checkpointLocation", checkpoint))
         writer = (writer.trigger(availableNow=True) if once
