@@ -6,11 +6,12 @@ row, so a restart from the checkpoint changes nothing twice. Admission control
 
 The exact mode (an order column) and a Delta source give each narrow row to exactly one batch. The
 created_time mode re-reads an overlap on purpose: there the stream gets a watermark on created_time
-and drops *re-reads* within it (key: ship, channel, created_time and the rendered value); rows
-older than the watermark are dropped by Spark, counted (``stream_batches.late_rows``, the log and
-the metrics) and left for ``reconcile --repair``. Readings that differ are kept and the sink applies
-DESIGN.md's duplicate rule (the later batch wins with an order column; the greatest value without,
-also against what is already merged).
+(capped at the batch's time, so a reading from the future cannot move it) and drops *re-reads*
+within it (key: ship, channel, created_time and the rendered value); rows older than the watermark
+are dropped by Spark, counted (``stream_batches.late_rows``, the log and the metrics) and left for
+``reconcile --repair``. Readings that differ are kept and the sink applies DESIGN.md's duplicate
+rule (the later batch wins with an order column; the greatest value without, also against what is
+already merged).
 
 ``--once`` processes what is there (in bounded batches) and stops (for schedulers and tests);
 otherwise it runs every ``stream.trigger_seconds`` until SIGTERM/SIGINT, which stop it after the
@@ -49,6 +50,8 @@ JOB = "stream"
 log = logging.getLogger(__name__)
 TOTALS = ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows", "failed_rows", "skipped_rows")
 COUNTED = ("batches", "skipped", "late_rows", *TOTALS)
+#: the created_time mode's watermark column: created_time, capped at the batch's time
+EVENT_TIME = "widen_event_time"
 
 
 def checkpoint_path(config: Config) -> str:
@@ -190,8 +193,14 @@ def start(config: Config, spark: SparkSession, once: bool = False) -> StreamRun:
     try:
         rows = source.stream(spark, options)
         if not source.exactly_once:
-            rows = (rows.withWatermark("created_time", f"{st.watermark_seconds:g} seconds")
-                    .dropDuplicatesWithinWatermark(dedup_key(config)))
+            # The watermark's time is created_time, but never later than the batch's: a reading
+            # from the future (the first batch takes those present at the hand-off) must not move
+            # the watermark past every other row.
+            from pyspark.sql import functions as F
+
+            rows = (rows.withColumn(EVENT_TIME, F.least("created_time", F.current_timestamp()))
+                    .withWatermark(EVENT_TIME, f"{st.watermark_seconds:g} seconds")
+                    .dropDuplicatesWithinWatermark(dedup_key(config)).drop(EVENT_TIME))
         writer = (rows.writeStream.foreachBatch(sink).queryName(st.query_name)
                   .option("checkpointLocation", checkpoint))
         writer = (writer.trigger(availableNow=True) if once

@@ -24,8 +24,13 @@ Two offset modes:
 - created_time only: each micro-batch reads up to the newest row older than ``now - settle_seconds``
   and re-reads ``overlap_seconds`` before its start; the idempotent merge makes the overlap
   harmless. A row later than the overlap is left for reconciliation. (Needs an index on
-  created_time to stay cheap.) A row dated ahead of ``now - settle_seconds`` is read once its time
-  has come, never earlier: its created_time would move the watermark past every other row.
+  created_time to stay cheap.) A new query started at ``latest`` marks its first offset
+  (``handoff``): its first batch has no upper bound, so it also takes the rows present then dated
+  ahead (a backfill ``--end t`` leaves them out); they are read again once their time has come
+  (the idempotent merge makes that harmless). A row written later dated ahead of
+  ``now - settle_seconds`` is read once its time has come. The job's watermark runs on
+  ``least(created_time, the batch's time)``, so a reading from the future never moves it past
+  every other row.
 
 Each micro-batch is split by ship (a hash of ship_id into ``buckets`` partitions), so all rows of a
 ship and timestamp land in one partition. Values are rendered in SQL, exactly as the backfill does;
@@ -148,7 +153,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             try:
                 with conn.cursor() as cur:
                     cur.execute("SELECT now() - %s * interval '1 second'", (self.settle,))
-                    return {"t": cur.fetchone()[0].isoformat()}
+                    return {"t": cur.fetchone()[0].isoformat(), "handoff": True}
             finally:
                 conn.close()
         try:
@@ -233,6 +238,9 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             # the first batch after the hand-off: it also holds the rows present then dated from
             # ``t`` on, so it ends at an offset without ``t`` even when no new row came
             return _without_future(self.latestOffset(_without_future(start), limit))
+        if not self.order_column and "handoff" in start:
+            # the first batch after the hand-off: it also takes every row present dated after its end
+            return self.latestOffset({"t": start["t"]}, limit)
         conn = self._connect()
         try:
             with conn.cursor() as cur:
@@ -352,6 +360,10 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             lo = dt.datetime.fromisoformat(partition.start["t"]) - dt.timedelta(seconds=self.overlap)
             where = sql.SQL("created_time >= %s AND created_time < %s AND ") + bucket
             params = [lo, partition.end["t"], partition.buckets, partition.bucket]
+            if "handoff" in partition.start:
+                # the first batch after the hand-off: also the rows present now dated after its end
+                where = sql.SQL("created_time >= %s AND ") + bucket
+                params = [lo, partition.buckets, partition.bucket]
             order_key = sql.SQL("NULL::bigint")
         from widen.core.kernels import ROW_SCHEMA
 

@@ -221,8 +221,12 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                 written.append(ship)
             lifecycle.record_streamed(cur, cat, written, query_name, batch_id)
             result.ships = len(by_ship)
-            if valid.num_rows:             # new readings only: a deleted future-dated row is no freshness
-                newest = pc.max(valid.column("created_time")).as_py()
+            # new readings only, and none dated in the future (a ship whose clock runs ahead would
+            # make the lag negative and hide every other ship's): a deleted future-dated row is no freshness
+            times = valid.column("created_time")
+            due = times.filter(pc.less_equal(times, pa.scalar(dt.datetime.now(dt.UTC), type=times.type)))
+            newest = pc.max(due).as_py() if len(due) else None
+            if newest is not None:
                 result.newest_created_time = newest if newest.tzinfo else newest.replace(tzinfo=dt.UTC)
             ledger.record_batch(cur, cat, query_name, batch_id, result.narrow_rows, result.wide_rows, result.ships,
                                 result.newest_created_time)
