@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -242,3 +243,12 @@ def test_alert_rules_name_only_metrics_widen_exports():
     # and the exit-code pattern of WidenJobFailed matches every job's exit code
     assert {n for n in exported if re.fullmatch(r"widen_[a-z]+_exit_code", n)} >= {
         "widen_backfill_exit_code", "widen_reconcile_exit_code", "widen_stream_exit_code"}
+
+
+def test_alert_rules_pass_promtool_and_fire_when_their_runbooks_say():
+    """promtool checks the rules and runs their unit tests, which pin when each alert fires
+    (WidenStreamNoMicroBatch 15 min after the last batch, not 20; WidenBackfillStalled after 30)."""
+    promtool = tools.require("promtool")
+    for args in (["check", "rules", RULES.name], ["test", "rules", "widen-alerts.test.yml"]):
+        done = subprocess.run([promtool, *args], cwd=RULES.parent, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
