@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
         first = backfill.run(config, spark)
         assert first.exit_code == 1 and first.summary["chunks_failed"] > 0
         text = (textfiles / f"widen_backfill_all_{NAME}.prom").read_text()
-        found = samples(text)
+        found = samples(text, selection="all")
         with pg.cursor() as cur:
             ledger = chunk_ledger(cur)
             cur.execute(sql.SQL("SELECT ship_id, count(*) FROM {} GROUP BY 1").format(
@@ -117,7 +118,7 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
         lines = [json.loads(line) for line in err.splitlines() if line.strip()]
         assert lines and all({"time", "level", "job", "message"} <= set(line) for line in lines)
         assert any(line["job"] == "backfill" and "chunks" in line["message"] for line in lines)
-        found = samples((textfiles / f"widen_backfill_all_{NAME}.prom").read_text())
+        found = samples((textfiles / f"widen_backfill_all_{NAME}.prom").read_text(), selection="all")
         with pg.cursor() as cur:
             after = chunk_ledger(cur)
         assert by_ship(found, "widen_backfill_chunks_done") == {s: v[0] for s, v in after.items()}
@@ -144,7 +145,7 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
                 wide, sql.Identifier(col_b)), (late,))
         checked = reconcile.run(config, spark)
         assert checked.exit_code == 1
-        found = samples((textfiles / f"widen_reconcile_all_{NAME}.prom").read_text())
+        found = samples((textfiles / f"widen_reconcile_all_{NAME}.prom").read_text(), selection="all")
         results = reconcile_ledger(pg, checked.summary["run_id"])
         assert by_ship(found, "widen_reconcile_buckets_checked_total") == {s: r["all"] for s, r in results.items()}
         assert by_ship(found, "widen_reconcile_buckets_left") == {s: r["mismatch"] for s, r in results.items()}
@@ -166,7 +167,7 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
                        "widen_reconcile_buckets_left") == {other: 0}
         repaired = reconcile.run(config, spark, repair=True)
         assert repaired.exit_code == 0
-        found = samples((textfiles / f"widen_reconcile_all_{NAME}.prom").read_text())
+        found = samples((textfiles / f"widen_reconcile_all_{NAME}.prom").read_text(), selection="all")
         results = reconcile_ledger(pg, repaired.summary["run_id"])
         assert by_ship(found, "widen_reconcile_buckets_repaired_total") == {
             s: r["repaired"] for s, r in results.items()}
@@ -189,7 +190,7 @@ def test_backfill_and_reconcile_metrics_equal_the_ledgers(fresh_fleet, make_conf
     (textfiles / f"widen_status_all_{NAME}.prom").unlink(missing_ok=True)
     down = make_config(NAME, **settings, metrics__pushgateway=f"127.0.0.1:{tools.free_port()}")
     checked = status.run(down)     # exit 1: the stream above wrote 2026-01-01 readings, a large lag
-    assert one(samples((textfiles / f"widen_status_all_{NAME}.prom").read_text()),
+    assert one(samples((textfiles / f"widen_status_all_{NAME}.prom").read_text(), selection="all"),
                "widen_status_exit_code") == checked.exit_code == 1
     assert "did not take the status's metrics" in capsys.readouterr().err
 
@@ -242,3 +243,49 @@ def test_alert_rules_name_only_metrics_widen_exports():
     # and the exit-code pattern of WidenJobFailed matches every job's exit code
     assert {n for n in exported if re.fullmatch(r"widen_[a-z]+_exit_code", n)} >= {
         "widen_backfill_exit_code", "widen_reconcile_exit_code", "widen_stream_exit_code"}
+
+
+def test_alert_rules_pass_promtool_and_fire_when_their_runbooks_say():
+    """promtool checks the rules and runs their unit tests, which pin when each alert fires
+    (WidenStreamNoMicroBatch 15 min after the last batch, not 20; WidenBackfillStalled after 30)."""
+    promtool = tools.require("promtool")
+    for args in (["check", "rules", RULES.name], ["test", "rules", "widen-alerts.test.yml"]):
+        done = subprocess.run([promtool, *args], cwd=RULES.parent, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_textfiles_of_two_selections_hold_distinct_series(fresh_fleet, write_config, tmp_path, capsys):
+    """Two runs of one job over different --ships leave one textfile each whose series differ by
+    their ``selection`` label (as their Pushgateway groups do), so node_exporter, which merges every
+    *.prom file of its directory and refuses a series met twice, keeps both runs' figures."""
+    name = "metrics_sel"
+    fresh_fleet(name, ships=2, channels=2, hours=1, seed=5).close()
+    first, second = generate.ship_ids(2)
+    textfiles = tmp_path / "textfile"
+    path = write_config(name, metrics__textfile_dir=str(textfiles))
+    for ship in (first, second):
+        assert cli.main(["plan", "--config", str(path), "--ships", ship]) == 0
+    capsys.readouterr()
+    files = sorted(textfiles.glob("*.prom"))
+    assert [f.name for f in files] == sorted(f"widen_plan_{metrics.selection([s])}.prom" for s in (first, second))
+
+    # node_exporter's merge: every family's samples from every file; a series twice is an error.
+    series: dict[tuple[str, tuple], str] = {}
+    kinds: dict[str, tuple[str, str]] = {}
+    selections = {}
+    for file in files:
+        for family in text_string_to_metric_families(file.read_text()):
+            assert kinds.setdefault(family.name, (family.type, family.documentation)) == \
+                (family.type, family.documentation), family.name
+            for s in family.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                assert key not in series, f"{key} in {series.get(key)} and {file.name}"
+                series[key] = file.name
+                selections.setdefault(file.name, set()).add(s.labels.get("selection"))
+    assert selections == {f"widen_plan_{metrics.selection([s])}.prom": {metrics.selection([s])}
+                          for s in (first, second)}
+    # the same series in both, but for the selection label
+    per_file = {file: {(n, tuple(kv for kv in labels if kv[0] != "selection"))
+                       for (n, labels), f in series.items() if f == file} for file in selections}
+    one_file, other_file = per_file.values()
+    assert one_file == other_file and ("widen_plan_exit_code", ()) in one_file

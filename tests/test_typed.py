@@ -325,3 +325,99 @@ def test_typed_journey_on_delta(make_config, spark, pg, tmp_path):
     repaired = reconcile.run(config, spark, repair=True)
     assert repaired.exit_code == 0, repaired.report
     check()
+
+
+# -- a format the survey did not see ----------------------------------------------------------------
+#: three ships whose channel "mixed" has Decimal readings first; the Integer readings that come later
+#: (values a double prints exactly: they "fit" a double column) reach each through another writer
+BY_BACKFILL, BY_STREAM, BY_REPAIR = "by backfill", nasty.S_QUOTES, "by repair"
+EXPECTED_TYPE = sql.SQL("CASE WHEN count(DISTINCT value_format) > 1 THEN 'text' ELSE CASE min(value_format) "
+                        "WHEN 'Decimal' THEN 'double precision' WHEN 'Integer' THEN 'bigint' "
+                        "WHEN 'Boolean' THEN 'boolean' ELSE 'text' END END")
+
+
+def readings(ship: str, channel: str, fmt: str, hour: int, count: int = 40) -> list[tuple]:
+    """``count`` readings from ``hour``, 90 s apart: doubles i + 0.25 or integers i - 20."""
+    return [(ship, channel, nasty.at(3600 * hour + 90 * i), fmt, i + 0.25 if fmt == "Decimal" else None,
+             i - 20 if fmt == "Integer" else None, None, None) for i in range(count)]
+
+
+def oracle_types(cur, name: str) -> dict[tuple[str, str], str]:
+    """(ship, channel) -> the column type the formats of all its valid rows give (the README's rule)."""
+    cur.execute(sql.SQL("SELECT ship_id, data_channel_id, {} FROM {} WHERE {} GROUP BY 1, 2").format(
+        EXPECTED_TYPE, sql.Identifier(f"src_{name}", "tbl_data_timeseries"), oracle.VALID))
+    return {(s, c): t for s, c, t in cur.fetchall()}
+
+
+def wide_types(cur, name: str) -> dict[tuple[str, str], str]:
+    """(ship, channel) -> the wide column's actual type, asserted equal to the catalog's column_type."""
+    cur.execute(sql.SQL(
+        "SELECT c.ship_id, c.data_channel_id, coalesce(c.column_type, 'text'), format_type(a.atttypid, a.atttypmod) "
+        "FROM {} c JOIN pg_attribute a ON a.attrelid = (quote_ident(%s) || '.' || quote_ident(c.table_name))::regclass "
+        "AND a.attname = c.column_name").format(sql.Identifier(f"cat_{name}", "channel_columns")), (f"wide_{name}",))
+    rows = cur.fetchall()
+    assert all(recorded == actual for _, _, recorded, actual in rows), rows
+    return {(s, c): actual for s, c, _, actual in rows}
+
+
+@pytest.mark.parametrize("survey", ["skip scan", "sample"])
+def test_a_format_the_survey_missed_turns_the_column_text_whatever_the_path(survey, make_config, spark, pg,
+                                                                            tmp_path, monkeypatch):
+    """A channel with Decimal readings first and Integer readings later ends as text whichever survey
+    laid it out (an index skip scan reading each channel's first rows, or a TABLESAMPLE that misses
+    them) and whichever writer meets the Integers (a backfill chunk, the stream, a repair): the
+    column types and the cells equal the oracle's."""
+    from widen.pg import db
+    from widen.sources import open_table, postgres as pg_source
+
+    # schemas of their own per path: the stream's layout cache in this process outlives a dropped catalog
+    name = f"typed_{survey.replace(' ', '_')}"
+    fresh(pg, name)
+    narrow = sql.Identifier(f"src_{name}", "tbl_data_timeseries")
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("CREATE INDEX ON {} (ship_id, created_time)").format(narrow))
+        if survey == "skip scan":
+            cur.execute(sql.SQL("CREATE INDEX ON {} (ship_id, data_channel_id, created_time)").format(narrow))
+    monkeypatch.setattr(pg_source, "SURVEY_SAMPLE_ROWS", 1)     # a sample far smaller than the table
+    first = [r for ship in (BY_BACKFILL, BY_STREAM, BY_REPAIR)
+             for r in readings(ship, "mixed", "Decimal", 0) + readings(ship, "decimal", "Decimal", 0)
+             + readings(ship, "integer", "Integer", 0)]
+    nasty.insert(pg, f"src_{name}", first + readings(BY_BACKFILL, "mixed", "Integer", 1))
+    config = make_config(name, target__column_types="typed")
+    config = replace(config, stream=replace(config.stream, start="earliest", settle_seconds=0.0, query_name=name,
+                                            checkpoint=str(tmp_path / "cp")))
+
+    # the survey (the backfill's, for new ships) takes the intended path and misses the Integers
+    source = open_table(config.source, "test")
+    with db.connection(config.source.connection) as conn:
+        stats, how = source.survey(conn, [BY_BACKFILL])
+    assert how == survey
+    assert "Integer" not in stats[BY_BACKFILL]["channels"].get("mixed", {"formats": {}})["formats"]
+
+    def check() -> None:
+        with pg.cursor() as cur:
+            assert wide_types(cur, name) == oracle_types(cur, name)
+            oracle.assert_equal_to_oracle(cur, f"src_{name}", f"wide_{name}", f"cat_{name}")
+
+    filled = backfill.run(config, spark)
+    assert filled.exit_code == 0, filled.report
+    check()
+    with pg.cursor() as cur:     # typed where one format was seen: the other ships' "mixed" is a double
+        types = wide_types(cur, name)
+    assert types[(BY_BACKFILL, "mixed")] == "text" and types[(BY_STREAM, "mixed")] == "double precision"
+    assert types[(BY_STREAM, "integer")] == "bigint"
+
+    nasty.insert(pg, f"src_{name}", readings(BY_STREAM, "mixed", "Integer", 2))
+    streamed = stream.run(config, spark, once=True)
+    assert streamed.exit_code == 0, streamed.report
+    check()
+
+    nasty.insert(pg, f"src_{name}", readings(BY_REPAIR, "mixed", "Integer", 2))
+    assert reconcile.run(config, spark, ships=[BY_REPAIR]).exit_code == 1
+    repaired = reconcile.run(config, spark, ships=[BY_REPAIR], repair=True)
+    assert repaired.exit_code == 0, repaired.report
+    check()
+    with pg.cursor() as cur:
+        assert {s for (s, c), t in wide_types(cur, name).items() if c == "mixed" and t == "text"} == {
+            BY_BACKFILL, BY_STREAM, BY_REPAIR}
+    assert reconcile.run(config, spark).exit_code == 0

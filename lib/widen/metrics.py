@@ -15,7 +15,9 @@ ends: to ``metrics.pushgateway`` and/or to ``<metrics.textfile_dir>/widen_<job>_
 (written atomically). A run's group is ``job="widen_<job>"``, ``instance`` (``metrics.instance``, by
 default the host name) and ``selection``: ``all`` for a run over every ship, else ``ships-<hash>`` of
 the ships it was given, so runs over other ships (a cutover's own reconcile of a few ships, two
-backfills side by side) never replace each other's figures. A Pushgateway that does not answer, or
+backfills side by side) never replace each other's figures. In a textfile every series carries the
+``selection`` label too: node_exporter merges all files of its directory, and two files with the
+same series would make it drop them. A Pushgateway that does not answer, or
 a textfile that cannot be written, is one warning, never a failed job.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, push_to_gateway, write_to_textfile
+from prometheus_client.metrics_core import Metric
 
 from widen import errors
 
@@ -132,7 +135,7 @@ class JobMetrics:
                 path = self.textfile
                 self._attempt("textfile", f"cannot write {path}",
                               lambda: (os.makedirs(os.path.dirname(path) or ".", exist_ok=True),
-                                       write_to_textfile(path, self.registry)))
+                                       write_to_textfile(path, self._textfile_registry)))
             if self.cfg.pushgateway:
                 gateway = self.cfg.pushgateway
                 self._attempt("push", f"the Pushgateway {gateway} did not take the {self.job}'s metrics",
@@ -140,6 +143,15 @@ class JobMetrics:
                                   gateway, job=f"widen_{self.job}", registry=self.registry,
                                   grouping_key={"instance": self.instance, "selection": self.selection},
                                   timeout=self.cfg.push_timeout_seconds if self.cfg else 5.0))
+
+    @property
+    def _textfile_registry(self) -> CollectorRegistry:
+        """The run's metrics with its ``selection`` as a label: node_exporter merges every file of
+        its directory into one scrape, where the file name is lost (a Pushgateway keeps it in the
+        group instead, so the pushed series go without it)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Labelled(self.registry, {"selection": self.selection}))
+        return registry
 
     def _attempt(self, what: str, failure: str, action: Callable[[], object]) -> None:
         """``action``; a failure is one warning until it works again (monitoring never fails a job)."""
@@ -171,6 +183,20 @@ class _Forward:
 
     def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
         return self.registry.collect()
+
+
+class _Labelled:
+    """A collector that yields another registry's metrics with ``labels`` added to every sample."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+        self.registry = registry
+        self.labels = labels
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [s._replace(labels={**s.labels, **self.labels}) for s in family.samples]
+            yield labelled
 
 
 def selection(ships: Sequence[str] | None) -> str:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: narrow rows as every source hands them on (``values.ROW_COLUMNS``), as Arrow
 ROW_SCHEMA = pa.schema(list(zip(values.ROW_COLUMNS, [pa.string(), pa.string(), pa.timestamp("us", tz="UTC"),
-                                                    pa.string(), pa.string(), pa.int64()])))
+                                                    pa.string(), pa.string(), pa.int64(), pa.string()])))
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 

@@ -4,9 +4,12 @@ a typed column can hold without changing a cell.
 Pure: Arrow and Python only. A wide cell's contract is the text the source prints for the value
 (DESIGN.md, "Value rendering"); a typed column holds a value only when printing it back gives that
 text exactly. A channel gets the type of its value format when it was seen with one format only
-(Decimal -> double precision, Integer -> bigint, Boolean -> boolean), else text. A value that would
-not come back as its own text (a String reading in a double channel: ``1.50``, ``abc``; a second
-format met later) turns the whole column to text first (``demote``), so no cell ever changes.
+(Decimal -> double precision, Integer -> bigint, Boolean -> boolean), else text. A reading of
+another format met later (by a backfill chunk, the stream or a repair: the survey that chose the type
+read only some rows), or a value that would not come back as its own text (a String reading in a
+double channel: ``1.50``, ``abc``), turns the whole column to text first, so no cell ever changes.
+The format decides even where the text would fit (an Integer ``7`` in a double column): a column's
+type depends on the formats its channel has, never on which rows a survey happened to read.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ COLUMN_TYPES = (TEXT, DOUBLE, BIGINT, BOOLEAN)
 
 #: value format -> column type in typed mode
 FORMAT_TYPES = {"Decimal": DOUBLE, "Integer": BIGINT, "Boolean": BOOLEAN, "String": TEXT}
+#: typed column type -> the one value format it was chosen for
+FORMAT_OF = {DOUBLE: "Decimal", BIGINT: "Integer", BOOLEAN: "Boolean"}
 #: column type -> Spark SQL type
 SPARK_TYPES = {TEXT: "string", DOUBLE: "double", BIGINT: "bigint", BOOLEAN: "boolean"}
 
@@ -83,6 +88,21 @@ def misfits(columns: list[tuple[str, str, pa.Array]]) -> list[str]:
     return [channel for channel, column_type, values in columns if not fits(column_type, values)]
 
 
+def other_format(column_type: str, formats: pa.Array) -> bool:
+    """Whether ``formats`` (the value formats of a typed column's readings; NULL: not known) hold
+    one the column was not chosen for."""
+    expected = FORMAT_OF.get(column_type)
+    if expected is None or not len(formats):
+        return False
+    return bool(pc.any(pc.not_equal(formats, expected)).as_py())
+
+
+def required_formats(columns: dict[str, str]) -> dict[str, str]:
+    """channel -> the value format its typed column requires, of ``columns`` (channel -> column type);
+    text columns take every format and are left out."""
+    return {channel: FORMAT_OF[kind] for channel, kind in columns.items() if kind in FORMAT_OF}
+
+
 def text_of(column_type: str, value: str | float | bool | None) -> str | None:
     """A typed column's Python value (as psycopg2 or Spark return it) as the source prints it."""
     if value is None:
@@ -100,5 +120,5 @@ def text_of(column_type: str, value: str | float | bool | None) -> str | None:
 TYPE_BYTES = {DOUBLE: 8.0, BIGINT: 8.0, BOOLEAN: 1.0}
 
 
-__all__ = ["BIGINT", "BOOLEAN", "COLUMN_TYPES", "DOUBLE", "FORMAT_TYPES", "SPARK_TYPES", "TEXT", "TYPE_BYTES",
-           "fits", "misfits", "text_of", "type_for"]
+__all__ = ["BIGINT", "BOOLEAN", "COLUMN_TYPES", "DOUBLE", "FORMAT_OF", "FORMAT_TYPES", "SPARK_TYPES", "TEXT",
+           "TYPE_BYTES", "fits", "misfits", "other_format", "required_formats", "text_of", "type_for"]

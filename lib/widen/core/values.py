@@ -29,16 +29,20 @@ REASON_UNKNOWN_FORMAT = "unknown value_format"
 #: build it, the ledger unpacks it by position into ``rejects``
 RAW_REJECT_FIELDS = ("reason", "data_channel_id", "value_format", "double_v", "long_v", "str_v", "bool_v")
 #: the columns of a narrow row as every source hands it on (stream micro-batches, repairs):
-#: ``reject`` is NULL for a valid row, else the raw-reject text array
-ROW_COLUMNS = ("ship_id", "data_channel_id", "created_time", "value", "reject", "order_key")
+#: ``reject`` is NULL for a valid row, else the raw-reject text array; ``value_format`` as read (a
+#: typed column meeting a format it was not chosen for turns text: ``core.typed``)
+ROW_COLUMNS = ("ship_id", "data_channel_id", "created_time", "value", "reject", "order_key", "value_format")
 ROW_SPARK_SCHEMA = ("ship_id string, data_channel_id string, created_time timestamp, value string, "
-                    "reject string, order_key long")
+                    "reject string, order_key long, value_format string")
 #: a backfill chunk's narrow rows as its reader hands them to its writer (``kernels.chunk_columns``):
 #: ``created_us``, ``channel`` (the channel's position in the writer's list, or one of the two codes
 #: below), ``value`` (the rendered value; the channel's name for an unknown channel; the raw-reject
 #: text for a rejected row) and, with an order column, ``order_key``
 UNKNOWN_CHANNEL = -1
 REJECTED_ROW = -2
+#: a valid reading of a typed channel in a format its column was not chosen for travels as
+#: ``OTHER_FORMAT - position`` (its value as usual): the writer turns that column to text first
+OTHER_FORMAT = -3
 
 
 def float8_text(value: float | None) -> str | None:

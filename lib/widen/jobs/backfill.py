@@ -29,6 +29,7 @@ from widen import errors, metrics
 from widen.catalog import ledger, lifecycle, schema, ships as ship_states
 from widen.catalog.layouts import LazyFleetNamer, lock_layout
 from widen.config import Config, Connection
+from widen.core import typed
 from widen.core.chunks import Chunk, interleave_by_ship, left_to_read, partitions_for
 from widen.core.layout import ShipLayout
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
@@ -136,8 +137,10 @@ class Backfill:
             write = self.target.chunk_write(chunk, layout, cfg.order_column is not None)
             try:
                 t0 = time.monotonic()
+                # typed columns: the reader marks a reading of a format the layout did not record
+                formats = typed.required_formats({c: ch.column_type for c, ch in layout.channels.items()})
                 narrow = self.source.read_chunk(self.spark, chunk, partitions_for(
-                    chunk, bf.partitions_per_chunk, bf.max_rows_per_partition), write.channels)
+                    chunk, bf.partitions_per_chunk, bf.max_rows_per_partition), write.channels, formats)
                 self.spark.sparkContext.setJobDescription(f"widen backfill {chunk.label()}")
                 stats = write.run(narrow)
                 spark_seconds = time.monotonic() - t0

@@ -61,4 +61,4 @@ class DeltaSource(NarrowSource):
         order_key = (F.col(cfg.order_column).cast("long") if cfg.order_column else F.lit(None).cast("long"))
         return df.select("ship_id", "data_channel_id", F.col("created_time").cast("timestamp"),
                          value.alias("value"), F.when(reason.isNotNull(), array_text).alias("reject"),
-                         order_key.alias("order_key"))
+                         order_key.alias("order_key"), fmt.alias("value_format"))

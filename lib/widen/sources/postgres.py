@@ -374,7 +374,8 @@ class PostgresSource(NarrowTable):
             cur.execute(query, params)
             return [cell_chunk(ship_id, lo, width, start, end, count) for ship_id, lo, count in cur.fetchall()]
 
-    def chunk_select(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime, channels: list[str]) -> str:
+    def chunk_select(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime, channels: list[str],
+                     formats: dict[str, str] | None = None) -> str:
         """The SELECT a backfill task reads for one ship and one created_time range: one row per narrow
         row, in ``kernels.chunk_columns`` order.
 
@@ -383,7 +384,9 @@ class PostgresSource(NarrowTable):
           285 years) and far cheaper than ``extract``'s numeric on PostgreSQL 14 and later;
         - ``channel``: the channel's position in ``channels`` (joined in SQL, so long names never cross
           the wire), ``values.UNKNOWN_CHANNEL`` for a valid channel not in the list,
-          ``values.REJECTED_ROW`` for a row that breaks a rule;
+          ``values.REJECTED_ROW`` for a row that breaks a rule, ``values.OTHER_FORMAT`` minus the
+          position for a valid row of a channel in ``formats`` (channel -> the one format its typed
+          column takes) in another format;
         - ``value``: the value rendered by PostgreSQL; the channel's name for an unknown channel; the
           raw-reject text (``values.RAW_REJECT_FIELDS``) for a rejected row;
         - ``order_key`` when an order column is configured.
@@ -399,33 +402,42 @@ class PostgresSource(NarrowTable):
         if not ship_id:
             raise ValueError("a chunk of the empty ship_id: its rows are rejects and belong to no chunk")
         valid = render.valid_row("t")
-        formats = sql.SQL(", ").join(sql.Literal(f) for f in values.VALUE_FORMATS)
         listed = [(i, name) for i, name in enumerate(channels) if name]   # an empty name is a reject's
+        formats = {c: f for c, f in (formats or {}).items() if c in channels and c}
         if listed:
-            known = sql.SQL("(VALUES {}) AS m(name, idx)").format(sql.SQL(", ").join(
-                sql.SQL("({}, {})").format(sql.Literal(name), sql.Literal(i)) for i, name in listed))
+            known = sql.SQL("(VALUES {}) AS m(name, idx, fmt)").format(sql.SQL(", ").join(
+                sql.SQL("({}, {}, {}::text)").format(sql.Literal(name), sql.Literal(i), sql.Literal(formats.get(name)))
+                for i, name in listed))
         else:
-            known = sql.SQL("(SELECT NULL::text AS name, NULL::integer AS idx WHERE false) AS m")
+            known = sql.SQL("(SELECT NULL::text AS name, NULL::integer AS idx, NULL::text AS fmt WHERE false) AS m")
+        position = sql.SQL("m.idx")
+        if formats:         # typed columns: a reading of another format is told apart (no cost otherwise)
+            position = sql.SQL("CASE WHEN m.fmt IS NULL OR t.value_format = m.fmt THEN m.idx ELSE {} - m.idx END"
+                               ).format(sql.Literal(values.OTHER_FORMAT))
+        code = sql.SQL("WHEN t.value_format IN ({f}) THEN {p}").format(
+            f=sql.SQL(", ").join(sql.Literal(f) for f in values.VALUE_FORMATS), p=position)
         order = sql.SQL(", t.{}").format(sql.Identifier(self.cfg.order_column)) if self.cfg.order_column else sql.SQL("")
         raw = render.raw_reject("t")
         return sql.SQL(
             "SELECT (date_part('epoch', t.created_time - {lo}) * 1000000)::bigint, "
             "CASE WHEN m.idx IS NULL THEN CASE WHEN {v} THEN {unknown} ELSE {rejected} END "
-            "WHEN t.value_format IN ({formats}) THEN m.idx ELSE {rejected} END, "
+            "{code} ELSE {rejected} END, "
             "CASE WHEN m.idx IS NULL THEN CASE WHEN {v} THEN t.data_channel_id ELSE {raw} END "
             "ELSE {value} END{order} "
             "FROM {t} AS t LEFT JOIN {known} ON m.name = t.data_channel_id "
             "WHERE t.ship_id = {ship} AND t.created_time >= {lo} AND t.created_time < {hi}").format(
             v=valid, unknown=sql.Literal(values.UNKNOWN_CHANNEL), rejected=sql.Literal(values.REJECTED_ROW),
-            formats=formats, raw=raw, value=self.rendered_value(conn, "t", otherwise=raw), order=order,
+            code=code, raw=raw, value=self.rendered_value(conn, "t", otherwise=raw), order=order,
             t=self.table, known=known, ship=sql.Literal(ship_id), lo=sql.Literal(lo), hi=sql.Literal(hi)
         ).as_string(conn)
 
-    def read_chunk(self, spark: SparkSession, chunk: Chunk, partitions: int, channels: list[str]) -> NarrowChunk:
+    def read_chunk(self, spark: SparkSession, chunk: Chunk, partitions: int, channels: list[str],
+                   formats: dict[str, str] | None = None) -> NarrowChunk:
         """One chunk as Spark partitions, one per created_time sub-range, each read by the Python
-        worker that handles it (``ChunkReader``): the index range scan sits inside each SELECT."""
+        worker that handles it (``ChunkReader``): the index range scan sits inside each SELECT.
+        ``formats``: channel -> the one value format its typed column takes (``chunk_select``)."""
         with self.connect() as conn:
-            queries = [(self.chunk_select(conn, chunk.ship_id, lo, hi, channels), kernels.epoch_us(lo))
+            queries = [(self.chunk_select(conn, chunk.ship_id, lo, hi, channels, formats), kernels.epoch_us(lo))
                        for lo, hi in sub_ranges(chunk.range_start, chunk.range_end, partitions)]
         from widen.core.transforms import NarrowChunk  # pyspark: not imported by the jobs that need no Spark
 
@@ -577,7 +589,7 @@ class PostgresSource(NarrowTable):
         params = {"ship": ship_id, "times": list(times), **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
                   **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
         order = sql.Identifier(self.cfg.order_column) if self.cfg.order_column else sql.SQL("NULL::bigint")
-        query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, NULL::text, {o} FROM {t} "
+        query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, NULL::text, {o}, value_format FROM {t} "
                         "WHERE ship_id = %(ship)s AND {valid} AND {w}").format(
             v=self.rendered_value(conn), o=order, t=self.table, valid=render.valid_row(), w=where)
         batches = []

@@ -491,7 +491,7 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 order = sql.Identifier(self.order_column) if self.order_column else sql.SQL("NULL::bigint")
                 value = render.rendered_value(None, Server.of(conn), kinds.get("double_v", "double precision")
                                               .replace("double precision", "float8").replace("real", "float4"))
-                cur.execute(sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {o}, change FROM "
+                cur.execute(sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {o}, value_format, change FROM "
                                     "(SELECT {cast}, {ch} AS change FROM unnest({u}) AS r({a})) t").format(
                     v=value, raw=raw, o=order, cast=cast, ch=sql.Identifier(f"c{len(columns)}"), u=unnest,
                     a=aliases), arrays)

@@ -371,7 +371,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         conn = self._connect()
         try:
             value = render.rendered_value(None, Server.of(conn), self.double_type)
-            query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {ok} FROM {t} "
+            query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {ok}, value_format FROM {t} "
                             "WHERE {w}").format(v=value, raw=raw, ok=order_key, t=self._table(), w=where)
             conn.autocommit = False
             with conn.cursor(name="widen_stream_read") as cur:

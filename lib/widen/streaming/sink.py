@@ -26,7 +26,7 @@ from widen.core import kernels
 from widen.core.layout import ShipLayout
 from widen.pg import db
 from widen.sources import open_source
-from widen.targets import WideTarget, open_target, prepare_ship
+from widen.targets import WideTarget, open_target, prepare_ship, typed_check_columns
 from widen.targets.views import configure as reader_views
 
 if TYPE_CHECKING:
@@ -162,8 +162,9 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
     for ship, rows in by_ship.items():
         channels = batch_channels(rows) + (batch_channels(fresh[ship][1]) if ship in fresh else [])
         try:
-            values = pa.concat_tables([rows.select(["data_channel_id", "value"])]
-                                      + ([fresh[ship][1].select(["data_channel_id", "value"])] if ship in fresh else []))
+            values = pa.concat_tables([typed_check_columns(rows)]
+                                      + ([typed_check_columns(fresh[ship][1])] if ship in fresh else []),
+                                      promote_options="default")
             layouts[ship] = prepare_ship(conn, target, ship, channels, state.layouts, values)
         except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
             if not errors.is_ship_level(err):

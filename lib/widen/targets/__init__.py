@@ -72,8 +72,9 @@ def text_columns(conn: connection, target: WideTarget, ship: str, channels: list
         if kinds:
             target.text_columns(conn, layout, kinds)
             record_text_columns(cur, target.cfg.catalog_schema, ship, sorted(kinds))
-            log.warning("ship %r: %d channel(s) met values their typed column cannot hold exactly (%s); their "
-                        "columns are text now", ship, len(kinds), ", ".join(repr(c) for c in sorted(kinds)[:5]))
+            log.warning("ship %r: %d channel(s) met readings their typed column cannot take (a value format "
+                        "the survey did not see, or a value it cannot hold exactly: %s); their columns are text now",
+                        ship, len(kinds), ", ".join(repr(c) for c in sorted(kinds)[:5]))
             for ch in kinds:
                 layout.channels[ch].column_type = typed.TEXT
         return layout
@@ -83,13 +84,27 @@ def text_columns(conn: connection, target: WideTarget, ship: str, channels: list
 
 
 def misfit_channels(layout: ShipLayout, rows: pa.Table) -> list[str]:
-    """The channels of ``rows`` (``values.ROW_COLUMNS``) with a value their typed column cannot hold."""
+    """The channels of ``rows`` (``values.ROW_COLUMNS``: ``data_channel_id``, ``value`` and, where
+    known, ``value_format``) with a reading their typed column cannot take: a value it cannot hold
+    exactly, or a format it was not chosen for (the survey that chose it read only some rows)."""
     typed_channels = {c: ch.column_type for c, ch in layout.channels.items() if ch.column_type != typed.TEXT}
     if not typed_channels or not rows.num_rows:
         return []
-    present = pc.unique(rows.column("data_channel_id")).to_pylist()
-    return typed.misfits([(c, typed_channels[c], rows.filter(pc.equal(rows.column("data_channel_id"), c))
-                           .column("value").combine_chunks()) for c in present if c in typed_channels])
+    present = [c for c in pc.unique(rows.column("data_channel_id")).to_pylist() if c in typed_channels]
+    misfit = []
+    for channel in present:
+        mine = rows.filter(pc.equal(rows.column("data_channel_id"), channel))
+        if ("value_format" in mine.column_names
+                and typed.other_format(typed_channels[channel], mine.column("value_format").combine_chunks())):
+            misfit.append(channel)
+        elif not typed.fits(typed_channels[channel], mine.column("value").combine_chunks()):
+            misfit.append(channel)
+    return misfit
+
+
+def typed_check_columns(rows: pa.Table) -> pa.Table:
+    """The columns of ``rows`` ``misfit_channels`` reads."""
+    return rows.select([c for c in ("data_channel_id", "value", "value_format") if c in rows.column_names])
 
 
 def prepare_ship(conn: connection, target: WideTarget, ship: str, channels: list[str],
@@ -133,4 +148,4 @@ def _remember(known: dict[str, ShipLayout] | None, ship: str, layout: ShipLayout
 
 
 __all__ = ["ChunkWrite", "WideChecksums", "WideTarget", "ensure_tables_ddl", "layout_rules", "needs_spark", "open_target",
-           "misfit_channels", "prepare_ship", "text_columns"]
+           "misfit_channels", "prepare_ship", "text_columns", "typed_check_columns"]

@@ -129,6 +129,12 @@ class ChunkWriter:
         """Known channels in column order: the source query numbers them by this list."""
         return list(self.channel_index)
 
+    @property
+    def formats(self) -> dict[str, str]:
+        """channel -> the one value format its typed column takes: the source query marks a reading
+        of another format (``values.OTHER_FORMAT``)."""
+        return typed.required_formats({c: self.column_types[i] for c, i in self.channel_index.items()})
+
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Narrow rows (``kernels.chunk_columns``, from ``ChunkReader``) in, this partition's stats out."""
         batches = list(batches)
@@ -146,6 +152,12 @@ class ChunkWriter:
         if unknown:
             # Nothing is written: the driver adds the columns and runs the chunk again.
             yield self._stats(narrow_rows, rejects.num_rows, 0, 0, unknown)
+            return
+        other = self._other_formats(codes) if coded.num_rows + rejects.num_rows < narrow_rows else []
+        if other:
+            # A format the layout did not record for a typed channel (the survey read only some of its
+            # rows): as for a misfit, nothing is written; the columns turn text, the chunk runs again.
+            yield self._stats(narrow_rows, rejects.num_rows, 0, 0, [], other)
             return
         coded = pa.table({"created_time": pc.cast(coded.column("created_us"), pa.timestamp("us", tz="UTC")),
                           "channel": coded.column("channel"), "value": coded.column("value"),
@@ -168,6 +180,12 @@ class ChunkWriter:
         unknown = table.filter(pc.equal(codes, values.UNKNOWN_CHANNEL)).column("value")
         return (table.filter(pc.greater_equal(codes, 0)), table.filter(pc.equal(codes, values.REJECTED_ROW)),
                 sorted(set(unknown.to_pylist())))
+
+    def _other_formats(self, codes: pa.ChunkedArray) -> list[str]:
+        """The typed channels with a reading of a format their column was not chosen for."""
+        marked = codes.filter(pc.less_equal(codes, values.OTHER_FORMAT))
+        channels = self.channels
+        return sorted(channels[values.OTHER_FORMAT - code] for code in pc.unique(marked).to_pylist())
 
     def _write(self, wide: kernels.Pivoted, rejects: pa.Table) -> list[pa.RecordBatch]:
         """COPY the partition's wide rows and rejects into the chunk's staging tables."""
