@@ -469,8 +469,9 @@ def merge_chunk(target: DeltaTarget, layout: ShipLayout, writer: DeltaChunkWrite
         members = layout.part_channels(part)
         columns = [(writer.internal_names[index + i], c.column_name) for i, c in enumerate(members)]
         index += len(members)
+        # no order column: the greater value stays, as in the stream's and repair's merges
         target.merge(layout.tables[part], wide.select("created_time", *(src for src, _ in columns)),
-                     columns, False, lo, hi, types=column_types(members))
+                     columns, not writer.has_order_key, lo, hi, types=column_types(members))
 
 
 def _time_range(frame: DataFrame) -> tuple:

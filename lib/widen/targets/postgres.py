@@ -213,10 +213,10 @@ def merge_statement(server_version: int, target: sql.Composable, staging: sql.Co
                     columns: list[str], greatest: bool = False, types: dict[str, str] | None = None) -> sql.Composable:
     """Column-wise upsert: a NULL in the batch never overwrites a value already there.
 
-    By default a value in the batch replaces the one in the table (the backfill's chunk holds every
-    reading of its range; with an order column the later batch holds the later rows). With
-    ``greatest`` a cell keeps the greater of the two by byte order: DESIGN.md's duplicate rule
-    without an order column, applied across micro-batches. MERGE on PostgreSQL 15+,
+    By default a value in the batch replaces the one in the table (with an order column the later
+    batch holds the later rows). With ``greatest`` a cell keeps the greater of the two by byte
+    order: DESIGN.md's duplicate rule without an order column, applied across every writer
+    (backfill chunks, micro-batches, repairs). MERGE on PostgreSQL 15+,
     ``INSERT … ON CONFLICT`` on 11–14. ``types``: column -> its type where not text (typed columns
     compare by the text the source printed: byte order for ``greatest``, and -0 differs from 0).
     """
@@ -284,13 +284,19 @@ def upsert_statement(target: sql.Composable, columns: list[str], staging: sql.Co
 
 
 def merge_parts(cur: cursor, server_version: int, target_schema: str, staging: Staging,
-                layout: ShipLayout) -> int:
-    """MERGE every part's staging table into its wide table; returns the rows merged into part 1."""
+                layout: ShipLayout, greatest: bool) -> int:
+    """MERGE every part's staging table into its wide table; returns the rows merged into part 1.
+
+    ``greatest`` (no order column): a cell keeps the greater value, as the stream's and repair's
+    merges do, so a value the stream wrote from a row this chunk did not read stays (DESIGN.md,
+    "One rule for every writer"). It costs only where the chunk meets rows already there: a MERGE
+    or ``ON CONFLICT`` evaluates the rule for matched rows alone."""
     merged = 0
     for part in layout.parts:
         members = layout.part_channels(part)
         cur.execute(merge_statement(server_version, sql.Identifier(target_schema, layout.tables[part]),
-                                    staging.wide(part), [c.column_name for c in members], types=column_types(members)))
+                                    staging.wide(part), [c.column_name for c in members], greatest,
+                                    column_types(members)))
         if part == layout.parts[0]:
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(staging.wide(part)))
             merged = cur.fetchone()[0]
@@ -463,7 +469,8 @@ class PostgresChunkWrite(ChunkWrite):
         return [row.asDict() for row in narrow.map(self.writer, STATS_SCHEMA).collect()]
 
     def merge(self, cur: cursor) -> int:
-        merged = merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, self.layout)
+        merged = merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, self.layout,
+                             greatest=not self.writer.has_order_key)
         # a part table another chunk of the ship made while this one ran: it gets this chunk's times
         now = self.target.layouts.load(cur.connection, self.layout.ship_id)
         first = self.layout.parts[0]
