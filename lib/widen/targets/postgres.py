@@ -469,10 +469,13 @@ class PostgresChunkWrite(ChunkWrite):
         return [row.asDict() for row in narrow.map(self.writer, STATS_SCHEMA).collect()]
 
     def merge(self, cur: cursor) -> int:
-        merged = merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, self.layout,
-                             greatest=not self.writer.has_order_key)
-        # a part table another chunk of the ship made while this one ran: it gets this chunk's times
+        # the ship's layout now (the caller holds its layout lock): another chunk of the ship may
+        # have turned a column to text or made a part table while this one ran
         now = self.target.layouts.load(cur.connection, self.layout.ship_id)
+        layout = self._staging_as(cur, now)
+        merged = merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, layout,
+                             greatest=not self.writer.has_order_key)
+        # a part table made meanwhile: it gets this chunk's times
         first = self.layout.parts[0]
         for part in sorted(set(now.parts) - set(self.layout.parts)):
             table = sql.Identifier(self.target.cfg.schema, now.tables[part])
@@ -482,6 +485,28 @@ class PostgresChunkWrite(ChunkWrite):
             cur.execute(sql.SQL("INSERT INTO {} (created_time) SELECT created_time FROM {} "
                                 "ON CONFLICT DO NOTHING").format(table, self.staging.wide(first)))
         return merged
+
+    def _staging_as(self, cur: cursor, now: ShipLayout) -> ShipLayout:
+        """This chunk's layout with the columns turned text since it was copied turned text in its
+        staging tables too (by the value's source text, as the wide column was): merged into the
+        text column, a value keeps its text (a double's cast would print 17 digits before 12)."""
+        import copy
+
+        turned = {ch: c for ch, c in self.layout.channels.items()
+                  if c.column_type != typed.TEXT and ch in now.channels and now.channels[ch].column_type == typed.TEXT}
+        if not turned:
+            return self.layout
+        server = Server.of(cur.connection)
+        layout = copy.deepcopy(self.layout)
+        for part in layout.parts:
+            changes = [sql.SQL("ALTER COLUMN {c} TYPE text USING {t}").format(
+                c=sql.Identifier(c.column_name), t=render.typed_text(sql.Identifier(c.column_name), c.column_type, server))
+                for c in layout.part_channels(part) if c.data_channel_id in turned]
+            if changes:
+                cur.execute(sql.SQL("ALTER TABLE {} {}").format(self.staging.wide(part), sql.SQL(", ").join(changes)))
+        for ch in turned:
+            layout.channels[ch].column_type = typed.TEXT
+        return layout
 
     def rejects(self, cur: cursor, catalog_schema: str, job: str, label: str) -> None:
         ledger.replace_rejects(cur, catalog_schema, self.staging.rejects, job, label)
