@@ -15,9 +15,10 @@ Two offset modes:
   transaction carries the offset id below which it has none (it was not running when that offset
   was taken), so reads stay index range scans. A batch leaves out the rows of transactions still in
   flight at its end offset, so every row is read by exactly one batch (no re-reads, no
-  de-duplication, no watermark: a backlog in any order drains whole). (Not covered: the
-  microseconds between an INSERT's nextval and its transaction taking an xid; reconcile would find
-  such a row.) A new query started at ``latest`` also records the hand-off time ``t``: its first
+  de-duplication, no watermark: a backlog in any order drains whole). A writer that holds an id
+  but no xid yet (an INSERT between its nextval and its first row, ids taken ahead) holds a lock on
+  the table or the sequence: no offset is taken while one exists (``_latest_id``). A new query
+  started at ``latest`` also records the hand-off time ``t``: its first
   batch takes the rows present at the hand-off (ids up to the start) dated from ``t`` on, which a
   backfill ``--end t`` leaves out (a ship whose clock runs ahead, a row dated 2099); later offsets
   carry no ``t``, so each of those rows is read once, by that batch.
@@ -42,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -56,7 +58,10 @@ if TYPE_CHECKING:
     from psycopg2.extensions import cursor
     from pyspark.sql.types import StructType
 
+log = logging.getLogger(__name__)
 NAME = "widen_narrow"
+#: how long an offset look waits for writers that hold ids of the order column but no xid yet
+UNSETTLED_WAIT_SECONDS = 2.0
 SCHEMA = values.ROW_SPARK_SCHEMA
 EPOCH_TEXT = "1970-01-01T00:00:00+00:00"
 
@@ -245,7 +250,11 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         try:
             with conn.cursor() as cur:
                 if self.order_column:
-                    latest = self._latest_id(cur, start)
+                    try:
+                        latest = self._latest_id(cur, start)
+                    except UnsettledWriter as err:
+                        log.warning("%s; the offset stays where it is until the next trigger", err)
+                        return start
                     bound = latest["id"]
                     if self.target is not None and self.target["id"] is not None:
                         bound = min(bound, max(self.target["id"], start["id"]))
@@ -298,22 +307,47 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
         ``pending`` holds [xid, floor] pairs: the transaction has no id at or below ``floor`` (it
         was not yet running when the offset ``floor`` was taken, so every id it took is above it).
+
+        A writer may hold an id before it has an xid: an INSERT evaluates its ``nextval`` default
+        before its first row takes the xid, and an application may take ids with ``nextval`` and
+        insert them later. Such a transaction is in neither list, and an offset taken then would
+        pass its row. Each holds a RowExclusiveLock on the table (an INSERT, from its parse on) or
+        on the order column's sequence (``nextval``): while one without an xid exists, the look is
+        taken again (up to ``UNSETTLED_WAIT_SECONDS``); after that ``UnsettledWriter``: the offset
+        does not move (``latestOffset`` tries again at the next trigger).
         """
+        import time
+
         from psycopg2 import sql
 
         from widen.pg.server import Server
 
-        # Running transactions: the snapshot's in-progress list misses those with an xid at or
-        # above its xmax, so they come from pg_locks (every transaction holds the lock on its own
-        # xid), read in the same statement, after the snapshot was taken.
-        cur.execute(sql.SQL(
-            "SELECT coalesce(max({o}), %s), ARRAY(SELECT x FROM ("
-            "SELECT x::text::bigint %% 4294967296 AS x FROM {xip} AS x "
-            "UNION SELECT transactionid::text::bigint FROM pg_locks WHERE locktype = 'transactionid' "
-            "AND mode = 'ExclusiveLock' AND granted) r ORDER BY 1) FROM {t} WHERE {o} > %s").format(
-            o=sql.Identifier(self.order_column), t=self._table(), xip=Server.of(cur.connection).snapshot_xip()),
-            (start["id"], start["id"]))
-        latest, running = cur.fetchone()
+        # One read of pg_locks (a CTE used twice is evaluated once), after the snapshot was taken:
+        # running transactions (the snapshot's in-progress list misses those with an xid at or
+        # above its xmax; every transaction holds the lock on its own xid), and writers without an
+        # xid yet.
+        statement = sql.SQL(
+            "WITH l AS (SELECT * FROM pg_locks WHERE granted), "
+            "xids AS (SELECT virtualtransaction, transactionid::text::bigint AS x FROM l "
+            "WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock') "
+            "SELECT coalesce(max({o}), %(start)s), ARRAY(SELECT x FROM ("
+            "SELECT x::text::bigint %% 4294967296 AS x FROM {xip} AS x UNION SELECT x FROM xids) r ORDER BY 1), "
+            "ARRAY(SELECT DISTINCT pid FROM l WHERE locktype = 'relation' AND mode = 'RowExclusiveLock' "
+            "AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND relation IN (%(table)s::regclass, pg_get_serial_sequence(%(table)s, %(column)s)::regclass) "
+            "AND virtualtransaction NOT IN (SELECT virtualtransaction FROM xids)) "
+            "FROM {t} WHERE {o} > %(start)s").format(
+            o=sql.Identifier(self.order_column), t=self._table(), xip=Server.of(cur.connection).snapshot_xip())
+        params = {"start": start["id"], "table": self._table().as_string(cur), "column": self.order_column}
+        deadline = time.monotonic() + UNSETTLED_WAIT_SECONDS
+        while True:
+            cur.execute(statement, params)
+            latest, running, unsettled = cur.fetchone()
+            if not unsettled:
+                break
+            if time.monotonic() > deadline:
+                raise UnsettledWriter(unsettled, self.order_column)
+            time.sleep(0.01)
         floors = {xid: floor for xid, floor in start["pending"]}
         pending = [[int(x), floors.get(int(x), start["id"])] for x in sorted(running)]
         if latest == start["id"] and pending == start["pending"]:
@@ -388,6 +422,16 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 def _without_future(offset: dict) -> dict:
     """An exact-mode offset without the hand-off time (only a new query's first offset has it)."""
     return {key: value for key, value in offset.items() if key != "t"}
+
+
+class UnsettledWriter(RuntimeError):
+    """Transactions hold ids of the order column they may still write, without an xid yet."""
+
+    def __init__(self, pids: list[int], column: str):
+        super().__init__(f"transactions (pid {', '.join(map(str, sorted(pids)))}) hold ids of {column} without "
+                         f"having written them for over {UNSETTLED_WAIT_SECONDS:g} s: an offset now could pass "
+                         "their rows")
+        self.pids = pids
 
 
 def initial_offset(options: dict[str, str]) -> dict:

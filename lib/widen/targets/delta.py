@@ -456,8 +456,13 @@ def merge_wide(target: DeltaTarget, layout: ShipLayout, wide: kernels.Pivoted, g
                      greatest, lo, hi, txn, column_types([c for c, _ in present]))
 
 
-def merge_chunk(target: DeltaTarget, layout: ShipLayout, writer: DeltaChunkWriter, output: DataFrame) -> None:
-    """MERGE a backfill chunk's wide rows (the persisted output of ``DeltaChunkWriter``) part by part."""
+def merge_chunk(target: DeltaTarget, layout: ShipLayout, writer: DeltaChunkWriter, output: DataFrame,
+                now: ShipLayout | None = None) -> None:
+    """MERGE a backfill chunk's wide rows (the persisted output of ``DeltaChunkWriter``) part by part.
+
+    ``now``: the ship's layout as recorded now, when another chunk of the ship may have changed it
+    while this one ran: a column turned text since gets the source text (the output's values)
+    uncast, not a double's cast back to text."""
     from pyspark.sql import functions as F
 
     wide = output.where(F.col("narrow_rows").isNull() & F.col("reject_raw").isNull())
@@ -469,8 +474,10 @@ def merge_chunk(target: DeltaTarget, layout: ShipLayout, writer: DeltaChunkWrite
         members = layout.part_channels(part)
         columns = [(writer.internal_names[index + i], c.column_name) for i, c in enumerate(members)]
         index += len(members)
+        types = column_types([now.channels.get(c.data_channel_id, c) for c in members] if now else members)
+        # no order column: the greater value stays, as in the stream's and repair's merges
         target.merge(layout.tables[part], wide.select("created_time", *(src for src, _ in columns)),
-                     columns, False, lo, hi, types=column_types(members))
+                     columns, not writer.has_order_key, lo, hi, types=types)
 
 
 def _time_range(frame: DataFrame) -> tuple:
@@ -554,7 +561,9 @@ class DeltaChunkWrite(ChunkWrite):
                 .select(*STATS_SCHEMA.fieldNames()).collect()]
 
     def merge(self, cur: cursor) -> int | None:
-        merge_chunk(self.target, self.layout, self.writer, self.output)
+        # the caller holds the ship's layout lock: the layout now, as another chunk may have left it
+        merge_chunk(self.target, self.layout, self.writer, self.output,
+                    self.target.layouts.load(cur.connection, self.layout.ship_id))
         return None                       # the executors counted the wide rows
 
     def rejects(self, cur: cursor, catalog_schema: str, job: str, label: str) -> None:

@@ -231,10 +231,10 @@ def merge_statement(server_version: int, target: sql.Composable, staging: sql.Co
                     columns: list[str], greatest: bool = False, types: dict[str, str] | None = None) -> sql.Composable:
     """Column-wise upsert: a NULL in the batch never overwrites a value already there.
 
-    By default a value in the batch replaces the one in the table (the backfill's chunk holds every
-    reading of its range; with an order column the later batch holds the later rows). With
-    ``greatest`` a cell keeps the greater of the two by byte order: DESIGN.md's duplicate rule
-    without an order column, applied across micro-batches. MERGE on PostgreSQL 15+,
+    By default a value in the batch replaces the one in the table (with an order column the later
+    batch holds the later rows). With ``greatest`` a cell keeps the greater of the two by byte
+    order: DESIGN.md's duplicate rule without an order column, applied across every writer
+    (backfill chunks, micro-batches, repairs). MERGE on PostgreSQL 15+,
     ``INSERT … ON CONFLICT`` on 11–14. ``types``: column -> its type where not text (typed columns
     compare by the text the source printed: byte order for ``greatest``, and -0 differs from 0).
     """
@@ -302,13 +302,19 @@ def upsert_statement(target: sql.Composable, columns: list[str], staging: sql.Co
 
 
 def merge_parts(cur: cursor, server_version: int, target_schema: str, staging: Staging,
-                layout: ShipLayout) -> int:
-    """MERGE every part's staging table into its wide table; returns the rows merged into part 1."""
+                layout: ShipLayout, greatest: bool) -> int:
+    """MERGE every part's staging table into its wide table; returns the rows merged into part 1.
+
+    ``greatest`` (no order column): a cell keeps the greater value, as the stream's and repair's
+    merges do, so a value the stream wrote from a row this chunk did not read stays (DESIGN.md,
+    "One rule for every writer"). It costs only where the chunk meets rows already there: a MERGE
+    or ``ON CONFLICT`` evaluates the rule for matched rows alone."""
     merged = 0
     for part in layout.parts:
         members = layout.part_channels(part)
         cur.execute(merge_statement(server_version, sql.Identifier(target_schema, layout.tables[part]),
-                                    staging.wide(part), [c.column_name for c in members], types=column_types(members)))
+                                    staging.wide(part), [c.column_name for c in members], greatest,
+                                    column_types(members)))
         if part == layout.parts[0]:
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(staging.wide(part)))
             merged = cur.fetchone()[0]
@@ -481,9 +487,13 @@ class PostgresChunkWrite(ChunkWrite):
         return [row.asDict() for row in narrow.map(self.writer, STATS_SCHEMA).collect()]
 
     def merge(self, cur: cursor) -> int:
-        merged = merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, self.layout)
-        # a part table another chunk of the ship made while this one ran: it gets this chunk's times
+        # the ship's layout now (the caller holds its layout lock): another chunk of the ship may
+        # have turned a column to text or made a part table while this one ran
         now = self.target.layouts.load(cur.connection, self.layout.ship_id)
+        layout = self._staging_as(cur, now)
+        merged = merge_parts(cur, cur.connection.server_version, self.target.cfg.schema, self.staging, layout,
+                             greatest=not self.writer.has_order_key)
+        # a part table made meanwhile: it gets this chunk's times
         first = self.layout.parts[0]
         for part in sorted(set(now.parts) - set(self.layout.parts)):
             table = sql.Identifier(self.target.cfg.schema, now.tables[part])
@@ -493,6 +503,28 @@ class PostgresChunkWrite(ChunkWrite):
             cur.execute(sql.SQL("INSERT INTO {} (created_time) SELECT created_time FROM {} "
                                 "ON CONFLICT DO NOTHING").format(table, self.staging.wide(first)))
         return merged
+
+    def _staging_as(self, cur: cursor, now: ShipLayout) -> ShipLayout:
+        """This chunk's layout with the columns turned text since it was copied turned text in its
+        staging tables too (by the value's source text, as the wide column was): merged into the
+        text column, a value keeps its text (a double's cast would print 17 digits before 12)."""
+        import copy
+
+        turned = {ch: c for ch, c in self.layout.channels.items()
+                  if c.column_type != typed.TEXT and ch in now.channels and now.channels[ch].column_type == typed.TEXT}
+        if not turned:
+            return self.layout
+        server = Server.of(cur.connection)
+        layout = copy.deepcopy(self.layout)
+        for part in layout.parts:
+            changes = [sql.SQL("ALTER COLUMN {c} TYPE text USING {t}").format(
+                c=sql.Identifier(c.column_name), t=render.typed_text(sql.Identifier(c.column_name), c.column_type, server))
+                for c in layout.part_channels(part) if c.data_channel_id in turned]
+            if changes:
+                cur.execute(sql.SQL("ALTER TABLE {} {}").format(self.staging.wide(part), sql.SQL(", ").join(changes)))
+        for ch in turned:
+            layout.channels[ch].column_type = typed.TEXT
+        return layout
 
     def rejects(self, cur: cursor, catalog_schema: str, job: str, label: str) -> None:
         ledger.replace_rejects(cur, catalog_schema, self.staging.rejects, job, label)
