@@ -44,6 +44,9 @@ def release(tmp_path_factory) -> Path:
                    check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(where, filter="data")
+    # The release's widen was a namespace package: a regular one (the project's, installed) would
+    # come first on the path, whatever PYTHONPATH says. Made regular, the release's is found first.
+    (where / "lib" / "widen" / "__init__.py").touch()
     return where
 
 
