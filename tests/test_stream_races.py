@@ -153,3 +153,27 @@ def test_concurrent_writers_every_row_read_exactly_once(fresh_fleet, make_config
     lost = {r[4] for r in expected} - {r[4] for r in got}
     assert not lost, f"{len(lost)} rows never read, e.g. ids {sorted(lost)[:5]}"
     assert got == expected
+
+
+def test_a_session_idle_after_a_write_that_matched_nothing_does_not_hold_the_offset(fresh_fleet, make_config, pg,
+                                                                                    pg_server, stream):
+    """A DELETE that matched no row (or a LOCK TABLE) leaves its session holding the table's lock
+    without an xid, maybe for hours (a pooled connection): it can write no row without first taking
+    an xid, so the stream goes on."""
+    fresh_fleet(NAME, ships=0, ingest_id=True).close()
+    config = make_config(NAME, source__order_column="ingest_id")
+    start, seen = stream
+    query = start(stream_options(config.source, buckets=2))
+    query.processAllAvailable()
+    idle = connect(pg_server, autocommit=False)
+    try:
+        with idle.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE ship_id = 'none'").format(TABLE))
+            cur.execute("SELECT txid_current_if_assigned()")
+            assert cur.fetchone()[0] is None
+        with pg.cursor() as cur:
+            cur.execute(INSERT.format(TABLE, sql.SQL(""), sql.SQL("('s', 'c', '2026-01-01', 'Integer', 1)")))
+        query.processAllAvailable()
+        assert sorted(seen, key=lambda r: r[4]) == narrow_rows(pg)
+    finally:
+        idle.close()

@@ -53,6 +53,7 @@ from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMa
 
 from widen.config import Connection, SourceConfig
 from widen.core import values
+from widen.sources.base import without_handoff_time
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor
@@ -180,11 +181,21 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """
         import time
 
-        first = self._look({"id": -1, "pending": []})
-        running = [xid for xid, _ in first["pending"]]
         deadline = time.monotonic() + self.start_wait
+
+        def look(start: dict) -> dict:       # writers holding ids without an xid: waited for too
+            while True:
+                try:
+                    return self._look(start)
+                except UnsettledWriter as err:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"stream.start latest: {err}; retry when they end, or start "
+                                           "from an explicit id") from None
+
+        first = look({"id": -1, "pending": []})
+        running = [xid for xid, _ in first["pending"]]
         while True:
-            second = self._look({"id": first["id"], "pending": []})
+            second = look({"id": first["id"], "pending": []})
             still = sorted(set(running) & {xid for xid, _ in second["pending"]})
             if not still:
                 return {**second, "t": self._now()}
@@ -242,7 +253,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if self.order_column and "t" in start:
             # the first batch after the hand-off: it also holds the rows present then dated from
             # ``t`` on, so it ends at an offset without ``t`` even when no new row came
-            return _without_future(self.latestOffset(_without_future(start), limit))
+            return without_handoff_time(self.latestOffset(without_handoff_time(start), limit))
         if not self.order_column and "handoff" in start:
             # the first batch after the hand-off: it also takes every row present dated after its end
             return self.latestOffset({"t": start["t"]}, limit)
@@ -314,7 +325,10 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         pass its row. Each holds a RowExclusiveLock on the table (an INSERT, from its parse on) or
         on the order column's sequence (``nextval``): while one without an xid exists, the look is
         taken again (up to ``UNSETTLED_WAIT_SECONDS``); after that ``UnsettledWriter``: the offset
-        does not move (``latestOffset`` tries again at the next trigger).
+        does not move (``latestOffset`` tries again at the next trigger). The table's lock counts
+        only while its statement runs: a session idle in its transaction after a DELETE or UPDATE
+        that matched nothing (or a LOCK TABLE) holds it too, but can no longer write a row without
+        first taking an xid; the sequence's lock counts always (ids taken ahead, inserted later).
         """
         import time
 
@@ -334,8 +348,9 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             "SELECT x::text::bigint %% 4294967296 AS x FROM {xip} AS x UNION SELECT x FROM xids) r ORDER BY 1), "
             "ARRAY(SELECT DISTINCT pid FROM l WHERE locktype = 'relation' AND mode = 'RowExclusiveLock' "
             "AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND relation IN (%(table)s::regclass, pg_get_serial_sequence(%(table)s, %(column)s)::regclass) "
-            "AND virtualtransaction NOT IN (SELECT virtualtransaction FROM xids)) "
+            "AND virtualtransaction NOT IN (SELECT virtualtransaction FROM xids) "
+            "AND (relation = pg_get_serial_sequence(%(table)s, %(column)s)::regclass "
+            "OR relation = %(table)s::regclass AND pid IN (SELECT pid FROM pg_stat_activity WHERE state = 'active'))) "
             "FROM {t} WHERE {o} > %(start)s").format(
             o=sql.Identifier(self.order_column), t=self._table(), xip=Server.of(cur.connection).snapshot_xip())
         params = {"start": start["id"], "table": self._table().as_string(cur), "column": self.order_column}
@@ -417,11 +432,6 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         [pa.array(col, type=kind) for col, kind in zip(columns, types)], names=names)
         finally:
             conn.close()
-
-
-def _without_future(offset: dict) -> dict:
-    """An exact-mode offset without the hand-off time (only a new query's first offset has it)."""
-    return {key: value for key, value in offset.items() if key != "t"}
 
 
 class UnsettledWriter(RuntimeError):
