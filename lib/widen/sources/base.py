@@ -41,3 +41,9 @@ class NarrowSource(ABC):
 
 class NarrowTable(NarrowSource):
     """A narrow table (see ``widen.sources.postgres.PostgresSource`` for the methods)."""
+
+
+def without_handoff_time(offset: dict) -> dict:
+    """A stream offset without the hand-off time ``t``: only a new query's first offset has it
+    (its first batch also takes the rows present at the hand-off dated from ``t`` on)."""
+    return {key: value for key, value in offset.items() if key != "t"}

@@ -47,6 +47,7 @@ from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMa
 
 from widen.config import BadInput, Config, Connection, SourceConfig
 from widen.core import values
+from widen.sources.base import without_handoff_time
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if "t" in start:
             # the first batch: it also takes the rows dated after the hand-off (``partitions``), so
             # it ends at an offset without ``t`` even when the slot has no change yet
-            return _without_future(self.latestOffset(_without_future(start), limit))
+            return without_handoff_time(self.latestOffset(without_handoff_time(start), limit))
         max_rows = limit.max_rows if isinstance(limit, ReadMaxRows) else None
         begin = _lsn(start)
         stream = self._slot_stream(start)
@@ -500,11 +501,6 @@ class CdcStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if out:
             yield pa.RecordBatch.from_arrays([pa.array(col, type=kind) for col, kind in zip(zip(*out), types)],
                                              names=names)
-
-
-def _without_future(offset: dict) -> dict:
-    """An offset without the hand-off time (only a new query's first offset has it)."""
-    return {key: value for key, value in offset.items() if key != "t"}
 
 
 def _text(image: dict | None, column: str):
