@@ -76,7 +76,8 @@ def test_the_wheel_holds_the_library_its_data_and_its_dependencies(wheel):
         requires = {line.split(":", 1)[1].strip().split(";")[0].split("<")[0].split(">")[0].split("=")[0].strip()
                     for line in zf.read(metadata).decode().splitlines() if line.startswith("Requires-Dist:")}
     for module in ("widen/__init__.py", "widen/cli.py", "widen/session.py", "widen/pyfiles.py",
-                   "widen/jobs/backfill.py", "widen/core/__init__.py", "widen/log4j2-quiet.properties"):
+                   "widen/jobs/backfill.py", "widen/core/__init__.py", "widen/log4j2-quiet.properties",
+                   "widen/log4j2-json.properties"):
         assert module in names, (module, sorted(names))
     assert {"pyspark", "psycopg2-binary", "PyYAML", "pyarrow", "pandas", "prometheus-client"} <= requires, requires
 
