@@ -216,6 +216,11 @@ while :; do
   wait "$child"; code=$?
   kill -0 "$child" 2>/dev/null || break
 done
+if [ -n "$stop" ] && [ "$code" -gt 128 ]; then
+  # That wait may have been cut short by the stop's trap just as the job ended: its own code.
+  wait "$child" 2>/dev/null; again=$?
+  [ "$again" -eq 127 ] || code=$again
+fi
 exec 3>&-      # the JSON filter (if any) ends when the job's lines do
 if [ -s "$summary" ]; then
   cat "$summary"
