@@ -143,6 +143,8 @@ def test_group_sigterm_interrupts_a_backfill_and_a_rerun_goes_on(fresh_fleet, wr
         assert (code, summary["status"]) == (130, "interrupted"), (code, summary, stderr_of("backfill", config_path))
         assert not advisory_locks_of(cur, "backfill"), "the backfill's lock outlived the wrapper"
         kept = count(cur, chunks, "status = 'done'")
+        # the chunk the stop cancelled is neither retried nor recorded as failed
+        assert count(cur, chunks, "status <> 'done'") == 0, stderr_of("backfill", config_path)
     assert 0 < kept < 32
     result = backfill.run(make_config(name, **overrides), spark)
     assert result.exit_code == 0 and result.summary["chunks_skipped"] == kept, result.summary

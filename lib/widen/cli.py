@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from widen import errors, log, secrets
 from widen.catalog.locks import JobBusy
 from widen.config import BadInput, load
-from widen.jobs import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PROBLEM, Result
+from widen.jobs import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PROBLEM, STOPPING, Result
 
 if TYPE_CHECKING:
     from typing import NoReturn
@@ -244,6 +244,7 @@ def _interrupt(signum: int, frame: object) -> None:
     ``spark-submit.sh`` hands on). The stream sets its own handlers: stop after the batch."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+    STOPPING.set()
     context = getattr(sys.modules.get("pyspark"), "SparkContext", None)
     active = getattr(context, "_active_spark_context", None)
     if active is not None:
@@ -268,6 +269,7 @@ def _wants_help(argv: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    STOPPING.clear()
     previous = _take_signals()
     _announce_driver()
     try:

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,6 +25,10 @@ EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+
+#: Set by the command line's SIGTERM/SIGINT handler: work running in other threads (a backfill's
+#: chunks) starts no new attempt and records no failure for what the stop cancelled.
+STOPPING = threading.Event()
 
 
 @dataclass

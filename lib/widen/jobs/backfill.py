@@ -32,7 +32,7 @@ from widen.config import Config, Connection
 from widen.core import typed
 from widen.core.chunks import Chunk, interleave_by_ship, left_to_read, partitions_for
 from widen.core.layout import ShipLayout
-from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
+from widen.jobs import EXIT_OK, EXIT_PROBLEM, STOPPING, Result, job
 from widen.pg import db
 from widen.progress import Progress
 from widen.session import get_spark
@@ -194,6 +194,8 @@ class Backfill:
             if self.breaker.tripped:
                 # The servers stopped answering: no new attempt; the rerun does this chunk.
                 return {"chunk": chunk, "ok": False, "not_started": attempt == 1, "error": self.breaker.reason}
+            if STOPPING.is_set():       # SIGTERM/SIGINT: the rerun does this chunk
+                return {"chunk": chunk, "ok": False, "not_started": attempt == 1, "error": "interrupted"}
             started_at = dt.datetime.now(dt.UTC)
             try:
                 result = self.run_chunk(chunk)
@@ -202,6 +204,8 @@ class Backfill:
                 return {"chunk": chunk, "ok": True, **result}
             except Exception as err:  # noqa: BLE001 - every failure is recorded and retried
                 last_error = errors.describe(err)
+                if STOPPING.is_set():   # the stop cancelled its Spark job: no failure, no retry
+                    return {"chunk": chunk, "ok": False, "not_started": False, "error": "interrupted"}
                 if self.breaker.failure(err):
                     return {"chunk": chunk, "ok": False, "not_started": False, "error": last_error}
                 self._record_failure(chunk, started_at, last_error)
