@@ -104,10 +104,12 @@ def heatmap(cur: cursor, cat: str, ships: list[str] | None, now: dt.datetime) ->
     cur.execute(sql.SQL("SELECT count(*) FILTER (WHERE bucket_start < %s), count(*) FILTER (WHERE bucket_start > %s) "
                         "FROM ({}) latest").format(latest), (since, now, *selected))
     before, after = cur.fetchone()
+    in_window = sql.SQL("SELECT DISTINCT ON (ship_id, bucket_start) ship_id, bucket_start, status FROM {} "
+                        "WHERE bucket_start >= %s AND bucket_start <= %s {} "
+                        "ORDER BY ship_id, bucket_start, checked_at DESC, run_id DESC").format(t, where)
     cur.execute(sql.SQL(
         "SELECT ship_id, (bucket_start AT TIME ZONE 'UTC')::date AS day, status, count(*) FROM ({}) latest "
-        "WHERE bucket_start >= %s AND bucket_start <= %s GROUP BY 1, 2, 3").format(latest),
-        (*selected, since, now))
+        "GROUP BY 1, 2, 3").format(in_window), (since, now, *selected))
     cells: dict[tuple[str, dt.date], dict[str, int]] = {}
     for ship, day, state, count in cur.fetchall():
         cells.setdefault((ship, day), {})[state] = int(count)
