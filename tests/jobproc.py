@@ -45,3 +45,18 @@ def kill_at_random_batches(job: str, config_path: Path, batches: Callable[[], in
         proc.wait()
         kills.append(batches())
     return kills
+
+
+def spark_submit_jvms(marker: str) -> list[list[str]]:
+    """Command lines of running spark-submit JVMs (the launcher's and the driver's) whose arguments
+    mention ``marker``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if Path(args[0]).name == "java" and "org.apache.spark.deploy.SparkSubmit" in args \
+                and any(marker in a for a in args):
+            found.append(args)
+    return found

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from psycopg2 import sql
 
-from widen.core.chunks import cell_chunk, extend_coverage, left_to_read
+from widen.core.chunks import cell_chunk, extend_coverage, fold_reads, left_to_read
 from widen.jobs import backfill, resume, rollback, status
 from widen.sources import generate
 
@@ -165,3 +165,64 @@ def test_any_sequence_of_runs_names_the_cell_reads_what_is_asked_and_counts_each
         assert lo <= chunk.range_start and chunk.range_end <= hi        # what the run asked for is read
         assert counted == (hi - lo) // MINUTE                           # each row of the cell counted once
         assert left_to_read(chunk, covered) is None                     # a re-run reads nothing
+
+
+def test_a_ledger_an_older_widen_wrote_is_folded_into_its_cells(fleet, spark, pg):
+    """Rows an older widen recorded (a cell cut by --end under the cut range, a cell in two halves of
+    another chunk_hours) become their cells: the next backfill reads only what they leave, names
+    the same chunks as every later run, and counts every row once."""
+    ship = "ship 'older ledger'"
+    config = fleet["config"]
+    cells = [CELL - HOUR, CELL, CELL + HOUR]
+    nasty.insert(pg, SRC, [(ship, ch, cells[0] + m * MINUTE + dt.timedelta(seconds=7), "Float", m * 0.5, None,
+                            None, None) for m in range(180) for ch in ("a", "b")])
+    with pg.cursor() as cur:
+        first = backfill.run(config, spark, ships=[ship], end=HANDOFF)
+        assert first.exit_code == 0, first.report
+        table = sql.Identifier(CAT, "backfill_chunks")
+        # what an older widen left: the cut cell under its cut range, done; the first cell in halves
+        cur.execute(sql.SQL("UPDATE {} SET range_end = covered_end, status = 'done', covered_start = NULL, "
+                            "covered_end = NULL WHERE ship_id = %s AND status = 'partial'").format(table), (ship,))
+        assert cur.rowcount == 1
+        half = cells[0] + HOUR / 2
+        cur.execute(sql.SQL("DELETE FROM {} WHERE ship_id = %s AND range_start = %s").format(table), (ship, cells[0]))
+        for lo, hi in ((cells[0], half), (half, cells[1])):
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s AND created_time >= %s AND "
+                                "created_time < %s").format(sql.Identifier(SRC, "tbl_data_timeseries")), (ship, lo, hi))
+            cur.execute(sql.SQL("INSERT INTO {} (ship_id, range_start, range_end, status, narrow_rows, wide_rows, "
+                                "attempts) VALUES (%s, %s, %s, 'done', %s, %s, 1)").format(table),
+                        (ship, lo, hi, cur.fetchone()[0], 0))
+        pg.commit()
+
+        second = backfill.run(config, spark, ships=[ship])
+        assert second.exit_code == 0, second.report
+        assert second.summary["narrow_rows"] == narrow_count(cur, ship, HANDOFF)    # only the rest
+        rows = ledger(cur, ship)
+        assert [(lo, hi, st) for lo, hi, st, _ in rows] == [(c, c + HOUR, "done") for c in cells]
+        assert sum(n for *_, n in rows) == narrow_count(cur, ship)                  # every row counted once
+        row, line = status_row(config, ship)
+        assert (row["chunks_done"], row["backfill_chunks_total"]) == (3, 3), line
+        again = backfill.run(config, spark, ships=[ship], end=HANDOFF)
+        assert (again.summary["chunks_done"], again.summary["narrow_rows"]) == (0, 0)
+        assert ledger(cur, ship) == rows
+        assert oracle.differences(cur, SRC, TGT, CAT, ship) == {f"tbl_data_timeseries_{ship}": (0, 0)}
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.integers(1, 59), unique=True, max_size=5), st.integers(0, 60), st.integers(0, 60))
+def test_reads_that_follow_each_other_fold_into_one_range(cuts, lo, hi):
+    """Contiguous reads add up; one read holding the others gives its own; a hole or a part overlap
+    is not folded (the cell is read again)."""
+    bounds = sorted({0, *cuts, 60})
+    pieces = [((CELL + a * MINUTE, CELL + b * MINUTE), (b - a, 1)) for a, b in zip(bounds, bounds[1:])]
+    assert fold_reads(pieces) == ((CELL, CELL + HOUR), (60, len(pieces)))
+    whole = ((CELL, CELL + HOUR), (60, 9))
+    assert fold_reads([*pieces, whole]) == whole
+    if len(pieces) > 2:
+        assert fold_reads(pieces[:1] + pieces[2:]) is None                          # a hole
+    if 0 < lo < hi < 60 and (lo, hi) not in zip(bounds, bounds[1:]) and len(pieces) > 1:
+        partial = ((CELL + lo * MINUTE, CELL + hi * MINUTE), (hi - lo, 1))
+        overlaps_in_part = any(a < hi and lo < b and not (a <= lo and hi <= b) and not (lo <= a and b <= hi)
+                               for a, b in zip(bounds, bounds[1:]))
+        if overlaps_in_part:
+            assert fold_reads([*pieces, partial]) is None

@@ -8,6 +8,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import jobproc
 import oracle
 
 NAME = "concurrent"
@@ -19,16 +20,7 @@ AT_ONCE = 6
 
 def running_py_files(marker: str) -> list[str]:
     """The --py-files of running spark-submit JVMs whose arguments mention ``marker``."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if (Path(args[0]).name == "java" and "org.apache.spark.deploy.SparkSubmit" in args
-                and any(marker in a for a in args) and "--py-files" in args):
-            found.append(args[args.index("--py-files") + 1])
-    return found
+    return [args[args.index("--py-files") + 1] for args in jobproc.spark_submit_jvms(marker) if "--py-files" in args]
 
 
 def fingerprint(path: str) -> tuple:

@@ -6,6 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import jobproc
 import oracle
 
 NAME = "submit"
@@ -37,16 +38,7 @@ def listening(ports: range) -> set:
 
 def driver_command_lines(marker: str) -> list[list[str]]:
     """Command lines of running Spark driver JVMs whose arguments mention ``marker``."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if (Path(args[0]).name == "java" and "org.apache.spark.deploy.SparkSubmit" in args
-                and "org.apache.spark.launcher.Main" not in args and any(marker in a for a in args)):
-            found.append(args)
-    return found
+    return [args for args in jobproc.spark_submit_jvms(marker) if "org.apache.spark.launcher.Main" not in args]
 
 
 def test_backfill_through_the_wrapper(fresh_fleet, write_config, pg, tmp_path):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from psycopg2 import sql
 
-from widen.core.chunks import extend_coverage
+from widen.core.chunks import extend_coverage, fold_reads
 from widen.pg import db, render
 
 if TYPE_CHECKING:
@@ -40,6 +40,49 @@ def chunk_coverage(conn: connection, catalog_schema: str, ship_ids: list[str]) -
                             "WHERE ship_id = ANY(%s)").format(sql.Identifier(catalog_schema, "backfill_chunks")),
                     (ship_ids,))
         return {(s, lo, hi): (c0, c1) if c0 is not None else None for s, lo, hi, c0, c1 in cur.fetchall()}
+
+
+def fold_into_cells(conn: connection, catalog_schema: str, chunks: list[Chunk]) -> int:
+    """Rows of the ledger that lie inside a planned cell without being it (an older widen recorded
+    a cell cut by --end or --start under the cut range; another ``chunk_hours`` cut other cells)
+    become that cell's row, covering what they read, so a run reads only the rest and names the
+    same chunks as every later one. Returns the cells folded (committed)."""
+    table = sql.Identifier(catalog_schema, "backfill_chunks")
+    cells = {c.key for c in chunks}
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ship_id, range_start, range_end FROM {} WHERE ship_id = ANY(%s)").format(table),
+                    (sorted({ship for ship, _, _ in cells}),))
+        rows = cur.fetchall()
+    conn.rollback()
+    strays = {cell for cell in cells for ship, lo, hi in rows
+              if ship == cell[0] and cell[1] <= lo and hi <= cell[2] and (lo, hi) != cell[1:]}
+    folds = 0
+    for ship, cell_lo, cell_hi in sorted(strays):
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT range_start, range_end, " + _COVERED + ", narrow_rows, wide_rows, "
+                                "rejected_rows, duplicate_rows, attempts, started_at FROM {} WHERE ship_id = %s "
+                                "AND range_start >= %s AND range_end <= %s FOR UPDATE").format(table),
+                        (ship, cell_lo, cell_hi))
+            inside = cur.fetchall()
+            folded = fold_reads([((c0, c1), tuple(figures)) for _, _, c0, c1, *figures, _, _ in inside
+                                 if c0 is not None])
+            if folded is None:      # a hole or a part overlap: the cell is read again as it is
+                conn.rollback()
+                continue
+            (lo, hi), figures = folded
+            status = "done" if lo <= cell_lo and hi >= cell_hi else "partial"
+            cur.execute(sql.SQL("DELETE FROM {} WHERE ship_id = %s AND range_start >= %s AND range_end <= %s")
+                        .format(table), (ship, cell_lo, cell_hi))
+            cur.execute(sql.SQL(
+                "INSERT INTO {} (ship_id, range_start, range_end, status, narrow_rows, wide_rows, rejected_rows, "
+                "duplicate_rows, attempts, started_at, finished_at, covered_start, covered_end) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s)").format(table),
+                (ship, cell_lo, cell_hi, status, *figures, sum(r[-2] or 0 for r in inside),
+                 min((r[-1] for r in inside if r[-1] is not None), default=None),
+                 max(lo, cell_lo), min(hi, cell_hi)))
+        conn.commit()
+        folds += 1
+    return folds
 
 
 def record_chunk_read(cur: cursor, catalog_schema: str, chunk: Chunk, attempts: int, started_at: dt.datetime,

@@ -89,6 +89,28 @@ def extend_coverage(covered: Span | None, read: Span) -> tuple[Span, bool]:
     return read, False
 
 
+def fold_reads(reads: list[tuple[Span, tuple]]) -> tuple[Span, tuple] | None:
+    """One cell's ledger rows, (the range each read, its figures), as one covered range with its
+    figures: rows an older widen recorded cut at --end/--start, or cells of another ``chunk_hours``
+    inside this one. One row holding all the others gives its own figures; rows that follow each
+    other without a hole or an overlap add theirs. None when that cannot be said without reading
+    again (a hole, or rows that overlap only in part)."""
+    if not reads:
+        return None
+    ordered = sorted(reads)
+    widest = max(ordered, key=lambda read: read[0][1] - read[0][0])
+    if all(widest[0][0] <= lo and hi <= widest[0][1] for (lo, hi), _ in ordered):
+        return widest
+    (lo, hi), figures = ordered[0]
+    total = list(figures)
+    for (start, end), more in ordered[1:]:
+        if start != hi:
+            return None
+        hi = end
+        total = [(a or 0) + (b or 0) for a, b in zip(total, more, strict=True)]
+    return (lo, hi), tuple(total)
+
+
 def sub_ranges(start: dt.datetime, end: dt.datetime, parts: int) -> list[tuple[dt.datetime, dt.datetime]]:
     """Split [start, end) into ``parts`` contiguous ranges on whole-second boundaries."""
     total = (end - start).total_seconds()

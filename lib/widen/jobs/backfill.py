@@ -434,6 +434,9 @@ def run(config: Config, spark: SparkSession, options: BackfillOptions) -> Result
         skipped_ships = sorted({c.ship_id for c in chunks} & rolled_back)
         chunks = [c for c in chunks if c.ship_id not in rolled_back]
         ship_ids = sorted({c.ship_id for c in chunks})
+        if folded := ledger.fold_into_cells(tgt, tgt_cfg.catalog_schema, chunks):
+            log.info("%s ledger cell(s) recorded in parts (an older widen, or another chunk_hours) are one row "
+                     "each now", folded)
         coverage = ledger.chunk_coverage(tgt, tgt_cfg.catalog_schema, ship_ids)
         tgt.rollback()
         # each cell's part of the run's range that the ledger does not hold yet
