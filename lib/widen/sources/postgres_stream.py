@@ -25,13 +25,24 @@ Two offset modes:
 - created_time only: each micro-batch reads up to the newest row older than ``now - settle_seconds``
   and re-reads ``overlap_seconds`` before its start; the idempotent merge makes the overlap
   harmless. A row later than the overlap is left for reconciliation. (Needs an index on
-  created_time to stay cheap.) A new query started at ``latest`` marks its first offset
-  (``handoff``): its first batch has no upper bound, so it also takes the rows present then dated
-  ahead (a backfill ``--end t`` leaves them out); they are read again once their time has come
-  (the idempotent merge makes that harmless). A row written later dated ahead of
-  ``now - settle_seconds`` is read once its time has come. The job's watermark runs on
-  ``least(created_time, the batch's time)``, so a reading from the future never moves it past
-  every other row.
+  created_time to stay cheap.) Rows dated ahead (a ship whose clock runs ahead, a row dated 2099,
+  or just within the settle window) are taken at once: an offset also records the server's
+  transactions (``snapshot``: xmax and the running xids, modulo 2^32, a superset of what a
+  snapshot then did not see, subtransactions included), and a batch also reads the rows dated at
+  or after its end and after ``now - settle_seconds`` whose xmin that start snapshot did not see
+  (a second index range scan on created_time). A row committed after the start offset was taken
+  is visible when the batch reads (it reads after its end offset was taken) or not seen by the
+  end offset's snapshot, so this batch or the next takes it. ``latestOffset`` moves the snapshot
+  on when such rows came in although nothing settled, and Trigger.AvailableNow ends every batch at
+  the snapshot its run started with (so a run ends). An offset without a snapshot (the hand-off's
+  first, ``earliest``, a timestamp, or one older widen wrote into a checkpoint) saw nothing: its
+  batch takes every row dated ahead. A new query started at ``latest`` marks its first offset
+  (``handoff``): its first batch always runs, so it takes the rows present then dated ahead (a
+  backfill ``--end t`` leaves them out). Rows read early are read again once their time has come
+  (de-duplicated within the watermark, else merged again: harmless). The rows carry
+  ``values.EVENT_TIME``, the job's watermark time: created_time, but no later than the last instant
+  of the batch's range, so a reading from the future never moves the watermark past rows the next
+  batches re-read.
 
 Each micro-batch is split by ship (a hash of ship_id into ``buckets`` partitions), so all rows of a
 ship and timestamp land in one partition. Values are rendered in SQL, exactly as the backfill does;
@@ -57,6 +68,7 @@ from widen.sources.base import without_handoff_time
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor
+    from psycopg2.sql import Composable
     from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
@@ -64,6 +76,8 @@ NAME = "widen_narrow"
 #: how long an offset look waits for writers that hold ids of the order column but no xid yet
 UNSETTLED_WAIT_SECONDS = 2.0
 SCHEMA = values.ROW_SPARK_SCHEMA
+#: the created_time mode's rows also carry the time its watermark runs on
+TIME_SCHEMA = f"{SCHEMA}, {values.EVENT_TIME} timestamp"
 EPOCH_TEXT = "1970-01-01T00:00:00+00:00"
 
 
@@ -92,7 +106,7 @@ class NarrowStreamSource(DataSource):
         return NAME
 
     def schema(self) -> str:
-        return SCHEMA
+        return SCHEMA if self.options.get("order_column") else TIME_SCHEMA
 
     def streamReader(self, schema: StructType) -> NarrowStreamReader:
         return NarrowStreamReader(dict(self.options))
@@ -239,7 +253,9 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     self.target = {"id": cur.fetchone()[0]}
                 else:
                     cur.execute("SELECT now() - %s * interval '1 second'", (self.settle,))
-                    self.target = {"t": cur.fetchone()[0].isoformat()}
+                    moment = cur.fetchone()[0].isoformat()
+                    # rows committed later, dated ahead, are the next run's (its start has this snapshot)
+                    self.target = {"t": moment, "snapshot": self._snapshot(cur)}
         finally:
             conn.close()
 
@@ -254,9 +270,6 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             # the first batch after the hand-off: it also holds the rows present then dated from
             # ``t`` on, so it ends at an offset without ``t`` even when no new row came
             return without_handoff_time(self.latestOffset(without_handoff_time(start), limit))
-        if not self.order_column and "handoff" in start:
-            # the first batch after the hand-off: it also takes every row present dated after its end
-            return self.latestOffset({"t": start["t"]}, limit)
         conn = self._connect()
         try:
             with conn.cursor() as cur:
@@ -280,20 +293,68 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     # pending (read when they commit), as with an unbounded offset.
                     offset = {"id": int(bound), "pending": latest["pending"]}
                     return start if offset == start else offset
-                # Advance only to the newest settled row, so an idle table gives no new batch.
-                cap = sql.SQL(" AND created_time <= %s") if self.target else sql.SQL("")
-                cur.execute(sql.SQL("SELECT max(created_time) FROM {} WHERE created_time >= %s AND "
-                                    "created_time <= now() - %s * interval '1 second'{}").format(
-                    self._table(), cap), (start["t"], self.settle, *([self.target["t"]] if self.target else [])))
-                newest = cur.fetchone()[0]
-                if newest is None:
-                    return start
-                end = newest + dt.timedelta(microseconds=1)
-                if max_rows:
-                    end = self._time_bound(cur, start, end, max_rows)
-                return {"t": end.isoformat()}
+                return self._latest_time(cur, start, max_rows)
         finally:
             conn.close()
+
+    def _latest_time(self, cur: cursor, start: dict, max_rows: int | None) -> dict:
+        """The created_time mode's next offset: the newest settled row's time and the snapshot.
+
+        It advances to the newest settled row (so an idle table gives no new batch), or, with
+        nothing settled since the start, to the same time with a new snapshot when rows dated
+        ahead were committed since the start's snapshot (the batch takes them). The first batch
+        after the hand-off (``handoff``) always runs: it takes the rows present then dated ahead.
+        """
+        from psycopg2 import sql
+
+        snapshot = self.target["snapshot"] if self.target else self._snapshot(cur)
+        cap = sql.SQL(" AND created_time <= %s") if self.target else sql.SQL("")
+        cur.execute(sql.SQL("SELECT max(created_time) FROM {} WHERE created_time >= %s AND "
+                            "created_time <= now() - %s * interval '1 second'{}").format(
+            self._table(), cap), (start["t"], self.settle, *([self.target["t"]] if self.target else [])))
+        newest = cur.fetchone()[0]
+        if newest is None:
+            if "handoff" not in start and (start.get("snapshot") == snapshot or not self._written_ahead(cur, start)):
+                return start
+            return {"t": start["t"], "snapshot": snapshot}
+        end = newest + dt.timedelta(microseconds=1)
+        if max_rows:
+            end = self._time_bound(cur, start, end, max_rows)
+        return {"t": end.isoformat(), "snapshot": snapshot}
+
+    def _snapshot(self, cur: cursor) -> dict:
+        """What an offset records of the server's transactions, for the next batch to tell the rows
+        committed since (``_unseen``): ``xmax`` and ``running``, transaction ids modulo 2^32 (a
+        row's xmin has 32 bits). A superset of what a snapshot taken now does not see: ``xmax`` comes
+        from an earlier look, ``running`` is that look's transaction id locks plus the snapshot's
+        in-progress list. The list alone misses subtransactions (a row written in a savepoint has
+        its subtransaction's xid, which no snapshot lists); each holds a lock on its xid until its
+        top transaction ends, and one assigned after the earlier look is at or after its ``xmax``.
+        """
+        from psycopg2 import sql
+
+        from widen.pg.server import Server
+
+        server = Server.of(cur.connection)
+        cur.execute(sql.SQL(
+            "SELECT {xmax} % 4294967296, ARRAY(SELECT DISTINCT transactionid::text::bigint FROM pg_locks "
+            "WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted)").format(
+            xmax=server.snapshot_xmax()))
+        xmax, locked = cur.fetchone()
+        cur.execute(sql.SQL("SELECT ARRAY(SELECT x::text::bigint % 4294967296 FROM {} AS x)").format(
+            server.snapshot_xip()))
+        listed = cur.fetchone()[0]
+        return {"xmax": int(xmax), "running": sorted({int(x) for x in [*locked, *listed]})}
+
+    def _written_ahead(self, cur: cursor, start: dict) -> bool:
+        """Whether rows dated at or after ``now - settle_seconds`` were committed since ``start``."""
+        from psycopg2 import sql
+
+        unseen, params = _unseen(start)
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE created_time >= greatest(%s, now() - %s * "
+                            "interval '1 second') AND {})").format(self._table(), unseen),
+                    [dt.datetime.fromisoformat(start["t"]), self.settle, *params])
+        return bool(cur.fetchone()[0])
 
     def _time_bound(self, cur: cursor, start: dict, end: dt.datetime, max_rows: int) -> dt.datetime:
         """The created_time before which about ``max_rows`` rows lie (exclusive): the time of the
@@ -377,6 +438,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     # -- data -------------------------------------------------------------------------------------
     def read(self, partition: BucketPartition) -> Iterator:
         import pyarrow as pa
+        import pyarrow.compute as pc
         from psycopg2 import sql
 
         from widen.pg import render
@@ -404,34 +466,69 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                 "AND ").format(w=where, o=order) + bucket + sql.SQL("))")
                 params += [partition.start["id"], partition.start["t"], [x for x, _ in pending],
                            partition.buckets, partition.bucket]
+            wheres = [where]
             order_key = order
+            event_cap = None
         else:
+            # The created_time range [start - overlap, end), and the rows dated ahead (at or after
+            # the end, and after now - settle_seconds: earlier ones are the next batches' range)
+            # committed since the start offset's snapshot, which would else wait for their time.
+            # Two index range scans on created_time; a row is in at most one of them.
+            end = dt.datetime.fromisoformat(partition.end["t"])
             lo = dt.datetime.fromisoformat(partition.start["t"]) - dt.timedelta(seconds=self.overlap)
-            where = sql.SQL("created_time >= %s AND created_time < %s AND ") + bucket
-            params = [lo, partition.end["t"], partition.buckets, partition.bucket]
-            if "handoff" in partition.start:
-                # the first batch after the hand-off: also the rows present now dated after its end
-                where = sql.SQL("created_time >= %s AND ") + bucket
-                params = [lo, partition.buckets, partition.bucket]
+            unseen, seen_params = _unseen(partition.start)
+            wheres = [sql.SQL("created_time >= %s AND created_time < %s AND ") + bucket,
+                      sql.SQL("created_time >= greatest(%s, now() - %s * interval '1 second') AND {} AND ").format(
+                          unseen) + bucket]
+            params = [lo, end, partition.buckets, partition.bucket,
+                      end, self.settle, *seen_params, partition.buckets, partition.bucket]
             order_key = sql.SQL("NULL::bigint")
+            # The watermark's time: created_time, but a row dated ahead counts as the batch's last
+            # instant, so it never moves the watermark past rows the next batches still re-read.
+            event_cap = pa.scalar(end - dt.timedelta(microseconds=1), type=pa.timestamp("us", tz="UTC"))
         from widen.core.kernels import ROW_SCHEMA
 
         names, types = ROW_SCHEMA.names, ROW_SCHEMA.types
+        created = names.index("created_time")
         conn = self._connect()
         try:
             value = render.rendered_value(None, Server.of(conn), self.double_type)
-            query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {ok}, value_format FROM {t} "
-                            "WHERE {w}").format(v=value, raw=raw, ok=order_key, t=self._table(), w=where)
+            query = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {ok}, value_format FROM {t} "
+                        "WHERE {w}").format(v=value, raw=raw, ok=order_key, t=self._table(), w=where)
+                for where in wheres)
             conn.autocommit = False
             with conn.cursor(name="widen_stream_read") as cur:
                 cur.itersize = 20_000
                 cur.execute(query, params)
                 while rows := cur.fetchmany(20_000):
-                    columns = list(zip(*rows))
-                    yield pa.RecordBatch.from_arrays(
-                        [pa.array(col, type=kind) for col, kind in zip(columns, types)], names=names)
+                    columns = [pa.array(col, type=kind) for col, kind in zip(zip(*rows), types)]
+                    if event_cap is None:
+                        yield pa.RecordBatch.from_arrays(columns, names=names)
+                    else:             # (min_element_wise has no kernel for zoned timestamps)
+                        times = columns[created]
+                        yield pa.RecordBatch.from_arrays(
+                            [*columns, pc.if_else(pc.less(times, event_cap), times, event_cap)],
+                            names=[*names, values.EVENT_TIME])
         finally:
             conn.close()
+
+
+def _unseen(offset: dict) -> tuple[Composable, list]:
+    """A condition for the rows of transactions the offset's ``snapshot`` (``_snapshot``) did not
+    see, with its parameters: xmin in its ``running`` list, or at or after its ``xmax`` in
+    PostgreSQL's circular order of 32-bit xids (unfrozen xids lie within 2^31 of the newest; a
+    frozen or reserved xmin, below 3, never follows). A superset: a row read too early is read again
+    and merged again, harmlessly. An offset without a snapshot (the hand-off's, ``earliest``, a
+    timestamp, or one older widen took) saw none: every row counts."""
+    from psycopg2 import sql
+
+    seen = offset.get("snapshot")
+    if seen is None:
+        return sql.SQL("true"), []
+    return (sql.SQL("(xmin::text::bigint = ANY(%s) OR xmin::text::bigint >= 3 "
+                    "AND ((xmin::text::bigint - %s) & 4294967295) < 2147483648)"),
+            [seen["running"], seen["xmax"]])
 
 
 class UnsettledWriter(RuntimeError):
