@@ -201,7 +201,6 @@ def test_time_mode_takes_rows_written_later_dated_ahead(fresh_fleet, make_config
     first = stream.run(config, spark, once=True)             # the hand-off
     assert backfill.run(config, spark, end=dt.datetime.fromisoformat(first.summary["start_offset"]["t"])).exit_code == 0
     now = db_now(pg)
-    nasty.insert(pg, src, written_ahead(ship, now))
     plain, nested = connect(pg_server), connect(pg_server)
     try:
         nasty.insert(plain, src, [(ship, "open", FAR + dt.timedelta(days=3), "String", None, None,
@@ -212,6 +211,8 @@ def test_time_mode_takes_rows_written_later_dated_ahead(fresh_fleet, make_config
                                     -9223372036854775808, None, None)])
         with nested.cursor() as cur:
             cur.execute("RELEASE SAVEPOINT widen_test")
+        # committed after both took their xids, so the snapshot's xmax passes the savepoint's xid
+        nasty.insert(pg, src, written_ahead(ship, now))
         second = stream.run(config, spark, once=True)        # its offsets are taken while both are open
         plain.commit()
         nested.commit()

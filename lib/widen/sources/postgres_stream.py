@@ -25,24 +25,28 @@ Two offset modes:
 - created_time only: each micro-batch reads up to the newest row older than ``now - settle_seconds``
   and re-reads ``overlap_seconds`` before its start; the idempotent merge makes the overlap
   harmless. A row later than the overlap is left for reconciliation. (Needs an index on
-  created_time to stay cheap.) Rows dated ahead (a ship whose clock runs ahead, a row dated 2099,
-  or just within the settle window) are taken at once: an offset also records the server's
-  transactions (``snapshot``: xmax and the running xids, modulo 2^32, a superset of what a
-  snapshot then did not see, subtransactions included), and a batch also reads the rows dated at
-  or after its end and after ``now - settle_seconds`` whose xmin that start snapshot did not see
-  (a second index range scan on created_time). A row committed after the start offset was taken
-  is visible when the batch reads (it reads after its end offset was taken) or not seen by the
-  end offset's snapshot, so this batch or the next takes it. ``latestOffset`` moves the snapshot
-  on when such rows came in although nothing settled, and Trigger.AvailableNow ends every batch at
-  the snapshot its run started with (so a run ends). An offset without a snapshot (the hand-off's
-  first, ``earliest``, a timestamp, or one older widen wrote into a checkpoint) saw nothing: its
-  batch takes every row dated ahead. A new query started at ``latest`` marks its first offset
-  (``handoff``): its first batch always runs, so it takes the rows present then dated ahead (a
-  backfill ``--end t`` leaves them out). Rows read early are read again once their time has come
-  (de-duplicated within the watermark, else merged again: harmless). The rows carry
+  created_time to stay cheap.)
+
+  Rows dated ahead (a ship whose clock runs ahead, a row dated 2099, one inside the settle window)
+  do not wait for their time. An offset also records its snapshot (``_snapshot``): ``from`` (the
+  server's ``now - settle_seconds``), the snapshot's xmin, and the xmins at or after it of the
+  rows it sees dated from ``from`` on. A batch also reads the rows dated from its end and its end
+  offset's ``from`` on that its start offset's snapshot did not see (``_unseen``: a second index
+  range scan on created_time); older ones are the next batches' range. A row committed after the
+  start offset was taken is either visible when the batch reads (after its end offset was taken)
+  or unseen by the end offset's snapshot, so this batch or the next takes it. Row xmins, not the
+  in-progress list: a row written in a savepoint has its subtransaction's xid, which no snapshot
+  lists (nor ``pg_locks`` once the savepoint is released). With nothing settled since the start,
+  ``latestOffset`` still moves on when such rows came in; under Trigger.AvailableNow every batch
+  ends at the snapshot taken when the run started, so a run ends. An offset without a snapshot (a
+  new query's first, or one an older widen wrote into a checkpoint) saw nothing: its batch takes
+  every row dated ahead. A new query started at ``latest`` marks its first offset (``handoff``):
+  its first batch always runs, so it takes the rows present then dated ahead (a backfill
+  ``--end t`` leaves them out). A row read early is read again once its time has come
+  (de-duplicated within the watermark, else merged again: harmless). Rows carry
   ``values.EVENT_TIME``, the job's watermark time: created_time, but no later than the last instant
   of the batch's range, so a reading from the future never moves the watermark past rows the next
-  batches re-read.
+  batches re-read (nor does a backlog drained in bounded batches become late).
 
 Each micro-batch is split by ship (a hash of ship_id into ``buckets`` partitions), so all rows of a
 ship and timestamp land in one partition. Values are rendered in SQL, exactly as the backfill does;
@@ -252,10 +256,10 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         sql.Identifier(self.order_column), self._table()))
                     self.target = {"id": cur.fetchone()[0]}
                 else:
-                    cur.execute("SELECT now() - %s * interval '1 second'", (self.settle,))
-                    moment = cur.fetchone()[0].isoformat()
-                    # rows committed later, dated ahead, are the next run's (its start has this snapshot)
-                    self.target = {"t": moment, "snapshot": self._snapshot(cur)}
+                    # every batch of the run ends at this snapshot: rows committed later dated
+                    # ahead are the next run's
+                    snapshot = self._snapshot(cur)
+                    self.target = {"t": snapshot["from"], "snapshot": snapshot}
         finally:
             conn.close()
 
@@ -314,7 +318,8 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._table(), cap), (start["t"], self.settle, *([self.target["t"]] if self.target else [])))
         newest = cur.fetchone()[0]
         if newest is None:
-            if "handoff" not in start and (start.get("snapshot") == snapshot or not self._written_ahead(cur, start)):
+            if "handoff" not in start and (start.get("snapshot") == snapshot
+                                           or not self._written_ahead(cur, start, snapshot)):
                 return start
             return {"t": start["t"], "snapshot": snapshot}
         end = newest + dt.timedelta(microseconds=1)
@@ -323,37 +328,39 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return {"t": end.isoformat(), "snapshot": snapshot}
 
     def _snapshot(self, cur: cursor) -> dict:
-        """What an offset records of the server's transactions, for the next batch to tell the rows
-        committed since (``_unseen``): ``xmax`` and ``running``, transaction ids modulo 2^32 (a
-        row's xmin has 32 bits). A superset of what a snapshot taken now does not see: ``xmax`` comes
-        from an earlier look, ``running`` is that look's transaction id locks plus the snapshot's
-        in-progress list. The list alone misses subtransactions (a row written in a savepoint has
-        its subtransaction's xid, which no snapshot lists); each holds a lock on its xid until its
-        top transaction ends, and one assigned after the earlier look is at or after its ``xmax``.
+        """What an offset records of the server's transactions, for the batch starting there to tell
+        the rows committed since (``_unseen``), in one statement (one snapshot): ``from``, the time
+        ``now - settle_seconds`` (a batch ending there looks for rows dated ahead from it on: older
+        ones are the next batches' range); ``xmin``, the snapshot's (every transaction it does not
+        see is at or after it); ``seen``, the xmins at or after that of the rows it sees dated from
+        ``from`` on. Transaction ids modulo 2^32: a row's xmin has 32 bits.
+
+        Not the snapshot's xmax and in-progress list: a row written in a savepoint has its
+        subtransaction's xid, which no snapshot lists, nor ``pg_locks`` once the savepoint is
+        released, and which is below xmax once a later transaction has ended.
         """
         from psycopg2 import sql
 
         from widen.pg.server import Server
 
-        server = Server.of(cur.connection)
         cur.execute(sql.SQL(
-            "SELECT {xmax} % 4294967296, ARRAY(SELECT DISTINCT transactionid::text::bigint FROM pg_locks "
-            "WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted)").format(
-            xmax=server.snapshot_xmax()))
-        xmax, locked = cur.fetchone()
-        cur.execute(sql.SQL("SELECT ARRAY(SELECT x::text::bigint % 4294967296 FROM {} AS x)").format(
-            server.snapshot_xip()))
-        listed = cur.fetchone()[0]
-        return {"xmax": int(xmax), "running": sorted({int(x) for x in [*locked, *listed]})}
+            "WITH s AS (SELECT now() - %s * interval '1 second' AS since, {xmin} %% 4294967296 AS floor) "
+            "SELECT since, floor, ARRAY(SELECT DISTINCT n.xmin::text::bigint FROM {t} n "
+            "WHERE n.created_time >= since AND {after} ORDER BY 1) FROM s").format(
+            xmin=Server.of(cur.connection).snapshot_xmin(), t=self._table(), after=_xid_at_or_after("n.xmin", "floor")),
+            (self.settle,))
+        since, floor, seen = cur.fetchone()
+        return {"from": since.isoformat(), "xmin": int(floor), "seen": [int(x) for x in seen]}
 
-    def _written_ahead(self, cur: cursor, start: dict) -> bool:
-        """Whether rows dated at or after ``now - settle_seconds`` were committed since ``start``."""
+    def _written_ahead(self, cur: cursor, start: dict, snapshot: dict) -> bool:
+        """Whether a batch from ``start`` to an offset with ``snapshot`` (and the start's time)
+        would take rows dated ahead: committed since the start's snapshot, dated from the new
+        one's ``from`` on."""
         from psycopg2 import sql
 
         unseen, params = _unseen(start)
-        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE created_time >= greatest(%s, now() - %s * "
-                            "interval '1 second') AND {})").format(self._table(), unseen),
-                    [dt.datetime.fromisoformat(start["t"]), self.settle, *params])
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE created_time >= %s AND {})").format(
+            self._table(), unseen), [max(_time(start["t"]), _time(snapshot["from"])), *params])
         return bool(cur.fetchone()[0])
 
     def _time_bound(self, cur: cursor, start: dict, end: dt.datetime, max_rows: int) -> dt.datetime:
@@ -470,18 +477,19 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             order_key = order
             event_cap = None
         else:
-            # The created_time range [start - overlap, end), and the rows dated ahead (at or after
-            # the end, and after now - settle_seconds: earlier ones are the next batches' range)
-            # committed since the start offset's snapshot, which would else wait for their time.
-            # Two index range scans on created_time; a row is in at most one of them.
-            end = dt.datetime.fromisoformat(partition.end["t"])
-            lo = dt.datetime.fromisoformat(partition.start["t"]) - dt.timedelta(seconds=self.overlap)
+            # The created_time range [start - overlap, end), and the rows dated ahead (from the end
+            # and the end offset's now - settle_seconds on: earlier ones are the next batches'
+            # range) committed since the start offset's snapshot, which would else wait for their
+            # time. Two index range scans on created_time; a row is in at most one of them.
+            end = _time(partition.end["t"])
+            lo = _time(partition.start["t"]) - dt.timedelta(seconds=self.overlap)
             unseen, seen_params = _unseen(partition.start)
+            # (an end offset an older widen wrote has no snapshot: every row dated from its end on)
+            ahead = max(end, _time(partition.end["snapshot"]["from"])) if "snapshot" in partition.end else end
             wheres = [sql.SQL("created_time >= %s AND created_time < %s AND ") + bucket,
-                      sql.SQL("created_time >= greatest(%s, now() - %s * interval '1 second') AND {} AND ").format(
-                          unseen) + bucket]
+                      sql.SQL("created_time >= %s AND {} AND ").format(unseen) + bucket]
             params = [lo, end, partition.buckets, partition.bucket,
-                      end, self.settle, *seen_params, partition.buckets, partition.bucket]
+                      ahead, *seen_params, partition.buckets, partition.bucket]
             order_key = sql.SQL("NULL::bigint")
             # The watermark's time: created_time, but a row dated ahead counts as the batch's last
             # instant, so it never moves the watermark past rows the next batches still re-read.
@@ -514,21 +522,33 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             conn.close()
 
 
-def _unseen(offset: dict) -> tuple[Composable, list]:
-    """A condition for the rows of transactions the offset's ``snapshot`` (``_snapshot``) did not
-    see, with its parameters: xmin in its ``running`` list, or at or after its ``xmax`` in
-    PostgreSQL's circular order of 32-bit xids (unfrozen xids lie within 2^31 of the newest; a
-    frozen or reserved xmin, below 3, never follows). A superset: a row read too early is read again
-    and merged again, harmlessly. An offset without a snapshot (the hand-off's, ``earliest``, a
-    timestamp, or one older widen took) saw none: every row counts."""
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def _xid_at_or_after(xid: str, floor: str) -> Composable:
+    """``xid`` (a column, as xid) follows or equals ``floor`` (a bigint expression modulo 2^32) in
+    PostgreSQL's circular order of 32-bit transaction ids: unfrozen xids lie within 2^31 of each
+    other; a frozen or reserved one (below 3) never follows."""
     from psycopg2 import sql
 
-    seen = offset.get("snapshot")
-    if seen is None:
+    return sql.SQL("({x}::text::bigint >= 3 AND (({x}::text::bigint - {f}) & 4294967295) < 2147483648)").format(
+        x=sql.SQL(xid), f=sql.SQL(floor))
+
+
+def _unseen(offset: dict) -> tuple[Composable, list]:
+    """A condition for the rows the offset's ``snapshot`` (``_snapshot``) did not see, with its
+    parameters: xmin at or after the snapshot's xmin and not one of the xmins it saw. A superset
+    (a row it saw dated before its ``now - settle_seconds`` counts as unseen): a row read early is
+    read again and merged again, harmlessly. An offset without a snapshot (the hand-off's,
+    ``earliest``, a timestamp, or one an older widen wrote) saw none: every row counts."""
+    from psycopg2 import sql
+
+    snapshot = offset.get("snapshot")
+    if snapshot is None:
         return sql.SQL("true"), []
-    return (sql.SQL("(xmin::text::bigint = ANY(%s) OR xmin::text::bigint >= 3 "
-                    "AND ((xmin::text::bigint - %s) & 4294967295) < 2147483648)"),
-            [seen["running"], seen["xmax"]])
+    return (_xid_at_or_after("xmin", "%s") + sql.SQL(" AND NOT (xmin::text::bigint = ANY(%s))"),
+            [snapshot["xmin"], snapshot["seen"]])
 
 
 class UnsettledWriter(RuntimeError):
