@@ -12,6 +12,7 @@ A reading from the future never makes the freshness lag negative (it would hide 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from dataclasses import replace
 
@@ -227,3 +228,26 @@ def test_time_mode_takes_rows_written_later_dated_ahead(fresh_fleet, make_config
     assert cell(pg, tgt, cat, nasty.S_QUOTES, "open/nested", now + dt.timedelta(minutes=7)) == "-9223372036854775808"
     assert [r.summary["late_rows"] for r in (second, third)] == [0, 0]
     assert reconcile.run(config, spark).exit_code == 0
+
+
+def test_time_mode_offset_from_an_older_widen(fresh_fleet, make_config, spark, pg, tmp_path):
+    """A checkpoint whose last offset an older widen wrote (no ``snapshot``): the next batch takes
+    every row dated ahead (reading too much is harmless, missing one is not)."""
+    name = "fut_to"
+    src, tgt, cat = f"src_{name}", f"wide_{name}", f"cat_{name}"
+    fresh_fleet(name, ships=1, channels=2, hours=0.25, seed=9, start=HISTORY).close()
+    config = make_config(name)
+    config = replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name=name,
+                                            start="earliest", settle_seconds=0))
+    assert stream.run(config, spark, once=True).exit_code == 0
+    nasty.insert(pg, src, [(nasty.S_DOTS, "far", FAR + dt.timedelta(days=4), "String", None, None, "from before", None)])
+    offsets = tmp_path / "cp" / "offsets"
+    last = max((p for p in offsets.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    (offsets / f".{last.name}.crc").unlink(missing_ok=True)     # Hadoop's checksum of the old text
+    *head, offset = last.read_text().splitlines()
+    older = {k: v for k, v in json.loads(offset).items() if k != "snapshot"}
+    assert older != json.loads(offset)
+    last.write_text("\n".join([*head, json.dumps(older)]))
+    assert stream.run(config, spark, once=True).summary["narrow_rows"] >= 1
+    with pg.cursor() as cur:
+        oracle.assert_equal_to_oracle(cur, src, tgt, cat)
