@@ -13,6 +13,8 @@ The builds come from Maven Central (``make setup`` -> pgbuilds/) and run with ho
   tables equal the oracle: the narrow table copied (bit-exact) into PostgreSQL 18 and pivoted there
   by tests/oracle.py, so the expected text of a double is what PostgreSQL 18 prints.
 - A target older than 11 is refused by ``plan`` and ``backfill`` with one clear line (exit 2).
+- The created_time mode's offsets (``txid_current_snapshot`` before 13) on 9.3, 11 and 13 sources:
+  rows written later dated ahead arrive at once, also one from a released savepoint.
 
 The whole matrix takes about 70 s, so it always runs whole.
 """
