@@ -13,6 +13,8 @@ The builds come from Maven Central (``make setup`` -> pgbuilds/) and run with ho
   tables equal the oracle: the narrow table copied (bit-exact) into PostgreSQL 18 and pivoted there
   by tests/oracle.py, so the expected text of a double is what PostgreSQL 18 prints.
 - A target older than 11 is refused by ``plan`` and ``backfill`` with one clear line (exit 2).
+- The created_time mode's offsets (``txid_current_snapshot`` before 13) on 9.3, 11 and 13 sources:
+  rows written later dated ahead arrive at once, also one from a released savepoint.
 
 The whole matrix takes about 70 s, so it always runs whole.
 """
@@ -310,3 +312,44 @@ def test_a_target_older_than_11_is_refused(old_server, pg_server, fresh_fleet, t
         assert (f"the target server postgres@{old['host']}:{old['port']} is PostgreSQL 9.6.24; widen writes wide "
                 "tables and its catalog to PostgreSQL 11 or later") in summary["error"], summary
         assert "Traceback" not in out.err
+
+
+@pytest.mark.parametrize("version", ["9.3", "11", "13"])
+def test_time_mode_takes_rows_written_later_dated_ahead(version, old_server, spark, tmp_path):
+    """created_time mode on old sources (``txid_current_snapshot`` before 13): rows written after
+    the stream started dated ahead arrive with the batch after their commit, also one written in
+    a released savepoint of a transaction open across an offset (its xmin is the savepoint's xid)."""
+    from widen.sources.postgres_stream import NarrowStreamSource, stream_options
+
+    server = old_server(version)
+    src = connect(server)
+    make_source(src)
+    raw = raw_config(server, f"oldtime{version.replace('.', '')}")
+    raw["source"]["schema"] = "src"
+    config = widen_config.parse(raw)
+    seen: list = []
+    spark.dataSource.register(NarrowStreamSource)
+    query = (spark.readStream.format("widen_narrow")
+             .options(**stream_options(config.source, buckets=2, start="latest", settle_seconds=0)).load()
+             .writeStream.foreachBatch(lambda frame, _: seen.extend(tuple(r) for r in frame.collect()))
+             .option("checkpointLocation", str(tmp_path / "cp")).start())
+    writer = psycopg2.connect(host=server["host"], port=server["port"], user=server["user"], dbname=server["database"])
+    try:
+        query.processAllAvailable()                   # the hand-off's batch: nothing yet
+        with writer.cursor() as cur:
+            cur.execute("SAVEPOINT widen_test")
+        insert(writer, [(SHIPS[1], "far", dt.datetime(2099, 1, 1, tzinfo=UTC), "String", None, None, "saved", None)])
+        with writer.cursor() as cur:
+            cur.execute("RELEASE SAVEPOINT widen_test")
+        with src.cursor() as cur:
+            cur.execute("SELECT now()")
+            now = cur.fetchone()[0]
+        insert(src, [(SHIPS[0], "ahead", now + dt.timedelta(minutes=10), "Integer", None, 1, None, None)])
+        query.processAllAvailable()
+        writer.commit()
+        query.processAllAvailable()
+    finally:
+        query.stop()
+        writer.close()
+        src.close()
+    assert {(r[0], r[1], r[3]) for r in seen} == {(SHIPS[0], "ahead", "1"), (SHIPS[1], "far", "saved")}

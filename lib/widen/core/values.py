@@ -34,6 +34,9 @@ RAW_REJECT_FIELDS = ("reason", "data_channel_id", "value_format", "double_v", "l
 ROW_COLUMNS = ("ship_id", "data_channel_id", "created_time", "value", "reject", "order_key", "value_format")
 ROW_SPARK_SCHEMA = ("ship_id string, data_channel_id string, created_time timestamp, value string, "
                     "reject string, order_key long, value_format string")
+#: a stream source that re-reads rows (not exactly once) also hands on this column: the time the
+#: stream's watermark runs on (created_time, capped so a reading from the future cannot move it)
+EVENT_TIME = "widen_event_time"
 #: a backfill chunk's narrow rows as its reader hands them to its writer (``kernels.chunk_columns``):
 #: ``created_us``, ``channel`` (the channel's position in the writer's list, or one of the two codes
 #: below), ``value`` (the rendered value; the channel's name for an unknown channel; the raw-reject

@@ -6,12 +6,12 @@ row, so a restart from the checkpoint changes nothing twice. Admission control
 
 The exact mode (an order column) and a Delta source give each narrow row to exactly one batch. The
 created_time mode re-reads an overlap on purpose: there the stream gets a watermark on created_time
-(capped at the batch's time, so a reading from the future cannot move it) and drops *re-reads*
-within it (key: ship, channel, created_time and the rendered value); rows older than the watermark
-are dropped by Spark, counted (``stream_batches.late_rows``, the log and the metrics) and left for
-``reconcile --repair``. Readings that differ are kept and the sink applies DESIGN.md's duplicate
-rule (the later batch wins with an order column; the greatest value without, also against what is
-already merged).
+(the source caps it at the end of the batch that read the row, so a reading from the future cannot
+move it) and drops *re-reads* within it (key: ship, channel, created_time and the rendered value);
+rows older than the watermark are dropped by Spark, counted (``stream_batches.late_rows``, the log
+and the metrics) and left for ``reconcile --repair``. Readings that differ are kept and the sink
+applies DESIGN.md's duplicate rule (the later batch wins with an order column; the greatest value
+without, also against what is already merged).
 
 ``--once`` processes what is there (in bounded batches) and stops (for schedulers and tests);
 otherwise it runs every ``stream.trigger_seconds`` until SIGTERM/SIGINT, which stop it after the
@@ -35,6 +35,7 @@ from psycopg2 import sql
 from widen import errors, metrics as job_metrics
 from widen.catalog import ledger, schema
 from widen.config import BadInput, Config
+from widen.core import values
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, job
 from widen.pg import db
 from widen.session import get_spark
@@ -50,8 +51,9 @@ JOB = "stream"
 log = logging.getLogger(__name__)
 TOTALS = ("narrow_rows", "wide_rows", "rejected_rows", "duplicate_rows", "failed_rows", "skipped_rows")
 COUNTED = ("batches", "skipped", "late_rows", *TOTALS)
-#: the created_time mode's watermark column: created_time, capped at the batch's time
-EVENT_TIME = "widen_event_time"
+#: the created_time mode's watermark column, from the source: created_time, capped at the end of
+#: the batch that read the row
+EVENT_TIME = values.EVENT_TIME
 
 
 def checkpoint_path(config: Config) -> str:
@@ -193,13 +195,10 @@ def start(config: Config, spark: SparkSession, once: bool = False) -> StreamRun:
     try:
         rows = source.stream(spark, options)
         if not source.exactly_once:
-            # The watermark's time is created_time, but never later than the batch's: a reading
-            # from the future (the first batch takes those present at the hand-off) must not move
-            # the watermark past every other row.
-            from pyspark.sql import functions as F
-
-            rows = (rows.withColumn(EVENT_TIME, F.least("created_time", F.current_timestamp()))
-                    .withWatermark(EVENT_TIME, f"{st.watermark_seconds:g} seconds")
+            # The watermark runs on the source's event time: created_time, but a reading from the
+            # future (a batch takes those committed since its start) counts as the end of the
+            # batch that read it, so it never moves the watermark past the rows still to come.
+            rows = (rows.withWatermark(EVENT_TIME, f"{st.watermark_seconds:g} seconds")
                     .dropDuplicatesWithinWatermark(dedup_key(config)).drop(EVENT_TIME))
         writer = (rows.writeStream.foreachBatch(sink).queryName(st.query_name)
                   .option("checkpointLocation", checkpoint))

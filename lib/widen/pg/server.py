@@ -94,6 +94,13 @@ class Server:
             return sql.SQL("pg_snapshot_xip(pg_current_snapshot())")
         return sql.SQL("txid_snapshot_xip(txid_current_snapshot())")
 
+    def snapshot_xmin(self) -> sql.Composable:
+        """The current snapshot's xmin as bigint (64-bit, epoch in the high half): the oldest
+        transaction id still running when it was taken (every one it does not see is at or after it)."""
+        if self.version >= 130000:
+            return sql.SQL("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        return sql.SQL("txid_snapshot_xmin(txid_current_snapshot())")
+
     def bucket_start(self, width_seconds: sql.Composable,
                      column: sql.Composable = sql.Identifier("created_time")) -> sql.Composable:
         """The start of ``column``'s epoch-aligned bucket of ``width_seconds`` (a parameter or

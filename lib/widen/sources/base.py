@@ -36,7 +36,8 @@ class NarrowSource(ABC):
 
     @abstractmethod
     def stream(self, spark: SparkSession, options: dict[str, str]) -> DataFrame:
-        """The rows as a streaming DataFrame of ``values.ROW_SPARK_SCHEMA``."""
+        """The rows as a streaming DataFrame of ``values.ROW_SPARK_SCHEMA``; a source that is not
+        ``exactly_once`` adds ``values.EVENT_TIME``, the timestamp the job's watermark runs on."""
 
 
 class NarrowTable(NarrowSource):

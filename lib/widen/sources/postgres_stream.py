@@ -25,13 +25,28 @@ Two offset modes:
 - created_time only: each micro-batch reads up to the newest row older than ``now - settle_seconds``
   and re-reads ``overlap_seconds`` before its start; the idempotent merge makes the overlap
   harmless. A row later than the overlap is left for reconciliation. (Needs an index on
-  created_time to stay cheap.) A new query started at ``latest`` marks its first offset
-  (``handoff``): its first batch has no upper bound, so it also takes the rows present then dated
-  ahead (a backfill ``--end t`` leaves them out); they are read again once their time has come
-  (the idempotent merge makes that harmless). A row written later dated ahead of
-  ``now - settle_seconds`` is read once its time has come. The job's watermark runs on
-  ``least(created_time, the batch's time)``, so a reading from the future never moves it past
-  every other row.
+  created_time to stay cheap.)
+
+  Rows dated ahead (a ship whose clock runs ahead, a row dated 2099, one inside the settle window)
+  do not wait for their time. An offset also records its snapshot (``_snapshot``): ``from`` (the
+  server's ``now - settle_seconds``), the snapshot's xmin, and the xmins at or after it of the
+  rows it sees dated from ``from`` on. A batch also reads the rows dated from its end and its end
+  offset's ``from`` on that its start offset's snapshot did not see (``_unseen``: a second index
+  range scan on created_time); older ones are the next batches' range. A row committed after the
+  start offset was taken is either visible when the batch reads (after its end offset was taken)
+  or unseen by the end offset's snapshot, so this batch or the next takes it. Row xmins, not the
+  in-progress list: a row written in a savepoint has its subtransaction's xid, which no snapshot
+  lists (nor ``pg_locks`` once the savepoint is released). With nothing settled since the start,
+  ``latestOffset`` still moves on when such rows came in; under Trigger.AvailableNow every batch
+  ends at the snapshot taken when the run started, so a run ends. An offset without a snapshot (a
+  new query's first, or one an older widen wrote into a checkpoint) saw nothing: its batch takes
+  every row dated ahead. A new query started at ``latest`` marks its first offset (``handoff``):
+  its first batch always runs, so it takes the rows present then dated ahead (a backfill
+  ``--end t`` leaves them out). A row read early is read again once its time has come
+  (de-duplicated within the watermark, else merged again: harmless). Rows carry
+  ``values.EVENT_TIME``, the job's watermark time: created_time, but no later than the last instant
+  of the batch's range, so a reading from the future never moves the watermark past rows the next
+  batches re-read (nor does a backlog drained in bounded batches become late).
 
 Each micro-batch is split by ship (a hash of ship_id into ``buckets`` partitions), so all rows of a
 ship and timestamp land in one partition. Values are rendered in SQL, exactly as the backfill does;
@@ -57,6 +72,7 @@ from widen.sources.base import without_handoff_time
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor
+    from psycopg2.sql import Composable
     from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
@@ -64,6 +80,8 @@ NAME = "widen_narrow"
 #: how long an offset look waits for writers that hold ids of the order column but no xid yet
 UNSETTLED_WAIT_SECONDS = 2.0
 SCHEMA = values.ROW_SPARK_SCHEMA
+#: the created_time mode's rows also carry the time its watermark runs on
+TIME_SCHEMA = f"{SCHEMA}, {values.EVENT_TIME} timestamp"
 EPOCH_TEXT = "1970-01-01T00:00:00+00:00"
 
 
@@ -92,7 +110,7 @@ class NarrowStreamSource(DataSource):
         return NAME
 
     def schema(self) -> str:
-        return SCHEMA
+        return SCHEMA if self.options.get("order_column") else TIME_SCHEMA
 
     def streamReader(self, schema: StructType) -> NarrowStreamReader:
         return NarrowStreamReader(dict(self.options))
@@ -238,8 +256,10 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         sql.Identifier(self.order_column), self._table()))
                     self.target = {"id": cur.fetchone()[0]}
                 else:
-                    cur.execute("SELECT now() - %s * interval '1 second'", (self.settle,))
-                    self.target = {"t": cur.fetchone()[0].isoformat()}
+                    # every batch of the run ends at this snapshot: rows committed later dated
+                    # ahead are the next run's
+                    snapshot = self._snapshot(cur)
+                    self.target = {"t": snapshot["from"], "snapshot": snapshot}
         finally:
             conn.close()
 
@@ -254,9 +274,6 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             # the first batch after the hand-off: it also holds the rows present then dated from
             # ``t`` on, so it ends at an offset without ``t`` even when no new row came
             return without_handoff_time(self.latestOffset(without_handoff_time(start), limit))
-        if not self.order_column and "handoff" in start:
-            # the first batch after the hand-off: it also takes every row present dated after its end
-            return self.latestOffset({"t": start["t"]}, limit)
         conn = self._connect()
         try:
             with conn.cursor() as cur:
@@ -280,20 +297,71 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     # pending (read when they commit), as with an unbounded offset.
                     offset = {"id": int(bound), "pending": latest["pending"]}
                     return start if offset == start else offset
-                # Advance only to the newest settled row, so an idle table gives no new batch.
-                cap = sql.SQL(" AND created_time <= %s") if self.target else sql.SQL("")
-                cur.execute(sql.SQL("SELECT max(created_time) FROM {} WHERE created_time >= %s AND "
-                                    "created_time <= now() - %s * interval '1 second'{}").format(
-                    self._table(), cap), (start["t"], self.settle, *([self.target["t"]] if self.target else [])))
-                newest = cur.fetchone()[0]
-                if newest is None:
-                    return start
-                end = newest + dt.timedelta(microseconds=1)
-                if max_rows:
-                    end = self._time_bound(cur, start, end, max_rows)
-                return {"t": end.isoformat()}
+                return self._latest_time(cur, start, max_rows)
         finally:
             conn.close()
+
+    def _latest_time(self, cur: cursor, start: dict, max_rows: int | None) -> dict:
+        """The created_time mode's next offset: the newest settled row's time and the snapshot.
+
+        It advances to the newest settled row (so an idle table gives no new batch), or, with
+        nothing settled since the start, to the same time with a new snapshot when rows dated
+        ahead were committed since the start's snapshot (the batch takes them). The first batch
+        after the hand-off (``handoff``) always runs: it takes the rows present then dated ahead.
+        """
+        from psycopg2 import sql
+
+        snapshot = self.target["snapshot"] if self.target else self._snapshot(cur)
+        cap = sql.SQL(" AND created_time <= %s") if self.target else sql.SQL("")
+        cur.execute(sql.SQL("SELECT max(created_time) FROM {} WHERE created_time >= %s AND "
+                            "created_time <= now() - %s * interval '1 second'{}").format(
+            self._table(), cap), (start["t"], self.settle, *([self.target["t"]] if self.target else [])))
+        newest = cur.fetchone()[0]
+        if newest is None:
+            if "handoff" not in start and (start.get("snapshot") == snapshot
+                                           or not self._written_ahead(cur, start, snapshot)):
+                return start
+            return {"t": start["t"], "snapshot": snapshot}
+        end = newest + dt.timedelta(microseconds=1)
+        if max_rows:
+            end = self._time_bound(cur, start, end, max_rows)
+        return {"t": end.isoformat(), "snapshot": snapshot}
+
+    def _snapshot(self, cur: cursor) -> dict:
+        """What an offset records of the server's transactions, for the batch starting there to tell
+        the rows committed since (``_unseen``), in one statement (one snapshot): ``from``, the time
+        ``now - settle_seconds`` (a batch ending there looks for rows dated ahead from it on: older
+        ones are the next batches' range); ``xmin``, the snapshot's (every transaction it does not
+        see is at or after it); ``seen``, the xmins at or after that of the rows it sees dated from
+        ``from`` on. Transaction ids modulo 2^32: a row's xmin has 32 bits.
+
+        Not the snapshot's xmax and in-progress list: a row written in a savepoint has its
+        subtransaction's xid, which no snapshot lists, nor ``pg_locks`` once the savepoint is
+        released, and which is below xmax once a later transaction has ended.
+        """
+        from psycopg2 import sql
+
+        from widen.pg.server import Server
+
+        cur.execute(sql.SQL(
+            "WITH s AS (SELECT now() - %s * interval '1 second' AS since, {xmin} %% 4294967296 AS floor) "
+            "SELECT since, floor, ARRAY(SELECT DISTINCT n.xmin::text::bigint FROM {t} n "
+            "WHERE n.created_time >= since AND {after} ORDER BY 1) FROM s").format(
+            xmin=Server.of(cur.connection).snapshot_xmin(), t=self._table(), after=_xid_at_or_after("n.xmin", "floor")),
+            (self.settle,))
+        since, floor, seen = cur.fetchone()
+        return {"from": since.isoformat(), "xmin": int(floor), "seen": [int(x) for x in seen]}
+
+    def _written_ahead(self, cur: cursor, start: dict, snapshot: dict) -> bool:
+        """Whether a batch from ``start`` to an offset with ``snapshot`` (and the start's time)
+        would take rows dated ahead: committed since the start's snapshot, dated from the new
+        one's ``from`` on."""
+        from psycopg2 import sql
+
+        unseen, params = _unseen(start)
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE created_time >= %s AND {})").format(
+            self._table(), unseen), [max(_time(start["t"]), _time(snapshot["from"])), *params])
+        return bool(cur.fetchone()[0])
 
     def _time_bound(self, cur: cursor, start: dict, end: dt.datetime, max_rows: int) -> dt.datetime:
         """The created_time before which about ``max_rows`` rows lie (exclusive): the time of the
@@ -377,6 +445,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     # -- data -------------------------------------------------------------------------------------
     def read(self, partition: BucketPartition) -> Iterator:
         import pyarrow as pa
+        import pyarrow.compute as pc
         from psycopg2 import sql
 
         from widen.pg import render
@@ -404,34 +473,82 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                 "AND ").format(w=where, o=order) + bucket + sql.SQL("))")
                 params += [partition.start["id"], partition.start["t"], [x for x, _ in pending],
                            partition.buckets, partition.bucket]
+            wheres = [where]
             order_key = order
+            event_cap = None
         else:
-            lo = dt.datetime.fromisoformat(partition.start["t"]) - dt.timedelta(seconds=self.overlap)
-            where = sql.SQL("created_time >= %s AND created_time < %s AND ") + bucket
-            params = [lo, partition.end["t"], partition.buckets, partition.bucket]
-            if "handoff" in partition.start:
-                # the first batch after the hand-off: also the rows present now dated after its end
-                where = sql.SQL("created_time >= %s AND ") + bucket
-                params = [lo, partition.buckets, partition.bucket]
+            # The created_time range [start - overlap, end), and the rows dated ahead (from the end
+            # and the end offset's now - settle_seconds on: earlier ones are the next batches'
+            # range) committed since the start offset's snapshot, which would else wait for their
+            # time. Two index range scans on created_time; a row is in at most one of them.
+            end = _time(partition.end["t"])
+            lo = _time(partition.start["t"]) - dt.timedelta(seconds=self.overlap)
+            unseen, seen_params = _unseen(partition.start)
+            # (an end offset an older widen wrote has no snapshot: every row dated from its end on)
+            ahead = max(end, _time(partition.end["snapshot"]["from"])) if "snapshot" in partition.end else end
+            wheres = [sql.SQL("created_time >= %s AND created_time < %s AND ") + bucket,
+                      sql.SQL("created_time >= %s AND {} AND ").format(unseen) + bucket]
+            params = [lo, end, partition.buckets, partition.bucket,
+                      ahead, *seen_params, partition.buckets, partition.bucket]
             order_key = sql.SQL("NULL::bigint")
+            # The watermark's time: created_time, but a row dated ahead counts as the batch's last
+            # instant, so it never moves the watermark past rows the next batches still re-read.
+            event_cap = pa.scalar(end - dt.timedelta(microseconds=1), type=pa.timestamp("us", tz="UTC"))
         from widen.core.kernels import ROW_SCHEMA
 
         names, types = ROW_SCHEMA.names, ROW_SCHEMA.types
+        created = names.index("created_time")
         conn = self._connect()
         try:
             value = render.rendered_value(None, Server.of(conn), self.double_type)
-            query = sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {ok}, value_format FROM {t} "
-                            "WHERE {w}").format(v=value, raw=raw, ok=order_key, t=self._table(), w=where)
+            query = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT ship_id, data_channel_id, created_time, {v}, {raw}, {ok}, value_format FROM {t} "
+                        "WHERE {w}").format(v=value, raw=raw, ok=order_key, t=self._table(), w=where)
+                for where in wheres)
             conn.autocommit = False
             with conn.cursor(name="widen_stream_read") as cur:
                 cur.itersize = 20_000
                 cur.execute(query, params)
                 while rows := cur.fetchmany(20_000):
-                    columns = list(zip(*rows))
-                    yield pa.RecordBatch.from_arrays(
-                        [pa.array(col, type=kind) for col, kind in zip(columns, types)], names=names)
+                    columns = [pa.array(col, type=kind) for col, kind in zip(zip(*rows), types)]
+                    if event_cap is None:
+                        yield pa.RecordBatch.from_arrays(columns, names=names)
+                    else:             # (min_element_wise has no kernel for zoned timestamps)
+                        times = columns[created]
+                        yield pa.RecordBatch.from_arrays(
+                            [*columns, pc.if_else(pc.less(times, event_cap), times, event_cap)],
+                            names=[*names, values.EVENT_TIME])
         finally:
             conn.close()
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def _xid_at_or_after(xid: str, floor: str) -> Composable:
+    """``xid`` (a column, as xid) follows or equals ``floor`` (a bigint expression modulo 2^32) in
+    PostgreSQL's circular order of 32-bit transaction ids: unfrozen xids lie within 2^31 of each
+    other; a frozen or reserved one (below 3) never follows."""
+    from psycopg2 import sql
+
+    return sql.SQL("({x}::text::bigint >= 3 AND (({x}::text::bigint - {f}) & 4294967295) < 2147483648)").format(
+        x=sql.SQL(xid), f=sql.SQL(floor))
+
+
+def _unseen(offset: dict) -> tuple[Composable, list]:
+    """A condition for the rows the offset's ``snapshot`` (``_snapshot``) did not see, with its
+    parameters: xmin at or after the snapshot's xmin and not one of the xmins it saw. A superset
+    (a row it saw dated before its ``now - settle_seconds`` counts as unseen): a row read early is
+    read again and merged again, harmlessly. An offset without a snapshot (the hand-off's,
+    ``earliest``, a timestamp, or one an older widen wrote) saw none: every row counts."""
+    from psycopg2 import sql
+
+    snapshot = offset.get("snapshot")
+    if snapshot is None:
+        return sql.SQL("true"), []
+    return (_xid_at_or_after("xmin", "%s") + sql.SQL(" AND NOT (xmin::text::bigint = ANY(%s))"),
+            [snapshot["xmin"], snapshot["seen"]])
 
 
 class UnsettledWriter(RuntimeError):
