@@ -445,6 +445,17 @@ class PostgresSource(NarrowTable):
                              self.cfg.connection.socket_timeout_seconds)
         return NarrowChunk(spark.range(0, len(queries), 1, len(queries)), reader)
 
+    def rows_in_range(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime) -> int:
+        """The ship's narrow rows in [lo, hi) now, rejects and duplicates included: every row a
+        chunk's read of that range takes (``chunk_select``). One range count on the
+        (ship_id, created_time) index (index-only where the visibility map allows)."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s AND created_time >= %s "
+                                "AND created_time < %s").format(self.table), (ship_id, lo, hi))
+            count = cur.fetchone()[0]
+        conn.rollback()
+        return count
+
     def channel_formats(self, conn: connection, chunk: Chunk, channels: list[str]) -> NewChannels:
         """Channels a chunk met that its layout lacked: each one's most common format, average bytes
         and the number of formats the chunk has for it."""
