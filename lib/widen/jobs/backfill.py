@@ -6,9 +6,9 @@ target's ``ChunkWrite`` (a PostgreSQL target COPYs into staging on the executors
 short DDL transaction for new tables and columns, one catalog transaction holds the ship's write
 lock while the target merges, the chunk's rejects are replaced and the chunk is recorded in
 ``backfill_chunks``. With ``source.order_column`` the merge replaces cells, so it also holds the
-ship's order lock, which the stream's writes of the ship wait for, and merges only if the source
-still has exactly the rows the chunk read in its range (else it reads it again): a newer duplicate
-the stream wrote meanwhile is never undone. A chunk is a ship x a cell of the epoch-aligned grid
+ship's order lock, which the stream's writes of the ship wait for, and merges only if no row that
+could be later than one of its values came into its range since its read (else it reads it again):
+a newer duplicate the stream wrote meanwhile is never undone. A chunk is a ship x a cell of the epoch-aligned grid
 whatever --start/--end say (``core.chunks``): a cell they cut is recorded as partial and a later run
 reads only its rest. Chunks already done are skipped; a failing chunk is retried with backoff and,
 if it still fails, reported without stopping the others; connection failures in a row stop the
@@ -170,6 +170,8 @@ class Backfill:
                     continue
                 totals = {k: sum(row[k] for row in stats)
                           for k in ("narrow_rows", "rejected_rows", "duplicate_rows", "wide_rows")}
+                newest = max((row["newest_order_key"] for row in stats if row.get("newest_order_key") is not None),
+                             default=None)
                 t0 = time.monotonic()
                 with self._ship_lock(chunk.ship_id), db.connection(tgt_cfg.connection) as tgt:
                     # New tables and columns in a short DDL transaction of their own: readers never
@@ -184,9 +186,9 @@ class Backfill:
                                     "merge_seconds": 0.0}
                         if in_order:
                             # the stream's writes of the ship wait from here to the commit; one that
-                            # came before wrote rows the source had by then, which this count sees
+                            # came before wrote rows the source had by then, which this check sees
                             ship_states.lock_ship_in_order(cur, chunk.ship_id)
-                            if self.arrived_since_read(chunk, totals["narrow_rows"], rereads):
+                            if self.changed_since_read(chunk, totals["narrow_rows"], newest, rereads):
                                 tgt.rollback()
                                 rereads += 1
                                 continue
@@ -209,16 +211,27 @@ class Backfill:
                 write.close()
         raise RuntimeError(f"chunk {chunk.label()}: new channels kept appearing while it ran")
 
-    def arrived_since_read(self, chunk: Chunk, read: int, rereads: int) -> bool:
-        """With an order column, under the ship's order lock before the merge: whether the source
-        has other rows in the chunk's range than the ``read`` rows its read took (a newer
-        duplicate may have come, and the stream written it: merging the older value would undo
-        it), so the chunk reads its range again. Raises when it did so ``MAX_REREADS`` times
-        already: the chunk is retried later or reported, never merged over newer values."""
+    def changed_since_read(self, chunk: Chunk, read: int, newest: int | None, rereads: int) -> bool:
+        """With an order column, under the ship's order lock before the merge: whether rows came
+        into the chunk's range since its read (``read`` rows, order keys up to ``newest``) that
+        may be later than a value it is about to merge (the stream may have written them already:
+        merging would undo them), so the chunk reads its range again. Rows of keys the chunk did
+        not read (a live writer's new readings) do not count: the chunk writes none of their cells.
+        Raises when it read again ``MAX_REREADS`` times already: the chunk is retried later or
+        reported, never merged over newer values.
+
+        Cost: one range count on the index; only when it differs, a look at the rows above
+        ``newest``. When they are all the rows that came (the counts agree) and none repeats a key
+        of an older row, nothing is read again."""
         with self.source.connect() as src:
             now = self.source.rows_in_range(src, chunk.ship_id, chunk.range_start, chunk.range_end)
-        if now == read:
-            return False
+            if now == read:
+                return False
+            if newest is not None:
+                above, repeated = self.source.rows_after(src, chunk.ship_id, chunk.range_start, chunk.range_end,
+                                                         newest)
+                if now - above == read and not repeated:
+                    return False
         if rereads >= MAX_REREADS:
             raise RowsKeptArriving(
                 f"chunk {chunk.label()}: rows kept arriving in its range while it ran ({rereads + 1} reads, the last took "
