@@ -5,9 +5,12 @@ A chunk is one ship x one aligned time range. Each chunk is a partitioned read o
 target's ``ChunkWrite`` (a PostgreSQL target COPYs into staging on the executors); then, after a
 short DDL transaction for new tables and columns, one catalog transaction holds the ship's write
 lock while the target merges, the chunk's rejects are replaced and the chunk is recorded in
-``backfill_chunks``. A chunk is a ship x a cell of the epoch-aligned grid whatever --start/--end
-say (``core.chunks``): a cell they cut is recorded as partial and a later run reads only its rest.
-Chunks already done are skipped; a failing chunk is retried with backoff and,
+``backfill_chunks``. With ``source.order_column`` the merge replaces cells, so it also holds the
+ship's order lock, which the stream's writes of the ship wait for, and merges only if no row that
+could be later than one of its values came into its range since its read (else it reads it again):
+a newer duplicate the stream wrote meanwhile is never undone. A chunk is a ship x a cell of the epoch-aligned grid
+whatever --start/--end say (``core.chunks``): a cell they cut is recorded as partial and a later run
+reads only its rest. Chunks already done are skipped; a failing chunk is retried with backoff and,
 if it still fails, reported without stopping the others; connection failures in a row stop the
 run (the breaker). Several chunks (so several ships) run at once.
 """
@@ -49,6 +52,13 @@ if TYPE_CHECKING:
 JOB = "backfill"
 log = logging.getLogger(__name__)
 MAX_SCHEMA_ROUNDS = 3
+#: with an order column: how often a chunk reads its range again when rows arrived in it between
+#: its read and its merge
+MAX_REREADS = 3
+
+
+class RowsKeptArriving(RuntimeError):
+    """A chunk's range kept getting rows between its read and its merge (order column mode)."""
 
 
 @dataclass(frozen=True)
@@ -131,10 +141,12 @@ class Backfill:
     def run_chunk(self, chunk: Chunk) -> dict:
         cfg, tgt_cfg, bf = self.config.source, self.config.target, self.config.backfill
         started_at = dt.datetime.now(dt.UTC)
-        for _ in range(MAX_SCHEMA_ROUNDS):
+        in_order = cfg.order_column is not None
+        schema_rounds = rereads = 0
+        while schema_rounds < MAX_SCHEMA_ROUNDS:
             with self._ship_lock(chunk.ship_id):
                 layout = copy.deepcopy(self.layouts[chunk.ship_id])
-            write = self.target.chunk_write(chunk, layout, cfg.order_column is not None)
+            write = self.target.chunk_write(chunk, layout, in_order)
             try:
                 t0 = time.monotonic()
                 # typed columns: the reader marks a reading of a format the layout did not record
@@ -148,14 +160,18 @@ class Backfill:
                                   for c in row["unknown_channels"].split("\x1f")})
                 if unknown:
                     self.add_channels(chunk, unknown)
+                    schema_rounds += 1
                     continue
                 misfit = sorted({c for row in stats if row.get("misfit_channels")
                                  for c in row["misfit_channels"].split("\x1f")})
                 if misfit:
                     self.text_columns(chunk, misfit)
+                    schema_rounds += 1
                     continue
                 totals = {k: sum(row[k] for row in stats)
                           for k in ("narrow_rows", "rejected_rows", "duplicate_rows", "wide_rows")}
+                newest = max((row["newest_order_key"] for row in stats if row.get("newest_order_key") is not None),
+                             default=None)
                 t0 = time.monotonic()
                 with self._ship_lock(chunk.ship_id), db.connection(tgt_cfg.connection) as tgt:
                     # New tables and columns in a short DDL transaction of their own: readers never
@@ -168,6 +184,14 @@ class Backfill:
                             tgt.rollback()
                             return {**totals, "wide_rows": 0, "rolled_back": True, "spark_seconds": spark_seconds,
                                     "merge_seconds": 0.0}
+                        if in_order:
+                            # the stream's writes of the ship wait from here to the commit; one that
+                            # came before wrote rows the source had by then, which this check sees
+                            ship_states.lock_ship_in_order(cur, chunk.ship_id)
+                            if self.changed_since_read(chunk, totals["narrow_rows"], newest, rereads):
+                                tgt.rollback()
+                                rereads += 1
+                                continue
                         lock_layout(cur, chunk.ship_id)
                         merged = write.merge(cur)
                         if merged is not None:
@@ -186,6 +210,35 @@ class Backfill:
             finally:
                 write.close()
         raise RuntimeError(f"chunk {chunk.label()}: new channels kept appearing while it ran")
+
+    def changed_since_read(self, chunk: Chunk, read: int, newest: int | None, rereads: int) -> bool:
+        """With an order column, under the ship's order lock before the merge: whether rows came
+        into the chunk's range since its read (``read`` rows, order keys up to ``newest``) that
+        may be later than a value it is about to merge (the stream may have written them already:
+        merging would undo them), so the chunk reads its range again. Rows of keys the chunk did
+        not read (a live writer's new readings) do not count: the chunk writes none of their cells.
+        Raises when it read again ``MAX_REREADS`` times already: the chunk is retried later or
+        reported, never merged over newer values.
+
+        Cost: one range count on the index; only when it differs, a look at the rows above
+        ``newest``. When they are all the rows that came (the counts agree) and none repeats a key
+        of an older row, nothing is read again."""
+        with self.source.connect() as src:
+            now = self.source.rows_in_range(src, chunk.ship_id, chunk.range_start, chunk.range_end)
+            if now == read:
+                return False
+            if newest is not None:
+                above, repeated = self.source.rows_after(src, chunk.ship_id, chunk.range_start, chunk.range_end,
+                                                         newest)
+                if now - above == read and not repeated:
+                    return False
+        if rereads >= MAX_REREADS:
+            raise RowsKeptArriving(
+                f"chunk {chunk.label()}: rows kept arriving in its range while it ran ({rereads + 1} reads, the last took "
+                f"{read:,} rows, the source has {now:,}): not merged, so no newer value is replaced by an older one")
+        log.info("chunk %s: %+d rows in its range since its read (%s, source.order_column): read again",
+                 chunk.label(), now - read, f"{read:,} read")
+        return True
 
     def run_chunk_with_retries(self, chunk: Chunk, progress: Progress) -> dict:
         bf = self.config.backfill

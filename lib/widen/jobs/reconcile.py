@@ -7,7 +7,8 @@
    missing (in the source, not the wide table), extra (in the wide table only) or different.
 3. ``--repair`` re-merges each ship's differing timestamps and ranges from the source, piece by
    piece (each piece's wide rows deleted first, so a cell the source no longer has goes), then
-   checks those buckets again.
+   checks those buckets again. With an order column a piece is written under the ship's order lock
+   (the stream's writes of the ship wait) from rows read again under it.
 
 Every bucket's figures go to ``reconcile_results`` (status match / mismatch / repaired); rejected
 rows are reported per ship and are not mismatches. Exit 1 while any mismatch is left. A rolled-back
@@ -41,6 +42,7 @@ from widen.targets.views import configure as reader_views
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
+    import pyarrow as pa
     from psycopg2.extensions import connection, cursor
     from pyspark.sql import SparkSession
 
@@ -50,6 +52,9 @@ if TYPE_CHECKING:
     from widen.targets.base import WideTarget
 
 JOB = "reconcile"
+#: with an order column: how often a repair piece reads its rows again when they changed between
+#: its read and its write
+MAX_REREADS = 3
 log = logging.getLogger(__name__)
 UTC = dt.UTC
 EARLIEST = dt.datetime(1, 1, 1, tzinfo=UTC)
@@ -299,24 +304,51 @@ def repair_ship(config: Config, source: NarrowTable, target: WideTarget, report:
     """Re-merge the ship's differing timestamps and ranges from the source, piece by piece: each
     piece's wide rows are deleted (so a cell the source no longer has goes) and the source's rows
     merged back, in one catalog transaction per piece under the ship's write lock (a target whose
-    writes cannot join it commits them first; running the repair again finishes a cut-short one)."""
+    writes cannot join it commits them first; running the repair again finishes a cut-short one).
+    With an order column the values replace, so the transaction also holds the ship's order lock,
+    and the rows merged are read again under it: a newer duplicate the stream wrote between the
+    first read and the lock is in them (a piece whose rows changed is prepared again with them)."""
     ship, cat = report.ship_id, config.target.catalog_schema
+    in_order = config.source.order_column is not None
     for times, ranges in repair_pieces(config, source, ship, report.drill):
         with source.connect() as src:
             rows = source.ship_rows(src, ship, times, ranges)
         with db.connection(config.target.connection) as conn:
-            layout = prepare_ship(conn, target, ship, batch_channels(rows), rows=rows)
-            with conn.cursor() as cur:
-                if layout is None or not ship_states.lock_ship_for_write(cur, cat, ship):
-                    log.warning("%s was rolled back while it was checked: not repaired", ship)
-                    report.rolled_back = True
-                    return
-                target.delete_rows(cur, layout, times, ranges)
-                if rows.num_rows:
-                    wide, _ = kernels.pivot_rows(rows, layout, config.source.order_column is not None)
-                    target.merge_rows(cur, layout, wide, greatest=config.source.order_column is None)
-            conn.commit()
+            for _ in range(MAX_REREADS + 1):
+                layout = prepare_ship(conn, target, ship, batch_channels(rows), rows=rows)
+                with conn.cursor() as cur:
+                    if layout is None or not ship_states.lock_ship_for_write(cur, cat, ship):
+                        log.warning("%s was rolled back while it was checked: not repaired", ship)
+                        report.rolled_back = True
+                        return
+                    if in_order:
+                        # values replace: the stream's writes of the ship wait from here to the
+                        # commit, and the rows are read again under the lock (a piece is small)
+                        ship_states.lock_ship_in_order(cur, ship)
+                        with source.connect() as src:
+                            now = source.ship_rows(src, ship, times, ranges)
+                        if not same_rows(now, rows):
+                            conn.rollback()
+                            rows = now
+                            continue
+                    target.delete_rows(cur, layout, times, ranges)
+                    if rows.num_rows:
+                        wide, _ = kernels.pivot_rows(rows, layout, in_order)
+                        target.merge_rows(cur, layout, wide, greatest=not in_order)
+                conn.commit()
+                break
+            else:
+                raise RuntimeError(f"{ship}: its source rows kept changing while a piece was repaired "
+                                   f"({MAX_REREADS + 2} reads): not repaired, run reconcile --repair again")
     report.repaired = True
+
+
+def same_rows(a: pa.Table, b: pa.Table) -> bool:
+    """Whether two reads of the same narrow rows (``source.ship_rows``, in no order) found the same."""
+    if a.num_rows != b.num_rows:
+        return False
+    keys = [(name, "ascending") for name in ("created_time", "data_channel_id", "order_key", "value")]
+    return a.sort_by(keys).equals(b.sort_by(keys))
 
 
 @job(JOB, ReconcileOptions)

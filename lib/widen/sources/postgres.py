@@ -445,6 +445,35 @@ class PostgresSource(NarrowTable):
                              self.cfg.connection.socket_timeout_seconds)
         return NarrowChunk(spark.range(0, len(queries), 1, len(queries)), reader)
 
+    def rows_in_range(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime) -> int:
+        """The ship's narrow rows in [lo, hi) now, rejects and duplicates included: every row a
+        chunk's read of that range takes (``chunk_select``). One range count on the
+        (ship_id, created_time) index (index-only where the visibility map allows)."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s AND created_time >= %s "
+                                "AND created_time < %s").format(self.table), (ship_id, lo, hi))
+            count = cur.fetchone()[0]
+        conn.rollback()
+        return count
+
+    def rows_after(self, conn: connection, ship_id: str, lo: dt.datetime, hi: dt.datetime,
+                   after: int) -> tuple[int, bool]:
+        """The ship's rows in [lo, hi) whose order column is above ``after`` (rows a read whose
+        greatest order key was ``after`` cannot have taken), and whether one of them repeats the
+        channel and created_time of a row at or below it (a newer duplicate). With an index on the
+        order column (the exact stream's offsets want one) it reads just those rows."""
+        order = sql.Identifier(self.cfg.order_column)
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL(
+                "SELECT count(*), coalesce(bool_or(EXISTS (SELECT 1 FROM {t} o WHERE o.ship_id = n.ship_id "
+                "AND o.created_time = n.created_time AND o.data_channel_id = n.data_channel_id AND o.{o} <= %(after)s)), "
+                "false) FROM {t} n WHERE n.ship_id = %(ship)s AND n.created_time >= %(lo)s AND n.created_time < %(hi)s "
+                "AND n.{o} > %(after)s").format(t=self.table, o=order),
+                {"ship": ship_id, "lo": lo, "hi": hi, "after": after})
+            count, duplicates = cur.fetchone()
+        conn.rollback()
+        return count, duplicates
+
     def channel_formats(self, conn: connection, chunk: Chunk, channels: list[str]) -> NewChannels:
         """Channels a chunk met that its layout lacked: each one's most common format, average bytes
         and the number of formats the chunk has for it."""

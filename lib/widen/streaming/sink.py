@@ -6,6 +6,8 @@ short DDL transaction of its own (``targets.prepare_ship``). Then one transactio
 rejects, every ship (de-duplicated and pivoted by the production kernel, merged column-wise by the
 target, each ship under a savepoint and its write lock: a rolled-back ship is left alone, a ship
 that fails is rolled back alone and recorded in ``stream_failures``) and the ``stream_batches`` row.
+With an order column each ship's write also holds its order lock to the commit (Delta's commits
+included), so it never falls between a backfill chunk's or a repair's check of its read and merge.
 A batch already in the ledger is skipped, so a replayed one changes nothing.
 """
 from __future__ import annotations
@@ -198,6 +200,10 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                         log.info("batch %s: ship %r is rolled back: %s narrow rows skipped (resume it to "
                                  "migrate it again)", batch_id, ship, rows.num_rows)
                         continue
+                    if config.source.order_column is not None:
+                        # a value replaces: a backfill chunk or repair of the ship that read older
+                        # rows merges before this (having checked its read) or after the commit
+                        ships.lock_ship_in_order(cur, ship)
                     wide, duplicates = kernels.pivot_rows(rows, layouts[ship], config.source.order_column is not None)
                     if rows.num_rows:
                         target.merge_rows(cur, layouts[ship], wide, greatest,

@@ -449,8 +449,8 @@ class DeltaChunkWriter(ChunkWriter):
         return out
 
     def _stats(self, narrow: int, rejected: int, duplicates: int, wide: int, unknown: list[str],
-               misfit: list[str] | None = None) -> pa.RecordBatch:
-        stats = ChunkWriter._stats(narrow, rejected, duplicates, wide, unknown, misfit)
+               misfit: list[str] | None = None, newest: int | None = None) -> pa.RecordBatch:
+        stats = ChunkWriter._stats(narrow, rejected, duplicates, wide, unknown, misfit, newest)
         return self._batch(1, {name: stats.column(name) for name in stats.schema.names})
 
 

@@ -45,6 +45,8 @@ STATS_SCHEMA = StructType([
     StructField("narrow_rows", LongType()), StructField("rejected_rows", LongType()),
     StructField("duplicate_rows", LongType()), StructField("wide_rows", LongType()),
     StructField("unknown_channels", StringType()), StructField("misfit_channels", StringType()),
+    # with an order column: the greatest order key the partition read (the backfill's check of its read)
+    StructField("newest_order_key", LongType()),
 ])
 
 
@@ -145,6 +147,7 @@ class ChunkWriter:
         del batches
         codes = table.column("channel")
         narrow_rows = table.num_rows
+        newest = pc.max(table.column("order_key")).as_py() if self.has_order_key else None
         if pc.any(pc.less(codes, 0)).as_py():
             coded, rejects, unknown = self._split(table, codes)
         else:                               # nearly always: every row valid, every channel known
@@ -172,7 +175,7 @@ class ChunkWriter:
         rejects = pa.table({"created_time": pc.cast(rejects.column("created_us"), pa.timestamp("us", tz="UTC")),
                             "raw": rejects.column("value")})
         yield from self._write(wide, rejects)
-        yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [])
+        yield self._stats(narrow_rows, rejects.num_rows, duplicates, wide.num_rows, [], newest=newest)
 
     @staticmethod
     def _split(table: pa.Table, codes: pa.ChunkedArray) -> tuple[pa.Table, pa.Table, list[str]]:
@@ -212,12 +215,13 @@ class ChunkWriter:
 
     @staticmethod
     def _stats(narrow: int, rejected: int, duplicates: int, wide: int,
-               unknown: list[str], misfit: list[str] | None = None) -> pa.RecordBatch:
+               unknown: list[str], misfit: list[str] | None = None, newest: int | None = None) -> pa.RecordBatch:
         return pa.RecordBatch.from_pydict({
             "narrow_rows": pa.array([narrow], pa.int64()), "rejected_rows": pa.array([rejected], pa.int64()),
             "duplicate_rows": pa.array([duplicates], pa.int64()), "wide_rows": pa.array([wide], pa.int64()),
             "unknown_channels": pa.array(["\x1f".join(unknown) if unknown else None], pa.string()),
-            "misfit_channels": pa.array(["\x1f".join(misfit) if misfit else None], pa.string())})
+            "misfit_channels": pa.array(["\x1f".join(misfit) if misfit else None], pa.string()),
+            "newest_order_key": pa.array([newest], pa.int64())})
 
 
 def copy_into(cur: cursor, table: sql.Composable, columns: list[pa.Array]) -> None:
