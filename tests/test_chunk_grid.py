@@ -174,7 +174,7 @@ def test_a_ledger_an_older_widen_wrote_is_folded_into_its_cells(fleet, spark, pg
     ship = "ship 'older ledger'"
     config = fleet["config"]
     cells = [CELL - HOUR, CELL, CELL + HOUR]
-    nasty.insert(pg, SRC, [(ship, ch, cells[0] + m * MINUTE + dt.timedelta(seconds=7), "Float", m * 0.5, None,
+    nasty.insert(pg, SRC, [(ship, ch, cells[0] + m * MINUTE + dt.timedelta(seconds=7), "Decimal", m * 0.5, None,
                             None, None) for m in range(180) for ch in ("a", "b")])
     with pg.cursor() as cur:
         first = backfill.run(config, spark, ships=[ship], end=HANDOFF)
@@ -197,6 +197,7 @@ def test_a_ledger_an_older_widen_wrote_is_folded_into_its_cells(fleet, spark, pg
         second = backfill.run(config, spark, ships=[ship])
         assert second.exit_code == 0, second.report
         assert second.summary["narrow_rows"] == narrow_count(cur, ship, HANDOFF)    # only the rest
+        assert second.summary["rejected_rows"] == 0
         rows = ledger(cur, ship)
         assert [(lo, hi, st) for lo, hi, st, _ in rows] == [(c, c + HOUR, "done") for c in cells]
         assert sum(n for *_, n in rows) == narrow_count(cur, ship)                  # every row counted once

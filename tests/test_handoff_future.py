@@ -121,18 +121,24 @@ def wide_value(pg, tgt: str, ship: str, channel: str, when: dt.datetime):
         return row and row[0]
 
 
+def time_mode_fleet(name: str, seed: int, fresh_fleet, make_config, pg, tmp_path, **stream_keys):
+    """A created_time-mode stream config started at the live tail over a fresh two-ship fleet, and
+    the fleet's first ship."""
+    fresh_fleet(name, ships=2, channels=3, hours=1, seed=seed, start=HISTORY).close()
+    ship = sorted(oracle.valid_ships(pg.cursor(), f"src_{name}"))[0]
+    config = make_config(name)
+    return replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name=name,
+                                          start="latest", overlap_seconds=300, **stream_keys)), ship
+
+
 def test_time_mode_takes_the_future(fresh_fleet, make_config, spark, pg, tmp_path):
     """created_time mode: the first batch takes the rows present at the hand-off dated after it
     (without moving the watermark: nothing else is dropped as late); rows written later dated a few
     seconds ahead or in 2099 come with the next batch, not once their time has come."""
     name = "fut_t"
     src, tgt, cat = f"src_{name}", f"wide_{name}", f"cat_{name}"
-    fresh_fleet(name, ships=2, channels=3, hours=1, seed=7, start=HISTORY).close()
-    ship = sorted(oracle.valid_ships(pg.cursor(), src))[0]
-    config = make_config(name)
-    config = replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name=name,
-                                            start="latest", settle_seconds=0, overlap_seconds=300,
-                                            watermark_seconds=600))
+    config, ship = time_mode_fleet(name, 7, fresh_fleet, make_config, pg, tmp_path, settle_seconds=0,
+                                   watermark_seconds=600)
     nasty.insert(pg, src, present_future_rows(ship, db_now(pg)))
     first = stream.run(config, spark, once=True)             # the hand-off
     handoff = dt.datetime.fromisoformat(first.summary["start_offset"]["t"])
@@ -193,12 +199,8 @@ def test_time_mode_takes_rows_written_later_dated_ahead(fresh_fleet, make_config
     written in a savepoint (its xmin is a subtransaction's xid, which no snapshot lists)."""
     name = "fut_tl"
     src, tgt, cat = f"src_{name}", f"wide_{name}", f"cat_{name}"
-    fresh_fleet(name, ships=2, channels=3, hours=1, seed=8, start=HISTORY).close()
-    ship = sorted(oracle.valid_ships(pg.cursor(), src))[0]
-    config = make_config(name)
-    config = replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name=name,
-                                            start="latest", settle_seconds=30, overlap_seconds=300,
-                                            watermark_seconds=300))
+    config, ship = time_mode_fleet(name, 8, fresh_fleet, make_config, pg, tmp_path, settle_seconds=30,
+                                   watermark_seconds=300)
     first = stream.run(config, spark, once=True)             # the hand-off
     assert backfill.run(config, spark, end=dt.datetime.fromisoformat(first.summary["start_offset"]["t"])).exit_code == 0
     now = db_now(pg)
