@@ -140,6 +140,13 @@ def lock_holders(conn: connection, tables: Sequence[tuple[str, str]]) -> str:
         for pid, app, state, since, schema, rel in rows[:3])
 
 
+def set_lock_timeout(cur: cursor, seconds: float) -> None:
+    """``SET LOCAL lock_timeout`` for the rest of the transaction: a lock not granted within
+    ``seconds`` fails the statement instead of queueing readers behind it (at least 1 ms: 0 would
+    mean no timeout)."""
+    cur.execute(f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}")
+
+
 def run_ddl(conn: connection, target: TargetConfig, action: Callable[[Any], Any],
             tables: TableNames | Callable[[], TableNames], what: str, max_wait: float | None = None,
             holders: Callable[[], str] | None = None) -> Any:
@@ -156,7 +163,7 @@ def run_ddl(conn: connection, target: TargetConfig, action: Callable[[Any], Any]
         tries += 1
         try:
             with conn.cursor() as cur:
-                cur.execute(f"SET LOCAL lock_timeout = {max(1, round(target.lock_timeout_seconds * 1000))}")
+                set_lock_timeout(cur, target.lock_timeout_seconds)
                 result = action(cur)
             conn.commit()
             return result

@@ -596,7 +596,7 @@ class PostgresTarget(WideTarget):
         for table in layout.tables.values():
             name = sql.Identifier(self.cfg.schema, table)
             with conn.cursor() as cur:
-                cur.execute(f"SET LOCAL lock_timeout = {max(1, round(self.cfg.lock_timeout_seconds * 1000))}")
+                db.set_lock_timeout(cur, self.cfg.lock_timeout_seconds)
                 some = columns == "created_time" and autovacuum_analyzes(cur, name)
                 try:
                     cur.execute(sql.SQL("ANALYZE {} (created_time)" if some else "ANALYZE {}").format(name))
@@ -625,7 +625,7 @@ class PostgresTarget(WideTarget):
                 del hidden.channels[channel]
             self.views.redefine(conn, hidden)
         with conn.cursor() as cur:
-            cur.execute(f"SET LOCAL lock_timeout = {max(1, round(self.cfg.lock_timeout_seconds * 1000))}")
+            db.set_lock_timeout(cur, self.cfg.lock_timeout_seconds)
             for part in layout.parts:
                 changes = [sql.SQL("ALTER COLUMN {c} TYPE text USING {t}").format(
                     c=sql.Identifier(c.column_name),
