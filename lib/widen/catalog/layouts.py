@@ -25,6 +25,20 @@ def lock_layout(cur: cursor, ship_id: str) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.layout'), hashtext(%s))", (ship_id,))
 
 
+def laid_out_ships(conn: connection, catalog_schema: str) -> set[str]:
+    """Ships the catalog has tables for (none when there is no catalog yet)."""
+    import psycopg2
+
+    with conn.cursor() as cur:
+        try:
+            cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(
+                sql.Identifier(catalog_schema, "wide_tables")))
+        except psycopg2.errors.UndefinedTable:
+            conn.rollback()
+            return set()
+        return {r[0] for r in cur.fetchall()}
+
+
 def load_layout(conn: connection, catalog_schema: str, ship_id: str) -> ShipLayout:
     s = sql.Identifier(catalog_schema)
     layout = ShipLayout(ship_id)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from psycopg2.extensions import connection
     from pyspark.sql import SparkSession
 
     from widen.config import Config
@@ -55,25 +54,11 @@ def options_from(cls: type[Opts], values: dict[str, Any]) -> Opts:
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def catalog_ships(conn: connection, catalog_schema: str) -> set[str]:
-    """Ships the catalog has tables for (none when there is no catalog yet)."""
-    import psycopg2
-    from psycopg2 import sql
-
-    with conn.cursor() as cur:
-        try:
-            cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(
-                sql.Identifier(catalog_schema, "wide_tables")))
-        except psycopg2.errors.UndefinedTable:
-            conn.rollback()
-            return set()
-        return {r[0] for r in cur.fetchall()}
-
-
 def check_selection(config: Config, options: Any, ships_from: str | None) -> None:
     """Bad input (exit 2) for an empty or reversed range and for ships that do not exist: in the
     narrow table or the catalog (``ships_from="narrow"``) or in the catalog only (``"catalog"``;
     None: the job checks its ships itself)."""
+    from widen.catalog.layouts import laid_out_ships
     from widen.config import BadInput
     from widen.pg import db
     from widen.sources import NarrowTable, open_source
@@ -93,7 +78,7 @@ def check_selection(config: Config, options: Any, ships_from: str | None) -> Non
     if not unknown:
         return
     with db.connection(config.target.connection) as conn:
-        known = catalog_ships(conn, config.target.catalog_schema)
+        known = laid_out_ships(conn, config.target.catalog_schema)
     unknown = [s for s in unknown if s not in known]
     if unknown:
         where = "the catalog" if ships_from == "catalog" else \

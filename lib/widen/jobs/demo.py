@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from psycopg2 import sql
 
 from widen.catalog import schema, views as catalog_views
-from widen.catalog.layouts import load_layout
+from widen.catalog.layouts import laid_out_ships, load_layout
 from widen.config import Config, MetricsConfig
 from widen.jobs import EXIT_OK, EXIT_PROBLEM, Result, backfill, generate, job, plan, reconcile, report, stream
 from widen.pg import db
@@ -51,9 +51,8 @@ def forget_earlier_demo(config: Config, spark: SparkSession) -> None:
     cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
         schema.migrate(conn, cat)
+        ships = sorted(laid_out_ships(conn, cat))
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT DISTINCT ship_id FROM {}").format(sql.Identifier(cat, "wide_tables")))
-            ships = [r[0] for r in cur.fetchall()]
             catalog_views.drop_all(cur, cat)        # before the tables a switched view reads
             target = open_target(config.target, spark)
             for ship in ships:
@@ -93,10 +92,8 @@ def run(config: Config, spark: SparkSession, options: DemoOptions) -> Result:
     streamed = live_tail(config, spark, say)
     differences = {}
     source = open_table(config.source, "demo")
-    with db.connection(config.target.connection) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT ship_id FROM {}.wide_tables WHERE part = 1").format(
-            sql.Identifier(config.target.catalog_schema)))
-        for ship in sorted(r[0] for r in cur.fetchall()):
+    with db.connection(config.target.connection) as conn:
+        for ship in sorted(laid_out_ships(conn, config.target.catalog_schema)):
             layout = load_layout(conn, config.target.catalog_schema, ship)
             differences[ship] = source.pivot_differences(conn, config.target.schema, layout)
     bad = {s: n for s, n in differences.items() if n}

@@ -272,12 +272,12 @@ def with_target_side(config: Config, source: NarrowTable, target: WideTarget, ha
 def list_ships(config: Config, source: NarrowTable, ships: list[str] | None) -> tuple[list[str], list[str]]:
     """(ships to check, rolled-back ships left out): the given ships, else those with narrow rows
     or wide tables."""
-    from widen.jobs import catalog_ships
+    from widen.catalog.layouts import laid_out_ships
 
     cat = config.target.catalog_schema
     with db.connection(config.target.connection) as conn:
         rolled_back = ship_states.ships_in_state(conn, cat, ship_states.ROLLED_BACK)
-        found = set(ships) if ships else catalog_ships(conn, cat)
+        found = set(ships) if ships else laid_out_ships(conn, cat)
     if not ships:
         with source.connect() as conn:
             found |= set(source.list_ships(conn))
