@@ -253,3 +253,28 @@ def test_time_mode_offset_from_an_older_widen(fresh_fleet, make_config, spark, p
     assert stream.run(config, spark, once=True).summary["narrow_rows"] >= 1
     with pg.cursor() as cur:
         oracle.assert_equal_to_oracle(cur, src, tgt, cat)
+
+
+def test_time_mode_on_a_timestamp_column(fresh_fleet, make_config, spark, pg, tmp_path):
+    """A narrow table whose created_time is ``timestamp`` (without time zone, read as UTC): the
+    offsets' times are naive there, the snapshot's ``now()`` is not; batches after the first
+    compare both."""
+    name = "fut_naive"
+    src, tgt, cat = f"src_{name}", f"wide_{name}", f"cat_{name}"
+    fresh_fleet(name, ships=1, channels=2, hours=0.25, seed=10, start=HISTORY).close()
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN created_time TYPE timestamp USING created_time AT TIME ZONE "
+                            "'UTC'").format(sql.Identifier(src, "tbl_data_timeseries")))
+    pg.commit()
+    config = make_config(name)
+    config = replace(config, stream=replace(config.stream, checkpoint=str(tmp_path / "cp"), query_name=name,
+                                            start="earliest", settle_seconds=0))
+    assert stream.run(config, spark, once=True).exit_code == 0
+    later = (FAR + dt.timedelta(days=5)).replace(tzinfo=None)        # dated ahead, UTC wall-clock
+    nasty.insert(pg, src, [(nasty.S_DOTS, "far", later, "String", None, None, "naive", None)])
+    second = stream.run(config, spark, once=True)
+    assert second.exit_code == 0, second.report
+    assert second.summary["narrow_rows"] == 1
+    with pg.cursor() as cur:
+        cur.execute("SET TimeZone = 'UTC'")
+        oracle.assert_equal_to_oracle(cur, src, tgt, cat)

@@ -375,7 +375,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if row is None:
             return end
         cut = row[0]
-        if cut <= dt.datetime.fromisoformat(start["t"]):
+        if _utc(cut) <= _time(start["t"]):
             cur.execute(sql.SQL("SELECT min(created_time) FROM {} WHERE created_time > %s AND created_time < %s")
                         .format(self._table()), (start["t"], end))
             cut = cur.fetchone()[0] or end
@@ -523,7 +523,13 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
 
 def _time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text)
+    """An offset's time, zoned: a ``timestamp`` (without time zone) created_time gives naive
+    times, read as UTC (every session runs with TimeZone UTC), so they compare with ``now()``'s."""
+    return _utc(dt.datetime.fromisoformat(text))
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _xid_at_or_after(xid: str, floor: str) -> Composable:
