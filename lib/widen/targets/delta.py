@@ -104,11 +104,6 @@ class DeltaTarget(WideTarget):
     def __init__(self, spark: SparkSession, target: TargetConfig):
         self.spark = spark
         self.target = self.cfg = target
-        # table -> the columns this process made or found there: a backfill ensures a ship's tables
-        # for every chunk, and each look costs two reads of the Delta log per table. A table this
-        # process drops, or whose write fails (dropped by another process, e.g. a rollback), is
-        # looked at again.
-        self._seen: dict[str, frozenset[str]] = {}
 
     @property
     def rules(self) -> LayoutRules:
@@ -164,12 +159,8 @@ class DeltaTarget(WideTarget):
         for part in layout.parts:
             name = layout.tables[part]
             members = layout.part_channels(part)
-            wanted = frozenset(c.column_name for c in members)
-            if wanted <= self._seen.get(name, frozenset()):
-                continue
             if not self.exists(name):
                 retry_conflicts(lambda p=part, n=name, m=members: self._create(layout.ship_id, p, n, m), f"create {name}")
-                self._seen[name] = wanted
                 commits += 1
                 made.add(name)
                 first = layout.tables[layout.parts[0]]
@@ -186,7 +177,6 @@ class DeltaTarget(WideTarget):
             if missing:
                 retry_conflicts(lambda n=name, m=missing: self._add_columns(n, m), f"add columns to {name}")
                 commits += 1
-            self._seen[name] = frozenset(have) | wanted
         return commits
 
     def _create(self, ship: str, part: int, name: str, members: list[ChannelColumn]) -> None:
@@ -245,7 +235,6 @@ class DeltaTarget(WideTarget):
         dropped = []
         for part in layout.parts:
             name = layout.tables[part]
-            self._seen.pop(name, None)
             path = self.path(name)
             if path is None:
                 self.spark.sql(f"DROP TABLE IF EXISTS {self.qualified(name)}")
@@ -316,22 +305,18 @@ class DeltaTarget(WideTarget):
                 builder = builder.whenMatchedUpdate(condition=changed, set=sets)
             builder.whenNotMatchedInsert(values=inserts).execute()
 
-        try:
-            if txn is None:
+        if txn is None:
+            retry_conflicts(run, f"merge into {table_name}")
+            return
+        with _TXN_LOCK:
+            conf = self.spark.conf
+            conf.set(_TXN_CONFS[0], txn[0])
+            conf.set(_TXN_CONFS[1], str(txn[1]))
+            try:
                 retry_conflicts(run, f"merge into {table_name}")
-                return
-            with _TXN_LOCK:
-                conf = self.spark.conf
-                conf.set(_TXN_CONFS[0], txn[0])
-                conf.set(_TXN_CONFS[1], str(txn[1]))
-                try:
-                    retry_conflicts(run, f"merge into {table_name}")
-                finally:
-                    for key in _TXN_CONFS:
-                        conf.unset(key)
-        except Exception:
-            self._seen.pop(table_name, None)        # looked at again before the next write
-            raise
+            finally:
+                for key in _TXN_CONFS:
+                    conf.unset(key)
 
     def delete(self, table_name: str, condition: Column | str) -> None:
         retry_conflicts(lambda: self.table(table_name).delete(condition), f"delete from {table_name}")
