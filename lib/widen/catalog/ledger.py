@@ -7,6 +7,7 @@ point) and ``reconcile_results``.
 """
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 from collections.abc import Callable, Iterable
@@ -47,18 +48,32 @@ def fold_into_cells(conn: connection, catalog_schema: str, chunks: list[Chunk]) 
     a cell cut by --end or --start under the cut range; another ``chunk_hours`` cut other cells)
     become that cell's row, covering what they read, so a run reads only the rest and names the
     same chunks as every later one. Returns the cells folded (committed)."""
+    from widen.catalog import ships as ship_states
+
     table = sql.Identifier(catalog_schema, "backfill_chunks")
-    cells = {c.key for c in chunks}
+    cells: dict[str, list[tuple[dt.datetime, dt.datetime]]] = {}
+    for ship, lo, hi in {c.key for c in chunks}:
+        cells.setdefault(ship, []).append((lo, hi))
+    for spans in cells.values():
+        spans.sort()
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT ship_id, range_start, range_end FROM {} WHERE ship_id = ANY(%s)").format(table),
-                    (sorted({ship for ship, _, _ in cells}),))
+                    (sorted(cells),))
         rows = cur.fetchall()
     conn.rollback()
-    strays = {cell for cell in cells for ship, lo, hi in rows
-              if ship == cell[0] and cell[1] <= lo and hi <= cell[2] and (lo, hi) != cell[1:]}
+    strays = set()
+    for ship, lo, hi in rows:       # the planned cell holding the row, if one does
+        spans = cells[ship]
+        i = bisect.bisect_right(spans, (lo, dt.datetime.max.replace(tzinfo=dt.UTC))) - 1
+        if i >= 0 and spans[i][0] <= lo and hi <= spans[i][1] and (lo, hi) != spans[i]:
+            strays.add((ship, *spans[i]))
     folds = 0
     for ship, cell_lo, cell_hi in sorted(strays):
         with conn.cursor() as cur:
+            # the ship's write lock, as every writer of its ledger rows takes it: a rollback waits
+            if not ship_states.lock_ship_for_write(cur, catalog_schema, ship):
+                conn.rollback()
+                continue
             cur.execute(sql.SQL("SELECT range_start, range_end, " + _COVERED + ", narrow_rows, wide_rows, "
                                 "rejected_rows, duplicate_rows, attempts, started_at FROM {} WHERE ship_id = %s "
                                 "AND range_start >= %s AND range_end <= %s FOR UPDATE").format(table),

@@ -97,7 +97,7 @@ def fold_reads(reads: list[tuple[Span, tuple]]) -> tuple[Span, tuple] | None:
     again (a hole, or rows that overlap only in part)."""
     if not reads:
         return None
-    ordered = sorted(reads)
+    ordered = sorted(reads, key=lambda read: read[0])     # by range only: figures may be NULL
     widest = max(ordered, key=lambda read: read[0][1] - read[0][0])
     if all(widest[0][0] <= lo and hi <= widest[0][1] for (lo, hi), _ in ordered):
         return widest
