@@ -100,7 +100,8 @@ def test_an_id_taken_before_the_transaction_has_an_xid_is_not_passed(fresh_fleet
 
 def write_for(pg_server: dict, seconds: float, seed: int, errors: list) -> None:
     """One writer: transactions of 1-20 rows for ``seconds``, in turn by the default ``nextval``
-    (many rows per INSERT), with ids taken ahead and written a moment later, and rolled back."""
+    (many rows per INSERT), with ids taken ahead and written a moment later, written in a released
+    savepoint (their xmin the savepoint's xid) and committed a moment later, and rolled back."""
     rng = random.Random(seed)
     conn = connect(pg_server, autocommit=False)
     deadline = time.monotonic() + seconds
@@ -108,7 +109,7 @@ def write_for(pg_server: dict, seconds: float, seed: int, errors: list) -> None:
     try:
         with conn.cursor() as cur:
             while time.monotonic() < deadline:
-                style = rng.choice(["default", "ahead", "ahead", "rollback"])
+                style = rng.choice(["default", "ahead", "ahead", "savepoint", "rollback"])
                 rows = [(f"ship {seed}", f"ch{i}", f"2026-01-01 00:00:{n % 60:02d}+00", "Integer", n + i)
                         for i in range(rng.randint(1, 20))]
                 n += len(rows)
@@ -122,7 +123,12 @@ def write_for(pg_server: dict, seconds: float, seed: int, errors: list) -> None:
                                 [v for row, i in zip(rows, ids) for v in (*row, i)])
                 else:
                     values = sql.SQL(", ").join([sql.SQL("(%s, %s, %s, %s, %s)")] * len(rows))
+                    if style == "savepoint":     # rows with the savepoint's xid, the transaction open a while
+                        cur.execute("SAVEPOINT w")
                     cur.execute(INSERT.format(TABLE, sql.SQL(""), values), [v for row in rows for v in row])
+                    if style == "savepoint":
+                        cur.execute("RELEASE SAVEPOINT w")
+                        cur.execute("SELECT pg_sleep(%s)", (rng.random() / 4,))
                 conn.rollback() if style == "rollback" else conn.commit()
     except Exception as err:  # noqa: BLE001 - reported by the test
         errors.append(err)
@@ -177,3 +183,32 @@ def test_a_session_idle_after_a_write_that_matched_nothing_does_not_hold_the_off
         assert sorted(seen, key=lambda r: r[4]) == narrow_rows(pg)
     finally:
         idle.close()
+
+
+def test_a_row_written_in_a_released_savepoint_of_a_transaction_open_across_an_offset_is_read(
+        fresh_fleet, make_config, pg, pg_server, stream):
+    """A transaction writes its row in a savepoint it releases and stays open while a later id
+    commits and a batch runs past both ids. The row's xmin is the savepoint's xid, which neither
+    the snapshot's in-progress list nor pg_locks holds (only the transaction's own xid): the batch
+    after its commit must still read it, and read it once."""
+    fresh_fleet(NAME, ships=0, ingest_id=True).close()
+    config = make_config(NAME, source__order_column="ingest_id")
+    start, seen = stream
+    query = start(stream_options(config.source, buckets=2))
+    query.processAllAvailable()
+    held = connect(pg_server, autocommit=False)
+    try:
+        with held.cursor() as cur:
+            cur.execute("SAVEPOINT widen_test")
+            cur.execute(INSERT.format(TABLE, sql.SQL(""), sql.SQL("('s', 'c', '2026-01-01', 'Integer', 1)")))
+            cur.execute("RELEASE SAVEPOINT widen_test")
+        with pg.cursor() as cur:        # a later id commits while the savepoint's row is not committed
+            cur.execute(INSERT.format(TABLE, sql.SQL(""), sql.SQL("('s', 'c', '2026-01-02', 'Integer', 2)")))
+        query.processAllAvailable()
+        held.commit()
+    finally:
+        held.close()
+    with pg.cursor() as cur:
+        cur.execute(INSERT.format(TABLE, sql.SQL(""), sql.SQL("('s', 'c', '2026-01-03', 'Integer', 3)")))
+    query.processAllAvailable()
+    assert sorted(seen, key=lambda r: r[4]) == narrow_rows(pg)

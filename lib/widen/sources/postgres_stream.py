@@ -10,12 +10,16 @@ Two offset modes:
 - ``order_column`` set (a monotonically increasing ingestion id): the exact mode. An offset is the
   greatest id visible *and* the transactions running at that moment (the snapshot's in-progress
   list plus pg_locks: the list alone misses a transaction whose xid is above every completed
-  one): a transaction that took a lower id but commits later is read by the next micro-batch
-  through that list, so a row whose transaction stays open is never skipped. Each pending
-  transaction carries the offset id below which it has none (it was not running when that offset
-  was taken), so reads stay index range scans. A batch leaves out the rows of transactions still in
-  flight at its end offset, so every row is read by exactly one batch (no re-reads, no
-  de-duplication, no watermark: a backlog in any order drains whole). A writer that holds an id
+  one). Each pending transaction carries the offset id below which it has none (it was not
+  running when that offset was taken), so reads stay index range scans from the lowest floor. The
+  offset also records what a snapshot taken then saw of the rows from that floor to its id
+  (``_with_snapshot``: the snapshot's xmin and the xmins at or after it of those rows). A batch
+  reads the rows up to its end's id that its start's snapshot did not see and its end's did: a
+  transaction that took a lower id but commits later is read by the batch after its commit, so a
+  row whose transaction stays open is never skipped, and every row is read by exactly one batch
+  (no re-reads, no de-duplication, no watermark: a backlog in any order drains whole). By the
+  rows' own xmins, not the pending xids: a row written in a released savepoint carries the
+  savepoint's xid, which neither the in-progress list nor pg_locks holds. A writer that holds an id
   but no xid yet (an INSERT between its nextval and its first row, ids taken ahead) holds a lock on
   the table or the sequence: no offset is taken while one exists (``_latest_id``). A new query
   started at ``latest`` also records the hand-off time ``t``: its first
@@ -216,7 +220,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             second = look({"id": first["id"], "pending": []})
             still = sorted(set(running) & {xid for xid, _ in second["pending"]})
             if not still:
-                return {**second, "t": self._now()}
+                return {**self._with_snapshot(second), "t": self._now()}
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"stream.start latest: transactions {', '.join(map(str, still))} are still open "
@@ -232,6 +236,36 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 return cur.fetchone()[0].isoformat()
         finally:
             conn.close()
+
+    def _with_snapshot(self, offset: dict, cur: cursor | None = None) -> dict:
+        """``offset`` (exact mode) with what a snapshot taken now sees of its rows, for the batch
+        starting there to tell the rows committed since (``_unseen_ids``): ``xmin``, the snapshot's
+        (every transaction it does not see is at or after it), and ``seen``, the xmins at or after
+        that of the rows above the offset's lowest floor (``_lowest``) up to its id. Ids modulo 2^32.
+
+        By the rows' own xmins, not the in-progress list: a row written in a released savepoint
+        of a transaction still open has its subtransaction's xid, which neither the snapshot's
+        list nor pg_locks holds. Taken after the offset's look (a later snapshot sees at least as
+        much; every row it sees at or below the id is the batch ending here's)."""
+        from psycopg2 import sql
+
+        from widen.pg.server import Server
+
+        if cur is None:
+            conn = self._connect()
+            try:
+                with conn.cursor() as own:
+                    return self._with_snapshot(offset, own)
+            finally:
+                conn.close()
+        cur.execute(sql.SQL(
+            "WITH s AS (SELECT {xmin} %% 4294967296 AS floor) "
+            "SELECT floor, ARRAY(SELECT DISTINCT n.xmin::text::bigint FROM {t} n "
+            "WHERE n.{o} > %s AND n.{o} <= %s AND {after} ORDER BY 1) FROM s").format(
+            xmin=Server.of(cur.connection).snapshot_xmin(), t=self._table(), o=sql.Identifier(self.order_column),
+            after=_xid_at_or_after("n.xmin", "floor")), (_lowest(offset), offset["id"]))
+        floor, seen = cur.fetchone()
+        return {**offset, "snapshot": {"xmin": int(floor), "seen": [int(x) for x in seen]}}
 
     def _look(self, start: dict) -> dict:
         conn = self._connect()
@@ -291,12 +325,12 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                             "ORDER BY {o} LIMIT %s) first_rows").format(
                             o=sql.Identifier(self.order_column), t=self._table()), (start["id"], bound, max_rows))
                         bound = cur.fetchone()[0] or bound
-                    if bound == latest["id"]:
-                        return latest
                     # Transactions in flight now may still add rows at or below the bound: they stay
                     # pending (read when they commit), as with an unbounded offset.
                     offset = {"id": int(bound), "pending": latest["pending"]}
-                    return start if offset == start else offset
+                    if offset == {"id": start["id"], "pending": start["pending"]}:
+                        return start
+                    return self._with_snapshot(offset, cur)
                 return self._latest_time(cur, start, max_rows)
         finally:
             conn.close()
@@ -460,18 +494,19 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             # start offset, minus rows of transactions still in flight at the end offset (the next
             # batch reads those). The lowest floor bounds the range, so the scan stays on the order
             # column's index. No re-read, so the stream needs no de-duplication (and no watermark).
-            pending = partition.start["pending"]
-            lowest = min([partition.start["id"], *(floor for _, floor in pending)])
-            where = sql.SQL("{o} > %s AND {o} <= %s AND ({o} > %s OR xmin::text::bigint = ANY(%s)) "
-                            "AND NOT (xmin::text::bigint = ANY(%s)) AND ").format(o=order) + bucket
-            params = [lowest, partition.end["id"], partition.start["id"], [x for x, _ in pending],
-                      [x for x, _ in partition.end["pending"]], partition.buckets, partition.bucket]
+            # (rows at or below the start's lowest floor were all visible when it was taken)
+            unseen_at_start, start_params = _unseen_ids(partition.start, order)
+            unseen_at_end, end_params = _unseen_ids(partition.end, order)
+            where = sql.SQL("{o} > %s AND {o} <= %s AND {a} AND NOT {b} AND ").format(
+                o=order, a=unseen_at_start, b=unseen_at_end) + bucket
+            params = [_lowest(partition.start), partition.end["id"], *start_params, *end_params,
+                      partition.buckets, partition.bucket]
             if "t" in partition.start:
                 # the first batch after the hand-off: also the rows present then (ids up to the
-                # start, none of a transaction pending at it) dated from the hand-off time on
-                where = sql.SQL("(({w}) OR ({o} <= %s AND created_time >= %s AND NOT (xmin::text::bigint = ANY(%s)) "
-                                "AND ").format(w=where, o=order) + bucket + sql.SQL("))")
-                params += [partition.start["id"], partition.start["t"], [x for x, _ in pending],
+                # start that its snapshot saw) dated from the hand-off time on
+                where = sql.SQL("(({w}) OR ({o} <= %s AND created_time >= %s AND NOT {a} AND ").format(
+                    w=where, o=order, a=unseen_at_start) + bucket + sql.SQL("))")
+                params += [partition.start["id"], partition.start["t"], *start_params,
                            partition.buckets, partition.bucket]
             wheres = [where]
             order_key = order
@@ -540,6 +575,29 @@ def _xid_at_or_after(xid: str, floor: str) -> Composable:
 
     return sql.SQL("({x}::text::bigint >= 3 AND (({x}::text::bigint - {f}) & 4294967295) < 2147483648)").format(
         x=sql.SQL(xid), f=sql.SQL(floor))
+
+
+def _lowest(offset: dict) -> int:
+    """The exact mode's lowest id a transaction in flight at ``offset`` may hold: the least of its
+    id and its pending transactions' floors. Every row at or below it was visible then."""
+    return min([offset["id"], *(floor for _, floor in offset["pending"])])
+
+
+def _unseen_ids(offset: dict, order: Composable) -> tuple[Composable, list]:
+    """The exact mode's condition for the rows ``offset``'s snapshot (``_with_snapshot``) did not
+    see, with its parameters: an id above the offset's, or one above its lowest (``_lowest``)
+    with an xmin at or after the snapshot's that is not one of the xmins it saw. An offset without
+    a snapshot (``earliest``, an explicit id, one an older widen wrote) tells them by its pending
+    transactions' xids."""
+    from psycopg2 import sql
+
+    snapshot = offset.get("snapshot")
+    if snapshot is None:
+        return (sql.SQL("({o} > %s OR xmin::text::bigint = ANY(%s))").format(o=order),
+                [offset["id"], [x for x, _ in offset["pending"]]])
+    return (sql.SQL("({o} > %s OR {o} > %s AND {after} AND NOT (xmin::text::bigint = ANY(%s)))").format(
+        o=order, after=_xid_at_or_after("xmin", "%s")),
+        [offset["id"], _lowest(offset), snapshot["xmin"], snapshot["seen"]])
 
 
 def _unseen(offset: dict) -> tuple[Composable, list]:
