@@ -39,7 +39,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check lib tests bench jobs notebooks
 	$(VENV)/bin/mypy --ignore-missing-imports --python-version 3.11 lib/widen/core
-	$(PY) -m pytest --durations=15 $(PYTEST_ARGS) tests
+	$(PY) -m pytest --durations=40 $(PYTEST_ARGS) tests
 
 bench: setup
 	$(PY) bench/backfill.py
