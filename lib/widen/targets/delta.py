@@ -75,10 +75,19 @@ def table_dir(name: str, lower: bool = False) -> str:
     return naming.delta_dir_name(name, lower)
 
 
+#: error conditions of a table another writer made first (a path's Delta table, a metastore table)
+ALREADY_EXISTS = frozenset({"DELTA_TABLE_ALREADY_EXISTS", "TABLE_OR_VIEW_ALREADY_EXISTS"})
+
+
 def _is_conflict(err: Exception) -> bool:
-    text = f"{type(err).__name__} {err}"
-    return any(word in text for word in ("Concurrent", "ProtocolChanged", "MetadataChanged",
-                                         "DELTA_TABLE_ALREADY_EXISTS", "already exists"))
+    """Whether another writer committed to the same table first: one of delta-spark's typed commit
+    conflicts, or the table made by someone else meanwhile (by its error condition, not its text)."""
+    from delta import exceptions
+    from pyspark.errors import PySparkException
+
+    if isinstance(err, tuple(getattr(exceptions, name) for name in exceptions.__all__)):
+        return True
+    return isinstance(err, PySparkException) and err.getCondition() in ALREADY_EXISTS
 
 
 def retry_conflicts(action: Callable[[], R], what: str) -> R:
@@ -86,7 +95,7 @@ def retry_conflicts(action: Callable[[], R], what: str) -> R:
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             return action()
-        except Exception as err:  # noqa: BLE001 - Delta's conflicts arrive as Py4J/captured errors
+        except Exception as err:  # noqa: BLE001 - anything but a conflict is raised at once
             if attempt == COMMIT_ATTEMPTS or not _is_conflict(err):
                 raise
             time.sleep(0.2 * attempt)
