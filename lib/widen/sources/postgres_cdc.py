@@ -110,8 +110,8 @@ def preflight(conn: connection, cfg: SourceConfig, slot: str, publication: str) 
         if wal_level != "logical":
             raise BadInput(f"source.mode cdc needs wal_level = logical on the source (it is {wal_level}): run "
                            "ALTER SYSTEM SET wal_level = logical and restart the server (every slot then keeps "
-                           "WAL until it is read: bound it with max_slot_wal_keep_size, README \"Change data "
-                           "capture\")")
+                           "WAL until it is read: bound it with max_slot_wal_keep_size, docs/cdc.md, \"WAL "
+                           "retention\")")
         if not may_replicate:
             raise BadInput("source.mode cdc: the source role may not read replication slots: ALTER ROLE … "
                            "REPLICATION (or use a role that has it)")
