@@ -1,4 +1,4 @@
-"""The backfill chunk's merge, replace rule against the greatest rule (DESIGN.md, "One rule for every writer").
+"""The backfill chunk's merge, replace rule against the greatest rule (docs/design.md, "One rule for every writer").
 
 One chunk's staging table (--rows timestamps x --channels text or typed columns, every cell set)
 MERGEd into its wide table: empty (a chunk's usual case: its range has no wide rows yet) and full

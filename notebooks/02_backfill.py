@@ -3,7 +3,7 @@
 # MAGIC # widen — 2. Backfill
 # MAGIC Migrates the history into the wide tables chunk by chunk (ship × time range), exactly once:
 # MAGIC done chunks are skipped on a rerun. `end` is the hand-off cutoff when the stream runs in
-# MAGIC created_time mode (see the README).
+# MAGIC created_time mode (see docs/operating.md, "Hand-off").
 
 # COMMAND ----------
 

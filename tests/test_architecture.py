@@ -1,4 +1,4 @@
-"""The layering of ``lib/widen`` (README, "Architecture"), checked on the source itself:
+"""The layering of ``lib/widen`` (docs/architecture.md), checked on the source itself:
 no import cycle (function-level imports included), each layer imports only what is below it,
 no target-kind branch outside ``targets/``, the narrow table named in SQL only in ``sources/``,
 and a pure core (no psycopg2, no Spark session)."""

@@ -1,4 +1,4 @@
-"""The hand-off (README, "Hand-off"): start the stream at the live tail, backfill the history, let
+"""The hand-off (docs/operating.md, "Hand-off"): start the stream at the live tail, backfill the history, let
 the stream go on. Rows arrive before, between and after the two; nothing is missed or doubled."""
 from __future__ import annotations
 

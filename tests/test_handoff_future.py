@@ -1,4 +1,4 @@
-"""Readings from the future across the hand-off (DESIGN.md, "Hand-off"): a ship whose clock runs
+"""Readings from the future across the hand-off (docs/design.md, "Hand-off"): a ship whose clock runs
 ahead, a test row dated 2099. Rows present at the hand-off dated after it, and rows written after
 it dated in the future, all reach the wide tables exactly once, checked against the oracle.
 

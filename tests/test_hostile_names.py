@@ -1,4 +1,4 @@
-"""Any ship id or channel name PostgreSQL can store works in every job (DESIGN.md, "Identifiers").
+"""Any ship id or channel name PostgreSQL can store works in every job (docs/design.md, "Identifiers").
 
 Property-based: hypothesis draws ship ids and channel names from all of Unicode except NUL, mixed
 with a list of known-nasty ones (``%`` in every psycopg2 form, braces, quotes, backslashes, control

@@ -1,4 +1,4 @@
-"""Every PostgreSQL from 9.3 (README, "Supported PostgreSQL versions"), on real old servers.
+"""Every PostgreSQL from 9.3 (docs/postgres-versions.md), on real old servers.
 
 The builds come from Maven Central (``make setup`` -> pgbuilds/) and run with hostile defaults
 (conftest.old_server: ``extra_float_digits = 0``, DateStyle SQL/DMY, a +05:45 time zone,

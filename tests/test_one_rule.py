@@ -1,4 +1,4 @@
-"""One rule for which value wins, whichever job wrote last (DESIGN.md, "One rule for every writer").
+"""One rule for which value wins, whichever job wrote last (docs/design.md, "One rule for every writer").
 
 Without an order column every writer keeps the greater value by ``COLLATE "C"`` byte order of the
 rendered text, typed columns included (10 < 9 and -0 > 0 as text; NaN is the text 'NaN'). The

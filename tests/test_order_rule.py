@@ -1,4 +1,4 @@
-"""One rule for which value wins with ``source.order_column`` (DESIGN.md, "One rule for every
+"""One rule for which value wins with ``source.order_column`` (docs/design.md, "One rule for every
 writer"; issue 29 item 5): no write replaces a value that came from a later row, whichever job
 commits last.
 

@@ -1,4 +1,4 @@
-"""The README's way to run a job: ./spark-submit.sh (spark-submit, the library as a zip, the jars)."""
+"""The way docs/operating.md runs a job: ./spark-submit.sh (spark-submit, the library as a zip, the jars)."""
 import ipaddress
 import json
 import os

@@ -343,7 +343,7 @@ def readings(ship: str, channel: str, fmt: str, hour: int, count: int = 40) -> l
 
 
 def oracle_types(cur, name: str) -> dict[tuple[str, str], str]:
-    """(ship, channel) -> the column type the formats of all its valid rows give (the README's rule)."""
+    """(ship, channel) -> the column type the formats of all its valid rows give (docs/typed-columns.md's rule)."""
     cur.execute(sql.SQL("SELECT ship_id, data_channel_id, {} FROM {} WHERE {} GROUP BY 1, 2").format(
         EXPECTED_TYPE, sql.Identifier(f"src_{name}", "tbl_data_timeseries"), oracle.VALID))
     return {(s, c): t for s, c, t in cur.fetchall()}

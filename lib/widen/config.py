@@ -221,7 +221,7 @@ class SourceConfig:
     delta_table: str | None = None
     #: how the stream reads a PostgreSQL source: ``poll`` (new rows by ``order_column`` or
     #: created_time) or ``cdc`` (every insert, update and delete from a logical replication slot,
-    #: PostgreSQL 10+ with wal_level = logical; README "Change data capture")
+    #: PostgreSQL 10+ with wal_level = logical; docs/cdc.md)
     mode: str = field(default="poll", metadata=_meta(choices=("poll", "cdc")))
     #: ``cdc``: the replication slot and publication widen makes and reads (default: from
     #: ``stream.query_name``, ``widen_<name>_<hash>``)

@@ -9,7 +9,7 @@ second run refused as busy never overwrites the running one's figures). Every ru
     widen_<job>_end_timestamp_seconds        when it ended (absent while it runs)
     widen_<job>_exit_code                    0 ok, 1 a problem, 2 bad input (absent while it runs)
 
-and the job adds its own (``counter``/``gauge``; see the README's metrics table). The figures go
+and the job adds its own (``counter``/``gauge``; see the metrics table in docs/operating.md). The figures go
 out every ``metrics.push_seconds`` while the job runs (and soon after ``poke``) and once when it
 ends: to ``metrics.pushgateway`` and/or to ``<metrics.textfile_dir>/widen_<job>_<selection>[_<instance>].prom``
 (written atomically). A run's group is ``job="widen_<job>"``, ``instance`` (``metrics.instance``, by

@@ -14,7 +14,7 @@ from widen.config import BadInput, Config, Connection
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-#: settings every widen session needs, whoever builds it (see DESIGN.md "Pitfalls")
+#: settings every widen session needs, whoever builds it (see docs/design.md, "Engineering rules")
 REQUIRED_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.caseSensitive": "true",

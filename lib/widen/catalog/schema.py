@@ -1,4 +1,4 @@
-"""The catalog's tables, versioned (DESIGN.md, "Catalog and ledger").
+"""The catalog's tables, versioned (docs/design.md, "Catalog and ledger").
 
 Tools outside the project read these tables, so a release only adds (or deprecates) columns and
 tables, never changes one silently. Every change is a numbered migration; ``migrate`` applies the

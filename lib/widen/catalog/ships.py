@@ -28,7 +28,7 @@ def lock_ship_in_order(cur: cursor, ship_id: str) -> None:
     """With ``source.order_column``: the ship's writers take turns (exclusive, to the end of the
     transaction). A value written replaces the cell, so which write commits last decides it: the
     stream writes newer rows than any a writer that holds this lock has read, and a backfill chunk
-    or a repair checks under it that its source rows have not changed since its read (DESIGN.md,
+    or a repair checks under it that its source rows have not changed since its read (docs/design.md,
     "One rule for every writer"). Taken after ``lock_ship_for_write``, before any table lock."""
     cur.execute("SELECT pg_advisory_xact_lock(hashtext('widen.ship.order'), hashtext(%s))", (ship_id,))
 

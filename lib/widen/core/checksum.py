@@ -14,7 +14,7 @@ when both sides are PostgreSQL 11+) or ``HASH_MD5`` (the first 48 / 64 bits of m
 can compute too, for a Delta target, and what a server without ``hashtextextended`` has).
 ``created_time::text`` is PostgreSQL's text of a UTC timestamptz (``2026-01-01 00:00:00.5+00``).
 
-The narrow side applies DESIGN.md's reject rule and, in its exact form, the duplicate rule; the wide
+The narrow side applies docs/design.md's reject rule and, in its exact form, the duplicate rule; the wide
 side unpivots through the catalog's channel -> column mapping and adds part tables up per
 timestamp. Only these aggregates cross the wire. A differing bucket is bisected down to single
 timestamps (``Drill``), whose cells are then compared one by one (``CellDiff``).

@@ -1,4 +1,4 @@
-"""Identifier rules (DESIGN.md, "Identifiers"). Pure: no Spark, no database.
+"""Identifier rules (docs/design.md, "Identifiers"). Pure: no Spark, no database.
 
 PostgreSQL silently cuts identifiers to 63 bytes, so two long channel names that share 63 bytes
 would collide. A name that does not fit is cut to its longest prefix of at most 54 bytes (on a
@@ -87,7 +87,7 @@ def delta_dir_name(name: str, lower: bool = False) -> str:
 class TableNamer:
     """Names each (ship, part) table so that no two are the same across the fleet.
 
-    The rule (DESIGN.md, "Identifiers"): a table gets its natural name (``table_name``) unless
+    The rule (docs/design.md, "Identifiers"): a table gets its natural name (``table_name``) unless
     that name, compared by ``key`` (the storage name: the table name itself in PostgreSQL, the
     directory or metastore name in Delta), already belongs to another (ship, part), or is the
     natural main-table name of another ship in ``reserved_ships``. Then it gets the natural name's

@@ -52,7 +52,7 @@ def _time_partitioned(df: DataFrame, time_partitioned: bool) -> DataFrame:
 
 def dedup(order_column: str | None = None,
           time_partitioned: bool = False) -> Callable[[DataFrame], DataFrame]:
-    """Keep one row per (created_time, data_channel_id) by DESIGN.md's duplicate rule."""
+    """Keep one row per (created_time, data_channel_id) by docs/design.md's duplicate rule."""
     def apply(df: DataFrame) -> DataFrame:
         narrow = df.select("created_time", "data_channel_id", "value",
                            *([F.col(order_column).alias("order_key")] if order_column else []))
@@ -74,7 +74,7 @@ def dedup(order_column: str | None = None,
 def pivot(columns: dict[str, str], order_column: str | None = None,
           time_partitioned: bool = False) -> Callable[[DataFrame], DataFrame]:
     """One row per created_time, one string column per channel (``columns`` maps channel -> column),
-    duplicates resolved by DESIGN.md's rule first (``kernels.pivot_named``). A channel missing from
+    duplicates resolved by docs/design.md's rule first (``kernels.pivot_named``). A channel missing from
     ``columns`` raises, naming it. Needs ``spark.sql.caseSensitive=true`` when two columns differ
     only by case.
     """

@@ -2,7 +2,7 @@
 a typed column can hold without changing a cell.
 
 Pure: Arrow and Python only. A wide cell's contract is the text the source prints for the value
-(DESIGN.md, "Value rendering"); a typed column holds a value only when printing it back gives that
+(docs/design.md, "Value rendering"); a typed column holds a value only when printing it back gives that
 text exactly. A channel gets the type of its value format when it was seen with one format only
 (Decimal -> double precision, Integer -> bigint, Boolean -> boolean), else text. A reading of
 another format met later (by a backfill chunk, the stream or a repair: the survey that chose the type

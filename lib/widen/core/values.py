@@ -1,4 +1,4 @@
-"""Value rendering and row validation rules, expressed once (DESIGN.md, "Value rendering", "Bad rows").
+"""Value rendering and row validation rules, expressed once (docs/design.md, "Value rendering", "Bad rows").
 
 Pure: the rules as data and Python. Their SQL form (``widen.pg.render``) and Spark form
 (``widen.sources.delta``) follow the same order and the same reasons.

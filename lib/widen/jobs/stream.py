@@ -10,7 +10,7 @@ created_time mode re-reads an overlap on purpose: there the stream gets a waterm
 move it) and drops *re-reads* within it (key: ship, channel, created_time and the rendered value);
 rows older than the watermark are dropped by Spark, counted (``stream_batches.late_rows``, the log
 and the metrics) and left for ``reconcile --repair``. Readings that differ are kept and the sink
-applies DESIGN.md's duplicate rule (the later batch wins with an order column; the greatest value
+applies docs/design.md's duplicate rule (the later batch wins with an order column; the greatest value
 without, also against what is already merged).
 
 ``--once`` processes what is there (in bounded batches) and stops (for schedulers and tests);

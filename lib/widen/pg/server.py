@@ -1,4 +1,4 @@
-"""What a PostgreSQL server can do, by version: the one place that knows (DESIGN.md: sources 9.3+,
+"""What a PostgreSQL server can do, by version: the one place that knows (docs/design.md: sources 9.3+,
 targets 11+). Statements ask a ``Server`` instead of comparing versions themselves.
 
 | feature | from | before it |

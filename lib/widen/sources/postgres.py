@@ -212,7 +212,7 @@ class PostgresSource(NarrowTable):
             value=self.rendered_value(conn), t=self.table, w=where)
         ships: dict[str, dict] = {}
         with conn.cursor() as cur:
-            cur.execute(Server.of(conn).no_jit())  # JIT makes wide GROUP BYs slower (DESIGN.md, Pitfalls)
+            cur.execute(Server.of(conn).no_jit())  # JIT makes wide GROUP BYs slower (docs/design.md, "Engineering rules")
             cur.execute(query, params)
             for ship, channel, fmt, rows, lo, hi, avg in cur.fetchall():
                 s = ships.setdefault(ship, {"rows": 0, "start": lo, "end": hi, "channels": {}})

@@ -1,6 +1,6 @@
 """Change data capture: a Structured Streaming source over a logical replication slot (pgoutput).
 
-    source.mode: cdc          (README, "Change data capture")
+    source.mode: cdc          (docs/cdc.md)
 
 The stream job creates a publication of the narrow table and a logical replication slot (after the
 checks in ``preflight``: nothing is created where the application's writes could fail), records
@@ -20,7 +20,7 @@ What a batch holds (``SCHEMA``: the rows of ``values.ROW_COLUMNS`` plus ``change
 - an INSERT: the new row, rendered and validated in SQL exactly as the other sources do it (the
   text values go back to the server through ``unnest``), ``change`` NULL;
 - an UPDATE or DELETE: a ``recompute`` row naming the ship and created_time of the old and the new
-  row: the sink re-derives those timestamps from the narrow table's current rows (DESIGN's duplicate
+  row: the sink re-derives those timestamps from the narrow table's current rows (docs/design.md's duplicate
   rule included), so a TOASTed value is never written from a placeholder; an UPDATE's new row is also
   rendered (``change`` = ``update``) so a row made invalid lands in the rejects;
 - a TRUNCATE of the narrow table stops the stream with a message (widen never empties wide tables
@@ -110,8 +110,8 @@ def preflight(conn: connection, cfg: SourceConfig, slot: str, publication: str) 
         if wal_level != "logical":
             raise BadInput(f"source.mode cdc needs wal_level = logical on the source (it is {wal_level}): run "
                            "ALTER SYSTEM SET wal_level = logical and restart the server (every slot then keeps "
-                           "WAL until it is read: bound it with max_slot_wal_keep_size, README \"Change data "
-                           "capture\")")
+                           "WAL until it is read: bound it with max_slot_wal_keep_size, docs/cdc.md, \"WAL "
+                           "retention\")")
         if not may_replicate:
             raise BadInput("source.mode cdc: the source role may not read replication slots: ALTER ROLE … "
                            "REPLICATION (or use a role that has it)")

@@ -156,7 +156,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """Where a new query starts (kept in the checkpoint from then on).
 
         ``earliest``: the first row. ``latest``: the live tail, for the hand-off with the backfill
-        (README, "Hand-off"): in the exact mode the greatest id once every transaction in flight at
+        (docs/operating.md, "Hand-off"): in the exact mode the greatest id once every transaction in flight at
         that moment has ended, so their rows are the backfill's, not lost between the two, and the
         hand-off time ``t`` (the first batch also reads the rows up to that id dated from ``t`` on);
         in the created_time mode ``now - settle_seconds``. Or an explicit id / ISO timestamp.

@@ -237,7 +237,7 @@ def merge_statement(server_version: int, target: sql.Composable, staging: sql.Co
 
     By default a value in the batch replaces the one in the table (with an order column the later
     batch holds the later rows). With ``greatest`` a cell keeps the greater of the two by byte
-    order: DESIGN.md's duplicate rule without an order column, applied across every writer
+    order: docs/design.md's duplicate rule without an order column, applied across every writer
     (backfill chunks, micro-batches, repairs). MERGE on PostgreSQL 15+,
     ``INSERT … ON CONFLICT`` on 11–14. ``types``: column -> its type where not text (typed columns
     compare by the text the source printed: byte order for ``greatest``, and -0 differs from 0).
@@ -310,7 +310,7 @@ def merge_parts(cur: cursor, server_version: int, target_schema: str, staging: S
     """MERGE every part's staging table into its wide table; returns the rows merged into part 1.
 
     ``greatest`` (no order column): a cell keeps the greater value, as the stream's and repair's
-    merges do, so a value the stream wrote from a row this chunk did not read stays (DESIGN.md,
+    merges do, so a value the stream wrote from a row this chunk did not read stays (docs/design.md,
     "One rule for every writer"). It costs only where the chunk meets rows already there: a MERGE
     or ``ON CONFLICT`` evaluates the rule for matched rows alone."""
     merged = 0
