@@ -48,6 +48,18 @@ def stream(spark, tmp_path):
         query.stop()
 
 
+def started(fresh_fleet, make_config, stream, drained: bool = True):
+    """An empty exact-mode narrow table and a query on it (caught up unless ``drained`` is False):
+    (query, the rows it read)."""
+    fresh_fleet(NAME, ships=0, ingest_id=True).close()
+    config = make_config(NAME, source__order_column="ingest_id")
+    start, seen = stream
+    query = start(stream_options(config.source, buckets=2))
+    if drained:
+        query.processAllAvailable()
+    return query, seen
+
+
 def connect(pg_server: dict, autocommit: bool = True):
     conn = psycopg2.connect(host=pg_server["host"], port=pg_server["port"], user=pg_server["user"],
                             dbname=pg_server["database"])
@@ -77,11 +89,7 @@ def id_without_xid(conn) -> int:
 
 def test_an_id_taken_before_the_transaction_has_an_xid_is_not_passed(fresh_fleet, make_config, pg, pg_server,
                                                                       stream):
-    fresh_fleet(NAME, ships=0, ingest_id=True).close()
-    config = make_config(NAME, source__order_column="ingest_id")
-    start, seen = stream
-    query = start(stream_options(config.source, buckets=2))
-    query.processAllAvailable()
+    query, seen = started(fresh_fleet, make_config, stream)
     ahead = connect(pg_server, autocommit=False)
     try:
         taken = id_without_xid(ahead)
@@ -138,10 +146,7 @@ def write_for(pg_server: dict, seconds: float, seed: int, errors: list) -> None:
 
 def test_concurrent_writers_every_row_read_exactly_once(fresh_fleet, make_config, pg, pg_server, stream):
     """Four writers for 3 s while the query runs batch after batch: no row lost, none read twice."""
-    fresh_fleet(NAME, ships=0, ingest_id=True).close()
-    config = make_config(NAME, source__order_column="ingest_id")
-    start, seen = stream
-    query = start(stream_options(config.source, buckets=2))
+    query, seen = started(fresh_fleet, make_config, stream, drained=False)
     errors: list = []
     writers = [threading.Thread(target=write_for, args=(pg_server, 3.0, seed, errors)) for seed in range(4)]
     for w in writers:
@@ -166,11 +171,7 @@ def test_a_session_idle_after_a_write_that_matched_nothing_does_not_hold_the_off
     """A DELETE that matched no row (or a LOCK TABLE) leaves its session holding the table's lock
     without an xid, maybe for hours (a pooled connection): it can write no row without first taking
     an xid, so the stream goes on."""
-    fresh_fleet(NAME, ships=0, ingest_id=True).close()
-    config = make_config(NAME, source__order_column="ingest_id")
-    start, seen = stream
-    query = start(stream_options(config.source, buckets=2))
-    query.processAllAvailable()
+    query, seen = started(fresh_fleet, make_config, stream)
     idle = connect(pg_server, autocommit=False)
     try:
         with idle.cursor() as cur:
@@ -191,11 +192,7 @@ def test_a_row_written_in_a_released_savepoint_of_a_transaction_open_across_an_o
     commits and a batch runs past both ids. The row's xmin is the savepoint's xid, which neither
     the snapshot's in-progress list nor pg_locks holds (only the transaction's own xid): the batch
     after its commit must still read it, and read it once."""
-    fresh_fleet(NAME, ships=0, ingest_id=True).close()
-    config = make_config(NAME, source__order_column="ingest_id")
-    start, seen = stream
-    query = start(stream_options(config.source, buckets=2))
-    query.processAllAvailable()
+    query, seen = started(fresh_fleet, make_config, stream)
     held = connect(pg_server, autocommit=False)
     try:
         with held.cursor() as cur:

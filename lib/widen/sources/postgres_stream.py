@@ -59,6 +59,7 @@ Offsets live in Spark's checkpoint; the reader opens its connections lazily in `
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -146,6 +147,16 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         params = Connection(**json.loads(self.options["connection"])).psycopg_params()
         return db.open_session({**params, "application_name": "widen-stream"}, autocommit=True)
 
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[cursor]:
+        """A cursor of a new autocommit session, closed with it."""
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        finally:
+            conn.close()
+
     def _table(self):
         from psycopg2 import sql
 
@@ -229,13 +240,9 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             time.sleep(0.2)
 
     def _now(self) -> str:
-        conn = self._connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT now()")
-                return cur.fetchone()[0].isoformat()
-        finally:
-            conn.close()
+        with self._cursor() as cur:
+            cur.execute("SELECT now()")
+            return cur.fetchone()[0].isoformat()
 
     def _with_snapshot(self, offset: dict, cur: cursor | None = None) -> dict:
         """``offset`` (exact mode) with what a snapshot taken now sees of its rows, for the batch
@@ -252,12 +259,8 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         from widen.pg.server import Server
 
         if cur is None:
-            conn = self._connect()
-            try:
-                with conn.cursor() as own:
-                    return self._with_snapshot(offset, own)
-            finally:
-                conn.close()
+            with self._cursor() as own:
+                return self._with_snapshot(offset, own)
         cur.execute(sql.SQL(
             "WITH s AS (SELECT {xmin} %% 4294967296 AS floor) "
             "SELECT floor, ARRAY(SELECT DISTINCT n.xmin::text::bigint FROM {t} n "
@@ -268,12 +271,8 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return {**offset, "snapshot": {"xmin": int(floor), "seen": [int(x) for x in seen]}}
 
     def _look(self, start: dict) -> dict:
-        conn = self._connect()
-        try:
-            with conn.cursor() as cur:
-                return self._latest_id(cur, start)
-        finally:
-            conn.close()
+        with self._cursor() as cur:
+            return self._latest_id(cur, start)
 
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
