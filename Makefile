@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench db-start db-stop clean
+.PHONY: setup demo test test-fast bench db-start db-stop clean
 
 setup: $(VENV)/.installed jars/.fetched pgbuilds/.fetched jars/.archived
 
@@ -40,6 +40,12 @@ test: setup
 	$(VENV)/bin/ruff check lib tests bench jobs notebooks
 	$(VENV)/bin/mypy --ignore-missing-imports --python-version 3.11 lib/widen/core
 	$(PY) -m pytest --durations=40 $(PYTEST_ARGS) tests
+
+# No database, no Spark (tests marked unit in tests/conftest.py): lint, types and the pure tests.
+test-fast: setup
+	$(VENV)/bin/ruff check lib tests bench jobs notebooks
+	$(VENV)/bin/mypy --ignore-missing-imports --python-version 3.11 lib/widen/core
+	$(PY) -m pytest -m unit $(PYTEST_ARGS) tests
 
 bench: setup
 	$(PY) bench/backfill.py

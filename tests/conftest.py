@@ -22,6 +22,22 @@ os.environ.setdefault("TZ", "UTC")
 
 from widen import config as widen_config  # noqa: E402
 
+#: fixtures that reach a PostgreSQL server or a Spark session: a test that uses none of them (and
+#: starts no job of its own: ``slow``) is a ``unit`` test, which ``make test-fast`` runs
+SERVICES = frozenset({"pg_server", "pg", "spark", "old_server", "fresh_fleet", "make_config", "write_config",
+                      "own_pg", "small_disk"})
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "unit: needs no database and no Spark (make test-fast)")
+    config.addinivalue_line("markers", "slow: starts jobs, servers or a build of its own (not in make test-fast)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not SERVICES & set(item.fixturenames) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):

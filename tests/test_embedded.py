@@ -5,8 +5,11 @@ import tempfile
 from pathlib import Path
 
 import psycopg2
+import pytest
 
 from widen import embedded
+
+pytestmark = pytest.mark.slow      # starts servers of its own
 
 
 def test_relative_home_start_reuse_stop(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from conftest import raw_config
 NAME = "wheel"
 SRC, TGT, CAT = f"src_{NAME}", f"wide_{NAME}", f"cat_{NAME}"
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow      # builds the wheel and a venv
 
 
 def bare_venv(path: Path) -> Path:
