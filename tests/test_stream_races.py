@@ -48,13 +48,13 @@ def stream(spark, tmp_path):
         query.stop()
 
 
-def started(fresh_fleet, make_config, stream, drained: bool = True):
+def started(fresh_fleet, make_config, stream, drained: bool = True, **options):
     """An empty exact-mode narrow table and a query on it (caught up unless ``drained`` is False):
     (query, the rows it read)."""
     fresh_fleet(NAME, ships=0, ingest_id=True).close()
     config = make_config(NAME, source__order_column="ingest_id")
     start, seen = stream
-    query = start(stream_options(config.source, buckets=2))
+    query = start(stream_options(config.source, buckets=2, **options))
     if drained:
         query.processAllAvailable()
     return query, seen
@@ -144,9 +144,11 @@ def write_for(pg_server: dict, seconds: float, seed: int, errors: list) -> None:
         conn.close()
 
 
-def test_concurrent_writers_every_row_read_exactly_once(fresh_fleet, make_config, pg, pg_server, stream):
-    """Four writers for 3 s while the query runs batch after batch: no row lost, none read twice."""
-    query, seen = started(fresh_fleet, make_config, stream, drained=False)
+@pytest.mark.parametrize("max_rows", [0, 60], ids=["unbounded", "bounded"])
+def test_concurrent_writers_every_row_read_exactly_once(max_rows, fresh_fleet, make_config, pg, pg_server, stream):
+    """Four writers for 3 s while the query runs batch after batch: no row lost, none read twice.
+    Also in batches of about 60 rows, each ending below the newest id while writers are in flight."""
+    query, seen = started(fresh_fleet, make_config, stream, drained=False, max_rows_per_batch=max_rows)
     errors: list = []
     writers = [threading.Thread(target=write_for, args=(pg_server, 3.0, seed, errors)) for seed in range(4)]
     for w in writers:

@@ -248,7 +248,8 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """``offset`` (exact mode) with what a snapshot taken now sees of its rows, for the batch
         starting there to tell the rows committed since (``_unseen_ids``): ``xmin``, the snapshot's
         (every transaction it does not see is at or after it), and ``seen``, the xmins at or after
-        that of the rows above the offset's lowest floor (``_lowest``) up to its id. Ids modulo 2^32.
+        that of the rows above the offset's lowest floor (``_lowest``) up to its id. Transaction ids
+        modulo 2^32.
 
         By the rows' own xmins, not the in-progress list: a row written in a released savepoint
         of a transaction still open has its subtransaction's xid, which neither the snapshot's
@@ -263,10 +264,10 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 return self._with_snapshot(offset, own)
         cur.execute(sql.SQL(
             "WITH s AS (SELECT {xmin} %% 4294967296 AS floor) "
-            "SELECT floor, ARRAY(SELECT DISTINCT n.xmin::text::bigint FROM {t} n "
+            "SELECT s.floor, ARRAY(SELECT DISTINCT n.xmin::text::bigint FROM {t} n "
             "WHERE n.{o} > %s AND n.{o} <= %s AND {after} ORDER BY 1) FROM s").format(
             xmin=Server.of(cur.connection).snapshot_xmin(), t=self._table(), o=sql.Identifier(self.order_column),
-            after=_xid_at_or_after("n.xmin", "floor")), (_lowest(offset), offset["id"]))
+            after=_xid_at_or_after("n.xmin", "s.floor")), (_lowest(offset), offset["id"]))
         floor, seen = cur.fetchone()
         return {**offset, "snapshot": {"xmin": int(floor), "seen": [int(x) for x in seen]}}
 
@@ -326,8 +327,8 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         bound = cur.fetchone()[0] or bound
                     # Transactions in flight now may still add rows at or below the bound: they stay
                     # pending (read when they commit), as with an unbounded offset.
-                    offset = {"id": int(bound), "pending": latest["pending"]}
-                    if offset == {"id": start["id"], "pending": start["pending"]}:
+                    offset = {"id": int(bound), "pending": latest["pending"], "look": latest.get("look", latest["id"])}
+                    if (offset["id"], offset["pending"]) == (start["id"], start["pending"]):
                         return start
                     return self._with_snapshot(offset, cur)
                 return self._latest_time(cur, start, max_rows)
@@ -464,11 +465,15 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if time.monotonic() > deadline:
                 raise UnsettledWriter(unsettled, self.order_column)
             time.sleep(0.01)
+        # A transaction not running at the start's look took every id after it: above the greatest
+        # id visible then (``look``: a bounded offset's id is below it, an older widen's offsets
+        # have only their id). So during a drain in bounded batches the live writers' floors stay
+        # at the head, and an offset's range of rows to tell seen from unseen stays empty.
         floors = {xid: floor for xid, floor in start["pending"]}
-        pending = [[int(x), floors.get(int(x), start["id"])] for x in sorted(running)]
+        pending = [[int(x), floors.get(int(x), start.get("look", start["id"]))] for x in sorted(running)]
         if latest == start["id"] and pending == start["pending"]:
             return start
-        return {"id": int(latest), "pending": pending}
+        return {"id": int(latest), "pending": pending, "look": int(latest)}
 
     def partitions(self, start: dict, end: dict) -> list[BucketPartition]:
         if start == end:
@@ -488,12 +493,12 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         bucket = sql.SQL("(hashtext(coalesce(ship_id, '')) & 2147483647) %% %s = %s")
         if self.order_column:
             order = sql.Identifier(self.order_column)
-            # Each row is read by exactly one batch: the first whose end offset no longer has the
-            # row's transaction in flight. So: new ids, plus rows of transactions in flight at the
-            # start offset, minus rows of transactions still in flight at the end offset (the next
-            # batch reads those). The lowest floor bounds the range, so the scan stays on the order
-            # column's index. No re-read, so the stream needs no de-duplication (and no watermark).
-            # (rows at or below the start's lowest floor were all visible when it was taken)
+            # Each row is read by exactly one batch: the first whose end offset's snapshot saw it.
+            # So: the rows up to the end's id that the start's snapshot did not see and the end's
+            # did (``_unseen_ids``); rows at or below the start's lowest floor were all visible
+            # when it was taken, so the range starts there and the scan stays on the order
+            # column's index. No re-read of an inserted row, so the stream needs no de-duplication
+            # (and no watermark); a row UPDATEd above the lowest floor is read again (new xmin).
             unseen_at_start, start_params = _unseen_ids(partition.start, order)
             unseen_at_end, end_params = _unseen_ids(partition.end, order)
             where = sql.SQL("{o} > %s AND {o} <= %s AND {a} AND NOT {b} AND ").format(
@@ -569,7 +574,10 @@ def _utc(moment: dt.datetime) -> dt.datetime:
 def _xid_at_or_after(xid: str, floor: str) -> Composable:
     """``xid`` (a column, as xid) follows or equals ``floor`` (a bigint expression modulo 2^32) in
     PostgreSQL's circular order of 32-bit transaction ids: unfrozen xids lie within 2^31 of each
-    other; a frozen or reserved one (below 3) never follows."""
+    other; a reserved one (below 3: 9.3 writes 2 into a frozen row) never follows. From 9.4 a
+    frozen row keeps its raw xmin, which may be from 2^31 or more transactions ago and look recent:
+    such a row within an offset's range counts as seen (``seen`` holds its xmin; it was), at the
+    price of a longer list."""
     from psycopg2 import sql
 
     return sql.SQL("({x}::text::bigint >= 3 AND (({x}::text::bigint - {f}) & 4294967295) < 2147483648)").format(
