@@ -93,3 +93,14 @@ def test_the_zip_is_named_by_its_content_and_never_rewritten(tmp_path):
                            check=True).stdout.strip()
     assert again != path and Path(path).read_bytes() == before
     assert os.path.samefile(again, dest / "widen.zip")
+
+
+def test_a_start_that_finds_the_link_made_meanwhile_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Another start links widen.zip to the same zip between this start's check and its rename:
+    rename() between two links of one file is a no-op (POSIX), so the temporary link must be removed."""
+    from widen import pyfiles
+    final = pyfiles.library_zip(tmp_path)
+    assert os.path.samefile(final, tmp_path / "widen.zip")
+    monkeypatch.setattr(pyfiles.os.path, "samefile", lambda a, b: False)   # the check ran before the other's link
+    pyfiles._link_latest(final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([final.name, "widen.zip"])

@@ -63,14 +63,21 @@ def library_zip(dest: str | os.PathLike, package_dir: str | os.PathLike | None =
 
 def _link_latest(final: Path) -> None:
     latest = final.with_name(LATEST)
+    tmp = final.with_name(f".{LATEST}.{os.getpid()}.tmp")
     try:
         if latest.exists() and os.path.samefile(latest, final):
             return
-        tmp = final.with_name(f".{LATEST}.{os.getpid()}.tmp")
         os.link(final, tmp)
         os.replace(tmp, latest)
     except OSError:
         pass                                # a convenience only; the jobs use the named zip
+    finally:
+        # rename() between two links of one file does nothing and succeeds (POSIX): when another
+        # start linked the same zip after our check, our link is still there under its temporary name
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
