@@ -79,3 +79,41 @@ def test_an_error_that_is_no_conflict_is_raised_at_once(spark, tmp_path):
     with pytest.raises(AnalysisException):
         delta_target.retry_conflicts(failing, "read t")
     assert attempts == [1]
+
+
+def test_two_writers_making_one_ship_s_table_at_once_each_get_their_columns(make_config, spark, tmp_path):
+    """A stream and a backfill meet a new ship at the same moment, each knowing other channels:
+    both create the part table at once. Whichever loses the race adds the columns it needs to the
+    winner's table (a create that lost, or a create-if-not-exists that found the table, would leave
+    them out, and the next MERGE would fail)."""
+    from widen.core.layout import ShipLayout
+    from widen.targets.delta import DeltaTarget
+
+    config = make_config("dconf", target__kind="delta", target__delta_root=str(tmp_path / "lake"))
+    target = DeltaTarget(spark, config.target)
+    for round_ in range(4):
+        layouts, errors = [], []
+        for channels in (["a"], ["a", "b", "c"]):
+            layout = ShipLayout(f"ship {round_}")
+            target.rules.grow(layout, {c: (None, None) for c in channels})
+            layouts.append(layout)
+        assert layouts[0].tables == layouts[1].tables
+        barrier = threading.Barrier(2)
+
+        def ensure(layout, barrier=barrier, errors=errors):
+            barrier.wait(30)
+            try:
+                target.ensure_tables(None, layout)
+            except Exception as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        writers = [threading.Thread(target=ensure, args=(layout,)) for layout in layouts]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(120)
+        assert not errors, [(getattr(e, "getCondition", lambda: None)(), str(e)[:300]) for e in errors]
+        [name] = layouts[1].tables.values()
+        columns = target.read(name).columns
+        assert sorted(columns) == sorted(["created_time", *(c.column_name for c in layouts[1].channels.values())]), \
+            (round_, columns)

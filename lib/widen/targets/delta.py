@@ -77,6 +77,10 @@ def table_dir(name: str, lower: bool = False) -> str:
 
 #: error conditions of a table another writer made first (a path's Delta table, a metastore table)
 ALREADY_EXISTS = frozenset({"DELTA_TABLE_ALREADY_EXISTS", "TABLE_OR_VIEW_ALREADY_EXISTS"})
+#: how a create that lost the race to another writer fails, besides a commit conflict
+LOST_CREATE = ALREADY_EXISTS | {"DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"}
+#: how long a create that lost waits for the winner's table to read as one
+CREATE_RACE_SECONDS = 10.0
 
 
 def _is_conflict(err: Exception) -> bool:
@@ -168,8 +172,7 @@ class DeltaTarget(WideTarget):
         for part in layout.parts:
             name = layout.tables[part]
             members = layout.part_channels(part)
-            if not self.exists(name):
-                retry_conflicts(lambda p=part, n=name, m=members: self._create(layout.ship_id, p, n, m), f"create {name}")
+            if not self.exists(name) and self._create(layout.ship_id, part, name, members):
                 commits += 1
                 made.add(name)
                 first = layout.tables[layout.parts[0]]
@@ -188,10 +191,17 @@ class DeltaTarget(WideTarget):
                 commits += 1
         return commits
 
-    def _create(self, ship: str, part: int, name: str, members: list[ChannelColumn]) -> None:
+    def _create(self, ship: str, part: int, name: str, members: list[ChannelColumn]) -> bool:
+        """Create a part table; False when another writer (a stream, a backfill) made it meanwhile,
+        perhaps with fewer columns: the caller then adds what its layout has and the table lacks.
+
+        Not ``createIfNotExists``: it succeeds without a word on a table made meanwhile with other
+        columns. A create that lost the race fails in one of several ways (a commit conflict, the
+        table or a non-empty location already there): whichever, a table there now was made by
+        the other writer; with none there the error is real."""
         from delta.tables import DeltaTable
 
-        builder = DeltaTable.createIfNotExists(self.spark)
+        builder = DeltaTable.create(self.spark)
         path = self.path(name)
         builder = builder.location(path) if path is not None else builder.tableName(self.qualified(name))
         builder = builder.comment(f"widen: ship_id={ship} part={part}")
@@ -201,7 +211,28 @@ class DeltaTarget(WideTarget):
                                         comment=f"data_channel_id={c.data_channel_id}")
         for key, value in TABLE_PROPERTIES.items():
             builder = builder.property(key, value)
-        builder.execute()
+        try:
+            builder.execute()
+        except Exception as err:  # noqa: BLE001 - told apart by what is there now
+            if self._made_meanwhile(name, err):
+                return False
+            raise
+        return True
+
+    def _made_meanwhile(self, name: str, err: Exception) -> bool:
+        """Whether a failed create of ``name`` lost the race to another writer: the table is there.
+        After a conflict the winner's commit may be written before its table reads as one (seen:
+        ~0.5 s until its post-commit checksum), so such errors wait for it a while."""
+        from pyspark.errors import PySparkException
+
+        lost = _is_conflict(err) or (isinstance(err, PySparkException) and err.getCondition() in LOST_CREATE)
+        deadline = time.monotonic() + (CREATE_RACE_SECONDS if lost else 0)
+        while True:
+            if self.exists(name):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
 
     def _add_columns(self, name: str, members: list[ChannelColumn]) -> None:
         """Schema evolution by an empty append with ``mergeSchema``: no SQL text holds a name."""
