@@ -106,17 +106,19 @@ def test_an_id_taken_before_the_transaction_has_an_xid_is_not_passed(fresh_fleet
     assert sorted(seen, key=lambda r: r[4]) == narrow_rows(pg)
 
 
-def write_for(pg_server: dict, seconds: float, seed: int, errors: list) -> None:
-    """One writer: transactions of 1-20 rows for ``seconds``, in turn by the default ``nextval``
-    (many rows per INSERT), with ids taken ahead and written a moment later, written in a released
-    savepoint (their xmin the savepoint's xid) and committed a moment later, and rolled back."""
+def write_for(pg_server: dict, seconds: float, seed: int, errors: list, pause: float = 0.0,
+              stop: threading.Event | None = None) -> None:
+    """One writer: transactions of 1-20 rows for ``seconds`` or until ``stop`` (``pause`` between
+    them), in turn by the default ``nextval`` (many rows per INSERT), with ids taken ahead and
+    written a moment later, written in a released savepoint (their xmin the savepoint's xid) and
+    committed a moment later, and rolled back."""
     rng = random.Random(seed)
     conn = connect(pg_server, autocommit=False)
     deadline = time.monotonic() + seconds
     n = 0
     try:
         with conn.cursor() as cur:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (stop and stop.is_set()):
                 style = rng.choice(["default", "ahead", "ahead", "savepoint", "rollback"])
                 rows = [(f"ship {seed}", f"ch{i}", f"2026-01-01 00:00:{n % 60:02d}+00", "Integer", n + i)
                         for i in range(rng.randint(1, 20))]
@@ -138,6 +140,7 @@ def write_for(pg_server: dict, seconds: float, seed: int, errors: list) -> None:
                         cur.execute("RELEASE SAVEPOINT w")
                         cur.execute("SELECT pg_sleep(%s)", (rng.random() / 4,))
                 conn.rollback() if style == "rollback" else conn.commit()
+                time.sleep(pause)
     except Exception as err:  # noqa: BLE001 - reported by the test
         errors.append(err)
     finally:
@@ -211,3 +214,53 @@ def test_a_row_written_in_a_released_savepoint_of_a_transaction_open_across_an_o
         cur.execute(INSERT.format(TABLE, sql.SQL(""), sql.SQL("('s', 'c', '2026-01-03', 'Integer', 3)")))
     query.processAllAvailable()
     assert sorted(seen, key=lambda r: r[4]) == narrow_rows(pg)
+
+
+def test_a_run_of_what_is_there_ends_while_writers_go_on(fresh_fleet, make_config, pg, pg_server, spark, tmp_path):
+    """`stream --once` (Trigger.AvailableNow) from a scheduler: it reads what was committed when it
+    started and ends, though writers keep transactions in flight at every look; the next run takes
+    the rest. Together the runs read every row exactly once."""
+    spark.dataSource.register(NarrowStreamSource)
+    fresh_fleet(NAME, ships=0, ingest_id=True).close()
+    config = make_config(NAME, source__order_column="ingest_id")
+    with pg.cursor() as cur:
+        cur.execute(INSERT.format(TABLE, sql.SQL(""), sql.SQL(", ").join(
+            [sql.SQL("('s', 'c', %s, 'Integer', 1)")] * 50)), [f"2026-01-01 00:{m:02d}:00+00" for m in range(50)])
+    seen: list = []
+
+    def collect(frame, batch_id):
+        seen.extend((r.ship_id, r.data_channel_id, r.created_time.replace(tzinfo=dt.UTC), r.value, r.order_key)
+                    for r in frame.collect())
+
+    def run_once(max_rows: int):
+        return (spark.readStream.format("widen_narrow").options(**stream_options(config.source, buckets=2,
+                                                                                 max_rows_per_batch=max_rows)).load()
+                .writeStream.foreachBatch(collect).trigger(availableNow=True)
+                .option("checkpointLocation", str(tmp_path / "checkpoint")).start())
+
+    errors: list = []
+    query = None
+    stop = threading.Event()
+    writers = [threading.Thread(target=write_for, args=(pg_server, 60.0, seed, errors, 0.02, stop))
+               for seed in range(4)]
+    for w in writers:
+        w.start()
+    try:
+        time.sleep(0.5)                         # transactions in flight from the first look on
+        with pg.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(TABLE))
+            there = cur.fetchone()[0]
+        query = run_once(1000)              # in bounded batches
+        ended = query.awaitTermination(45)
+        assert ended and all(w.is_alive() for w in writers), "the run did not end while the writers wrote"
+        assert len(seen) >= there
+    finally:
+        stop.set()
+        for w in writers:
+            w.join(60)
+        if query is not None:
+            query.stop()
+    assert not errors
+    run_once(0).awaitTermination(60)
+    expected = narrow_rows(pg)
+    assert sorted(seen, key=lambda r: r[4]) == expected

@@ -328,7 +328,12 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     # Transactions in flight now may still add rows at or below the bound: they stay
                     # pending (read when they commit), as with an unbounded offset.
                     offset = {"id": int(bound), "pending": latest["pending"], "look": latest.get("look", latest["id"])}
-                    if (offset["id"], offset["pending"]) == (start["id"], start["pending"]):
+                    if offset["id"] == start["id"] and _none_finished(start, offset):
+                        # Nothing to read: rows at or below the id can come only from the start's
+                        # pending transactions with a floor below it. The others (and ones begun
+                        # since, not running at the start's look: a later offset gives them that
+                        # floor) take ids above it. Else with live writers the pending list changed
+                        # at every look, and `stream --once`, its ids capped, never ended.
                         return start
                     return self._with_snapshot(offset, cur)
                 return self._latest_time(cur, start, max_rows)
@@ -582,6 +587,12 @@ def _xid_at_or_after(xid: str, floor: str) -> Composable:
 
     return sql.SQL("({x}::text::bigint >= 3 AND (({x}::text::bigint - {f}) & 4294967295) < 2147483648)").format(
         x=sql.SQL(xid), f=sql.SQL(floor))
+
+
+def _none_finished(start: dict, end: dict) -> bool:
+    """Whether every transaction pending at ``start`` that may hold an id at or below its id (its
+    floor is below it) is still pending at ``end``."""
+    return {xid for xid, floor in start["pending"] if floor < start["id"]} <= {xid for xid, _ in end["pending"]}
 
 
 def _lowest(offset: dict) -> int:
