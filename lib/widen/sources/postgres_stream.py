@@ -257,19 +257,29 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         much; every row it sees at or below the id is the batch ending here's)."""
         from psycopg2 import sql
 
-        from widen.pg.server import Server
-
         if cur is None:
             with self._cursor() as own:
                 return self._with_snapshot(offset, own)
-        cur.execute(sql.SQL(
-            "WITH s AS (SELECT {xmin} %% 4294967296 AS floor) "
-            "SELECT s.floor, ARRAY(SELECT DISTINCT n.xmin::text::bigint FROM {t} n "
-            "WHERE n.{o} > %s AND n.{o} <= %s AND {after} ORDER BY 1) FROM s").format(
-            xmin=Server.of(cur.connection).snapshot_xmin(), t=self._table(), o=sql.Identifier(self.order_column),
-            after=_xid_at_or_after("n.xmin", "s.floor")), (_lowest(offset), offset["id"]))
+        rows = sql.SQL("n.{o} > %s AND n.{o} <= %s").format(o=sql.Identifier(self.order_column))
+        cur.execute(self._seen_statement(cur, rows), (_lowest(offset), offset["id"]))
         floor, seen = cur.fetchone()
         return {**offset, "snapshot": {"xmin": int(floor), "seen": [int(x) for x in seen]}}
+
+    def _seen_statement(self, cur: cursor, rows: Composable, since: Composable | None = None) -> Composable:
+        """One statement, so one snapshot: its xmin (modulo 2^32) and the distinct xmins at or after
+        it of the rows ``rows`` picks (table alias ``n``), in order; first ``since``, evaluated in
+        the same snapshot (``rows`` may name it ``s.since``), when given."""
+        from psycopg2 import sql
+
+        from widen.pg.server import Server
+
+        return sql.SQL(
+            "WITH s AS (SELECT {since}{xmin} %% 4294967296 AS floor) "
+            "SELECT s.*, ARRAY(SELECT DISTINCT n.xmin::text::bigint FROM {t} n WHERE {rows} AND {after} ORDER BY 1) "
+            "FROM s").format(
+            since=sql.SQL("{} AS since, ").format(since) if since is not None else sql.SQL(""),
+            xmin=Server.of(cur.connection).snapshot_xmin(), t=self._table(), rows=rows,
+            after=_xid_at_or_after("n.xmin", "s.floor"))
 
     def _look(self, start: dict) -> dict:
         with self._cursor() as cur:
@@ -380,14 +390,8 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """
         from psycopg2 import sql
 
-        from widen.pg.server import Server
-
-        cur.execute(sql.SQL(
-            "WITH s AS (SELECT now() - %s * interval '1 second' AS since, {xmin} %% 4294967296 AS floor) "
-            "SELECT since, floor, ARRAY(SELECT DISTINCT n.xmin::text::bigint FROM {t} n "
-            "WHERE n.created_time >= since AND {after} ORDER BY 1) FROM s").format(
-            xmin=Server.of(cur.connection).snapshot_xmin(), t=self._table(), after=_xid_at_or_after("n.xmin", "floor")),
-            (self.settle,))
+        cur.execute(self._seen_statement(cur, sql.SQL("n.created_time >= s.since"),
+                                         since=sql.SQL("now() - %s * interval '1 second'")), (self.settle,))
         since, floor, seen = cur.fetchone()
         return {"from": since.isoformat(), "xmin": int(floor), "seen": [int(x) for x in seen]}
 
@@ -613,9 +617,9 @@ def _unseen_ids(offset: dict, order: Composable) -> tuple[Composable, list]:
     if snapshot is None:
         return (sql.SQL("({o} > %s OR xmin::text::bigint = ANY(%s))").format(o=order),
                 [offset["id"], [x for x, _ in offset["pending"]]])
-    return (sql.SQL("({o} > %s OR {o} > %s AND {after} AND NOT (xmin::text::bigint = ANY(%s)))").format(
-        o=order, after=_xid_at_or_after("xmin", "%s")),
-        [offset["id"], _lowest(offset), snapshot["xmin"], snapshot["seen"]])
+    unseen, params = _unseen(offset)
+    return (sql.SQL("({o} > %s OR {o} > %s AND {unseen})").format(o=order, unseen=unseen),
+            [offset["id"], _lowest(offset), *params])
 
 
 def _unseen(offset: dict) -> tuple[Composable, list]:
