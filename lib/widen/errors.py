@@ -7,7 +7,9 @@ exception's class and message, for summaries, logs and ``backfill_chunks.error``
 """
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Callable, Iterator
 
 import psycopg2
 
@@ -92,6 +94,26 @@ def is_ship_level(err: BaseException) -> bool:
         # checks (a layout that cannot be made) and Spark's errors on one ship's Delta tables are.
         return not isinstance(err, (psycopg2.Error, ConnectionError)) and not is_connection_failure(err)
     return code[:2] in _SHIP_LEVEL_CLASSES or code in _SHIP_LEVEL_CODES
+
+
+def any_failure(err: BaseException) -> bool:
+    """``one_ship``'s rule for steps that change one ship at a time and report every failure by
+    ship (rollback, cut-over): whatever failed, the other ships are still tried."""
+    return True
+
+
+@contextlib.contextmanager
+def one_ship(record: Callable[[BaseException], object],
+             isolated: Callable[[BaseException], bool] = is_ship_level) -> Iterator[None]:
+    """One ship's step of a fleet job: a failure that concerns only this ship (``isolated``, by
+    default ``is_ship_level``) is handed to ``record`` and the job goes on with the other ships;
+    any other failure (a lost server, an interrupt) is raised."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - classified by ``isolated``
+        if not isolated(err):
+            raise
+        record(err)
 
 
 _CONNECTION_TEXT = re.compile(

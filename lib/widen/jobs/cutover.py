@@ -194,12 +194,13 @@ def run(config: Config, spark: SparkSession | None, options: CutoverOptions) -> 
         if options.dry_run:
             report[ship]["would"] = "switch back to the narrow table" if options.undo else "switch to the wide tables"
             continue
-        try:
-            report[ship]["view"] = _switch(config, views, ship, undo=options.undo)
-            report[ship]["switched"] = "back to the narrow table" if options.undo else "to the wide tables"
-        except Exception as err:  # noqa: BLE001 - one ship's failure is reported, the rest go on
+        def failed(err: BaseException, ship: str = ship) -> None:
             report[ship]["failed"] = errors.describe(err)
             log.warning("ship %r not switched: %s", ship, report[ship]["failed"])
+
+        with errors.one_ship(failed, errors.any_failure):
+            report[ship]["view"] = _switch(config, views, ship, undo=options.undo)
+            report[ship]["switched"] = "back to the narrow table" if options.undo else "to the wide tables"
     return _result(options, report, views, time.monotonic() - began)
 
 

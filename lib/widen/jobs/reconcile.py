@@ -195,12 +195,10 @@ class BucketTask:
                 sides = Sides(self.source, sc, self.target.checksums(tc, self.hashes.flavour) if self.target else None,
                               self.hashes)
                 for ship in ships:
-                    try:
-                        yield from list(self._ship(sides, tgt, ship))
-                    except Exception as err:  # noqa: BLE001 - one ship's failure, reported by ship
-                        if not errors.is_ship_level(err):
-                            raise
-                        yield BucketRow(ship, error=errors.describe(err))
+                    rows: list[BucketRow] = []
+                    with errors.one_ship(lambda err, s=ship, r=rows: r.append(BucketRow(s, error=errors.describe(err)))):
+                        rows = list(self._ship(sides, tgt, ship))
+                    yield from rows
         finally:
             src.close()
             tgt.close()
@@ -222,16 +220,13 @@ class BucketTask:
         yield from sides.bucket_rows(layout, ship, source, target, self.lo, self.hi, self.width)
 
 
-@contextlib.contextmanager
 def _ship_errors(report: ShipReport):
     """Record a ship-level failure on the ship's report (the other ships go on)."""
-    try:
-        yield
-    except Exception as err:  # noqa: BLE001 - classified below
-        if not errors.is_ship_level(err):
-            raise
+    def record(err: BaseException) -> None:
         report.error = errors.describe(err)
         log.warning("ship %r: %s", report.ship_id, report.error)
+
+    return errors.one_ship(record)
 
 
 @contextlib.contextmanager
@@ -258,14 +253,10 @@ def with_target_side(config: Config, source: NarrowTable, target: WideTarget, ha
         for ship in ship_ids:
             if ship in failed:
                 continue
-            try:
+            with errors.one_ship(lambda err, s=ship: out.append(BucketRow(s, error=errors.describe(err)))):
                 layout = load_layout(tgt, config.target.catalog_schema, ship)
                 wide = sides.wide.groups(layout, ship, lo, hi, "bucket", width)
                 out.extend(list(sides.bucket_rows(layout, ship, sources.get(ship, {}), wide, lo, hi, width)))
-            except Exception as err:  # noqa: BLE001 - one ship's failure, reported by ship
-                if not errors.is_ship_level(err):
-                    raise
-                out.append(BucketRow(ship, error=errors.describe(err)))
     return out
 
 

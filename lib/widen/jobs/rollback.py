@@ -66,11 +66,12 @@ def run(config: Config, spark: SparkSession, options: RollbackOptions) -> Result
         lines.append(f"{ship!r} is already rolled back: nothing to do (resume --ships to migrate it again)")
         log.info("ship %r is already rolled back: nothing to do", ship)
     for ship in (s for s in options.ships if s not in rolled_back):
-        try:
-            counts[ship] = _rollback_ship(config, spark, ship, options, lines)
-        except Exception as err:  # noqa: BLE001 - one ship's failure is reported, the rest go on
+        def record(err: BaseException, ship: str = ship) -> None:
             failed[ship] = errors.describe(err)
             log.warning("ship %r not rolled back: %s", ship, failed[ship])
+
+        with errors.one_ship(record, errors.any_failure):
+            counts[ship] = _rollback_ship(config, spark, ship, options, lines)
     if not options.dry_run:
         events = metrics.current("rollback").counter("events", "ships rolled back or not, by ship", ["ship", "event"])
         for ship in counts:

@@ -163,16 +163,15 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
     cached = set(state.layouts) if trust_cache else set()
     for ship, rows in by_ship.items():
         channels = batch_channels(rows) + (batch_channels(fresh[ship][1]) if ship in fresh else [])
-        try:
+        def unprepared(err: BaseException, ship: str = ship) -> None:
+            conn.rollback()
+            failures[ship] = err
+
+        with errors.one_ship(unprepared):
             values = pa.concat_tables([typed_check_columns(rows)]
                                       + ([typed_check_columns(fresh[ship][1])] if ship in fresh else []),
                                       promote_options="default")
             layouts[ship] = prepare_ship(conn, target, ship, channels, state.layouts, values)
-        except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
-            if not errors.is_ship_level(err):
-                raise
-            conn.rollback()
-            failures[ship] = err
     greatest = config.source.order_column is None   # the greatest value wins, also across batches
     try:
         with conn.cursor() as cur:
@@ -191,8 +190,20 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                     result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, named,
                                                               failures[ship])
                     continue
+                def own_failure(err: BaseException, ship: str = ship) -> bool:
+                    # a table or column a cached layout named is gone: the batch fails and its replay
+                    # loads the layouts afresh, rather than recording the ship as failed
+                    return errors.is_ship_level(err) and not (ship in cached and isinstance(
+                        err, (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn)))
+
+                def unwritten(err: BaseException, ship: str = ship, named: pa.Table = named) -> None:
+                    cur.execute("ROLLBACK TO SAVEPOINT widen_ship")
+                    state.layouts.pop(ship, None)
+                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, named, err)
+
                 cur.execute("SAVEPOINT widen_ship")
-                try:
+                done = False
+                with errors.one_ship(unwritten, own_failure):
                     if layouts[ship] is None or not ships.lock_ship_for_write(cur, cat, ship):
                         cur.execute("RELEASE SAVEPOINT widen_ship")
                         state.layouts.pop(ship, None)
@@ -215,13 +226,8 @@ def _write_batch(state: _SinkState, config: Config, target: WideTarget, table: p
                             again, _ = kernels.pivot_rows(current, layouts[ship], config.source.order_column is not None)
                             target.merge_rows(cur, layouts[ship], again, greatest, None, len(by_ship) + i)
                     cur.execute("RELEASE SAVEPOINT widen_ship")
-                except Exception as err:  # noqa: BLE001 - classified: only a ship's own failure is kept
-                    if not errors.is_ship_level(err) or ship in cached and isinstance(
-                            err, (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn)):
-                        raise
-                    cur.execute("ROLLBACK TO SAVEPOINT widen_ship")
-                    state.layouts.pop(ship, None)
-                    result.failed[ship] = record_ship_failure(cur, cat, query_name, batch_id, ship, named, err)
+                    done = True
+                if not done:
                     continue
                 result.wide_rows += wide.num_rows
                 result.duplicate_rows += duplicates
