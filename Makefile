@@ -38,13 +38,13 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check lib tests bench jobs notebooks
-	$(VENV)/bin/mypy --ignore-missing-imports --python-version 3.11 lib/widen/core
+	$(VENV)/bin/mypy
 	$(PY) -m pytest --durations=40 $(PYTEST_ARGS) tests
 
 # No database, no Spark (tests marked unit in tests/conftest.py): lint, types and the pure tests.
 test-fast: setup
 	$(VENV)/bin/ruff check lib tests bench jobs notebooks
-	$(VENV)/bin/mypy --ignore-missing-imports --python-version 3.11 lib/widen/core
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -m unit $(PYTEST_ARGS) tests
 
 bench: setup

@@ -42,7 +42,7 @@ def _python_exception_line(text: str) -> str | None:
 def _java_chain(err: BaseException) -> list[tuple[str, str]]:
     """(class, message) of the Java exception behind ``err`` and its causes, outermost first."""
     java = getattr(err, "java_exception", None) or getattr(err, "_origin", None)
-    chain = []
+    chain: list[tuple[str, str]] = []
     try:
         while java is not None and len(chain) < 20:
             chain.append((str(java.getClass().getName()), str(java.getMessage() or "")))
