@@ -112,8 +112,10 @@ def test_two_writers_making_one_ship_s_table_at_once_each_get_their_columns(make
             w.start()
         for w in writers:
             w.join(120)
+        assert not any(w.is_alive() for w in writers)
         assert not errors, [(getattr(e, "getCondition", lambda: None)(), str(e)[:300]) for e in errors]
         [name] = layouts[1].tables.values()
         columns = target.read(name).columns
         assert sorted(columns) == sorted(["created_time", *(c.column_name for c in layouts[1].channels.values())]), \
             (round_, columns)
+

@@ -260,7 +260,11 @@ def test_a_run_of_what_is_there_ends_while_writers_go_on(fresh_fleet, make_confi
             w.join(60)
         if query is not None:
             query.stop()
-    assert not errors
-    run_once(0).awaitTermination(60)
+    assert not errors and not any(w.is_alive() for w in writers)
+    query = run_once(0)
+    try:
+        assert query.awaitTermination(60), "the second run did not end"
+    finally:
+        query.stop()
     expected = narrow_rows(pg)
     assert sorted(seen, key=lambda r: r[4]) == expected

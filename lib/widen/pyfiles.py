@@ -15,6 +15,7 @@ import hashlib
 import os
 import sys
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -63,21 +64,24 @@ def library_zip(dest: str | os.PathLike, package_dir: str | os.PathLike | None =
 
 def _link_latest(final: Path) -> None:
     latest = final.with_name(LATEST)
-    tmp = final.with_name(f".{LATEST}.{os.getpid()}.tmp")
+    tmp = final.with_name(f".{LATEST}.{uuid.uuid4().hex}.tmp")     # one start's own, whatever shares the folder
+    linked = False
     try:
         if latest.exists() and os.path.samefile(latest, final):
             return
         os.link(final, tmp)
+        linked = True
         os.replace(tmp, latest)
     except OSError:
         pass                                # a convenience only; the jobs use the named zip
     finally:
         # rename() between two links of one file does nothing and succeeds (POSIX): when another
         # start linked the same zip after our check, our link is still there under its temporary name
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if linked:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:

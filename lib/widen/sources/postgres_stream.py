@@ -328,8 +328,9 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         log.warning("%s; the offset stays where it is until the next trigger", err)
                         return start
                     bound = latest["id"]
-                    if self.target is not None and self.target["id"] is not None:
-                        bound = min(bound, max(self.target["id"], start["id"]))
+                    if self.target is not None:     # an empty table at the run's start: nothing past the start
+                        bound = min(bound, max(self.target["id"], start["id"]) if self.target["id"] is not None
+                                    else start["id"])
                     if max_rows and bound > start["id"]:
                         cur.execute(sql.SQL("SELECT max(o) FROM (SELECT {o} AS o FROM {t} WHERE {o} > %s AND {o} <= %s "
                                             "ORDER BY {o} LIMIT %s) first_rows").format(

@@ -222,14 +222,17 @@ class DeltaTarget(WideTarget):
     def _made_meanwhile(self, name: str, err: Exception) -> bool:
         """Whether a failed create of ``name`` lost the race to another writer: the table is there.
         After a conflict the winner's commit may be written before its table reads as one (seen:
-        ~0.5 s until its post-commit checksum), so such errors wait for it a while."""
+        ~0.5 s in one process), so such errors wait for it a while (inside the ship's DDL
+        transaction: at most ``CREATE_RACE_SECONDS`` more for a rollback waiting on the ship)."""
         from pyspark.errors import PySparkException
 
         lost = _is_conflict(err) or (isinstance(err, PySparkException) and err.getCondition() in LOST_CREATE)
         deadline = time.monotonic() + (CREATE_RACE_SECONDS if lost else 0)
         while True:
-            if self.exists(name):
-                return True
+            try:            # a read brings this process's cached log up to date (``exists`` may not)
+                return self.read(name).schema is not None
+            except PySparkException:
+                pass
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)
