@@ -212,7 +212,10 @@ def status(home: Path | None = None) -> EmbeddedServer | None:
 def build_version(build: Path | None = None) -> tuple[int, ...]:
     """The version of a build (of the wheel's when None), e.g. (9, 3, 5), from ``postgres --version``."""
     out = subprocess.run([_bin("postgres", build), "--version"], check=True, capture_output=True, text=True).stdout
-    return tuple(int(p) for p in re.search(r"(\d+(?:\.\d+)+)", out).group(1).split("."))
+    found = re.search(r"(\d+(?:\.\d+)+)", out)
+    if found is None:
+        raise RuntimeError(f"no version in the output of postgres --version: {out.strip()!r}")
+    return tuple(int(p) for p in found.group(1).split("."))
 
 
 def ensure_running(home: Path | None = None, port: int | None = None, build: Path | None = None,
@@ -371,9 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action == "stop":
         print("stopped" if stop(args.home) else "not running")
     else:
-        server = status(args.home)
-        print(f"running on {server.host}:{server.port}" if server else "not running")
-        return 0 if server else 1
+        running = status(args.home)
+        print(f"running on {running.host}:{running.port}" if running else "not running")
+        return 0 if running else 1
     return 0
 
 

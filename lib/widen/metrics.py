@@ -133,9 +133,11 @@ class JobMetrics:
         with self._lock:
             if self.textfile:
                 path = self.textfile
-                self._attempt("textfile", f"cannot write {path}",
-                              lambda: (os.makedirs(os.path.dirname(path) or ".", exist_ok=True),
-                                       write_to_textfile(path, self._textfile_registry)))
+                def write_textfile(path: str = path) -> None:
+                    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                    write_to_textfile(path, self._textfile_registry)
+
+                self._attempt("textfile", f"cannot write {path}", write_textfile)
             if self.cfg.pushgateway:
                 gateway = self.cfg.pushgateway
                 self._attempt("push", f"the Pushgateway {gateway} did not take the {self.job}'s metrics",

@@ -33,14 +33,14 @@ _COVERED = ("CASE WHEN status = 'done' THEN coalesce(covered_start, range_start)
             "CASE WHEN status = 'done' THEN coalesce(covered_end, range_end) ELSE covered_end END")
 
 
-def chunk_coverage(conn: connection, catalog_schema: str, ship_ids: list[str]) -> dict[tuple, tuple]:
+def chunk_coverage(conn: connection, catalog_schema: str, ship_ids: list[str]) -> dict[tuple, tuple | None]:
     """(ship, cell start, cell end) -> the range of the cell the ledger holds as read, for every
     cell of ``ship_ids`` it has a row for (None: nothing read)."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT ship_id, range_start, range_end, " + _COVERED + " FROM {} "
                             "WHERE ship_id = ANY(%s)").format(sql.Identifier(catalog_schema, "backfill_chunks")),
                     (ship_ids,))
-        return {(s, lo, hi): (c0, c1) if c0 is not None else None for s, lo, hi, c0, c1 in cur.fetchall()}
+        return {(s, lo, hi): ((c0, c1) if c0 is not None else None) for s, lo, hi, c0, c1 in cur.fetchall()}
 
 
 def fold_into_cells(conn: connection, catalog_schema: str, chunks: list[Chunk]) -> int:

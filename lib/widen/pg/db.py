@@ -24,7 +24,7 @@ from psycopg2 import sql
 from widen.config import Connection, TargetConfig
 
 if TYPE_CHECKING:
-    from psycopg2.extensions import connection, cursor
+    from psycopg2.extensions import connection as PgConnection, cursor
 
 #: seconds to wait for a server to accept a connection (libpq's connect_timeout)
 CONNECT_TIMEOUT = 10
@@ -76,7 +76,7 @@ def session_params(params: dict) -> dict:
             "keepalives_interval": 10, "keepalives_count": 3, "client_encoding": "UTF8", **params}
 
 
-def open_session(params: dict, autocommit: bool = False) -> connection:
+def open_session(params: dict, autocommit: bool = False) -> PgConnection:
     """A connection from libpq parameters (``Connection.psycopg_params()``), with ``Cursor``, its
     rendering pinned whatever the server, database or role defaults say (as
     ``Connection.session_options`` does at start-up; again here for parameters built elsewhere): UTC,
@@ -91,7 +91,7 @@ def open_session(params: dict, autocommit: bool = False) -> connection:
     return conn
 
 
-def connect(conn_cfg: Connection, autocommit: bool = False) -> connection:
+def connect(conn_cfg: Connection, autocommit: bool = False) -> PgConnection:
     try:
         return open_session(conn_cfg.psycopg_params(), autocommit)
     except psycopg2.OperationalError as err:
@@ -118,7 +118,7 @@ class LockWaitTimeout(RuntimeError):
     pgcode = "55P03"           # lock_not_available: it concerns the tables at hand, not the server
 
 
-def lock_holders(conn: connection, tables: Sequence[tuple[str, str]]) -> str:
+def lock_holders(conn: PgConnection, tables: Sequence[tuple[str, str]]) -> str:
     """Who holds a lock on any of ``tables`` ((schema, name) pairs): pid, application, state, since."""
     if not tables:
         return "another session"
@@ -147,7 +147,7 @@ def set_lock_timeout(cur: cursor, seconds: float) -> None:
     cur.execute(f"SET LOCAL lock_timeout = {max(1, round(seconds * 1000))}")
 
 
-def run_ddl(conn: connection, target: TargetConfig, action: Callable[[Any], Any],
+def run_ddl(conn: PgConnection, target: TargetConfig, action: Callable[[Any], Any],
             tables: TableNames | Callable[[], TableNames], what: str, max_wait: float | None = None,
             holders: Callable[[], str] | None = None) -> Any:
     """``action(cursor)`` in a transaction of its own with ``lock_timeout`` = the target's
@@ -182,7 +182,7 @@ def run_ddl(conn: connection, target: TargetConfig, action: Callable[[Any], Any]
             delay = min(delay * 2, 2.0)
 
 
-def advisory_holders(conn: connection, namespace: str, key: str, what: str) -> str:
+def advisory_holders(conn: PgConnection, namespace: str, key: str, what: str) -> str:
     """Who holds the advisory lock (hashtext(namespace), hashtext(key)) in any mode."""
     with conn.cursor() as cur:
         cur.execute("SELECT DISTINCT ON (a.pid) a.pid, a.application_name, a.state, a.xact_start FROM pg_locks l "

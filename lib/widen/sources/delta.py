@@ -40,7 +40,7 @@ class DeltaSource(NarrowSource):
             reader = reader.option("startingVersion", start)
         elif start.lower() != "earliest":
             reader = reader.option("startingTimestamp", start)
-        df = reader.load(cfg.delta_path) if cfg.delta_path else reader.table(cfg.delta_table)
+        df = reader.load(cfg.delta_path) if cfg.delta_path else reader.table(str(cfg.delta_table))
         fmt = F.col("value_format")
         # A plain Python UDF: the Arrow-optimised kind hung in its worker handshake here (Spark 4.2.0).
         float8 = F.udf(values.float8_text, "string", useArrow=False)
