@@ -491,7 +491,7 @@ class NarrowStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return [BucketPartition(start, end, b, self.buckets) for b in range(self.buckets)]
 
     # -- data -------------------------------------------------------------------------------------
-    def read(self, partition: BucketPartition) -> Iterator:
+    def read(self, partition: BucketPartition) -> Iterator:  # type: ignore[override] # Spark hands back ours
         import pyarrow as pa
         import pyarrow.compute as pc
         from psycopg2 import sql
@@ -641,7 +641,7 @@ def _unseen(offset: dict) -> tuple[Composable, list]:
 class UnsettledWriter(RuntimeError):
     """Transactions hold ids of the order column they may still write, without an xid yet."""
 
-    def __init__(self, pids: list[int], column: str):
+    def __init__(self, pids: list[int], column: str | None):
         super().__init__(f"transactions (pid {', '.join(map(str, sorted(pids)))}) hold ids of {column} without "
                          f"having written them for over {UNSETTLED_WAIT_SECONDS:g} s: an offset now could pass "
                          "their rows")

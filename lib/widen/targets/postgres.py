@@ -139,12 +139,12 @@ class ChunkWriter:
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Narrow rows (``kernels.chunk_columns``, from ``ChunkReader``) in, this partition's stats out."""
-        batches = list(batches)
-        if not batches:
+        received = list(batches)
+        if not received:
             yield self._stats(0, 0, 0, 0, [])
             return
-        table = pa.Table.from_batches(batches)
-        del batches
+        table = pa.Table.from_batches(received)
+        del received
         codes = table.column("channel")
         narrow_rows = table.num_rows
         newest = pc.max(table.column("order_key")).as_py() if self.has_order_key else None
