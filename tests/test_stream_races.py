@@ -246,10 +246,14 @@ def test_a_run_of_what_is_there_ends_while_writers_go_on(fresh_fleet, make_confi
     for w in writers:
         w.start()
     try:
-        time.sleep(0.5)                         # transactions in flight from the first look on
+        deadline = time.monotonic() + 30        # the writers under way (transactions in flight) first
         with pg.cursor() as cur:
-            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(TABLE))
-            there = cur.fetchone()[0]
+            while True:
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(TABLE))
+                there = cur.fetchone()[0]
+                if there > 50 + 100 or time.monotonic() > deadline:
+                    break
+        assert there > 150 and all(w.is_alive() for w in writers), (there, errors)
         query = run_once(1000)              # in bounded batches
         ended = query.awaitTermination(45)
         assert ended and all(w.is_alive() for w in writers), "the run did not end while the writers wrote"
